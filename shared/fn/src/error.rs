@@ -1,0 +1,45 @@
+use thaw_protocol::{Diagnostic, ErrorType};
+
+/// A function's typed error: a stable [`ErrorType`] and a message for humans.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error_type}: {message}")]
+pub struct FnError {
+    /// The stable type callers can match on.
+    pub error_type: ErrorType,
+    /// What went wrong.
+    pub message: String,
+}
+
+impl FnError {
+    /// An error of the given type.
+    pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
+        Self { error_type, message: message.into() }
+    }
+
+    /// Bad input: 400.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::InvalidInput, message)
+    }
+
+    /// Input over a size limit: 413.
+    pub fn payload_too_large(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::PayloadTooLarge, message)
+    }
+
+    /// The model failed: 500.
+    pub fn model(message: impl Into<String>) -> Self {
+        Self::new(ErrorType::ModelError, message)
+    }
+
+    /// The Runtime API's error document.
+    pub fn to_diagnostic(&self) -> Diagnostic {
+        Diagnostic { error_type: self.error_type.as_str().to_owned(), error_message: self.message.clone() }
+    }
+}
+
+impl From<FnError> for lambda_runtime::Diagnostic {
+    fn from(e: FnError) -> Self {
+        let d = e.to_diagnostic();
+        lambda_runtime::Diagnostic { error_type: d.error_type, error_message: d.error_message }
+    }
+}

@@ -1,0 +1,97 @@
+//! The SDK for a thaw function.
+//!
+//! A function implements [`Function`]: a blocking, batch-shaped handler with serde
+//! request and response types. [`run`] does the rest:
+//!
+//! 1. defaults `RAYON_NUM_THREADS` to 1 (scale by instances, not by threads fighting over
+//!    cores) and initialises tracing from `RUST_LOG`;
+//! 2. builds the function, loading its model **once**, on a dedicated inference thread;
+//!    an init failure exits the process before its first `next`, with the message on
+//!    stderr, which is how the platform tells an init error from a crash;
+//! 3. runs `lambda_runtime` (concurrently when `AWS_LAMBDA_MAX_CONCURRENCY` > 1), and for
+//!    each event unwraps one of three shapes ([`envelope`]): a raw JSON event, a function
+//!    URL event (payload 2.0, base64 bodies included) or a `{"thaw_batch": [...]}` envelope.
+//!
+//! Errors are [`FnError`]s with a stable [`ErrorType`]. They are mapped in one place,
+//! [`envelope`]: to an HTTP status and JSON body for URL events, and to a `Diagnostic` for
+//! the Runtime API.
+
+mod envelope;
+mod error;
+mod worker;
+
+use std::sync::Arc;
+
+use lambda_runtime::{service_fn, LambdaEvent};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use error::FnError;
+pub use lambda_runtime::Error;
+pub use thaw_protocol::ErrorType;
+pub use worker::InferenceThread;
+
+/// A function's logic. Runs on the inference thread, so it may block.
+pub trait Function: Send + 'static {
+    /// The request type, parsed from the event (or from a URL event's body).
+    type Request: DeserializeOwned + Send + 'static;
+    /// The response type.
+    type Response: Serialize + Send + 'static;
+
+    /// Handles a batch: one result per request, in order. A batch of one is the common
+    /// case; under dynamic batching the platform sends several, and a model function can
+    /// answer them all with one forward pass.
+    fn handle_batch(&mut self, requests: Vec<Self::Request>) -> Vec<Result<Self::Response, FnError>>;
+}
+
+/// How many requests may wait for the inference thread before callers wait to enqueue.
+const INFERENCE_QUEUE: usize = 64;
+
+/// Runs a function under the Lambda Runtime API until the process is killed.
+///
+/// `init` builds the function (loads its model). It runs once, before the first `next`.
+pub fn run<F, I>(init: I) -> Result<(), lambda_runtime::Error>
+where
+    F: Function,
+    I: FnOnce() -> Result<F, FnError> + Send + 'static,
+{
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        // Before any thread exists, so this cannot race with a reader.
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    init_tracing();
+    let worker = match InferenceThread::<F>::spawn(INFERENCE_QUEUE, init) {
+        Ok(worker) => Arc::new(worker),
+        Err(e) => {
+            // Exiting before the first `next` is the init-error signal the platform reads;
+            // the message on stderr is what callers will see.
+            eprintln!("init error: {e}");
+            tracing::error!(error = %e, "function failed to initialise");
+            std::process::exit(1);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let handler = service_fn(move |event: LambdaEvent<Value>| {
+            let worker = Arc::clone(&worker);
+            async move { envelope::dispatch(&worker, event.payload).await }
+        });
+        lambda_runtime::run_concurrent(handler).await
+    })
+}
+
+/// Tracing from `RUST_LOG` (default `info`), to stderr, which the platform captures.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+}
+
+/// The snapshot directory the platform gave this instance (`THAW_SNAPSHOT_DIR`).
+pub fn snapshot_dir() -> Result<std::path::PathBuf, FnError> {
+    let key = thaw_protocol::runtime_api::env::SNAPSHOT_DIR;
+    std::env::var_os(key)
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| FnError::new(ErrorType::InitError, format!("{key} is not set")))
+}

@@ -1,0 +1,190 @@
+//! The BERT sentence encoder: tokens -> BERT -> pooling -> (optional) L2 normalisation.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use thaw_snapshot::{Architecture, Pooling, RestoredSnapshot};
+use tokenizers::{Encoding, Tokenizer};
+
+use crate::tokenize::load_tokenizer;
+use crate::ModelError;
+
+/// Per-call options.
+#[derive(Debug, Clone, Copy)]
+pub struct EncodeOptions {
+    /// L2-normalise each embedding.
+    pub normalize: bool,
+    /// Cut over-length input at max_seq_length; when false, over-length input is an error.
+    pub truncate: bool,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        Self { normalize: true, truncate: true }
+    }
+}
+
+/// Texts per forward pass. Larger chunks gain little on a CPU and grow the attention
+/// matrices quadratically with the longest member.
+const CHUNK: usize = 32;
+
+/// The result of encoding a batch.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// One embedding per input, in input order.
+    pub embeddings: Vec<Vec<f32>>,
+    /// Tokens each input used after truncation, special tokens included.
+    pub tokens: Vec<usize>,
+}
+
+/// A BERT sentence encoder restored from a snapshot.
+pub struct SentenceEncoder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    pooling: Pooling,
+    max_seq_length: usize,
+    dims: usize,
+    name: String,
+    device: Device,
+}
+
+impl std::fmt::Debug for SentenceEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentenceEncoder")
+            .field("name", &self.name)
+            .field("dims", &self.dims)
+            .field("pooling", &self.pooling)
+            .field("max_seq_length", &self.max_seq_length)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentenceEncoder {
+    /// Builds the encoder from a restored snapshot.
+    ///
+    /// The tokenizer is parsed on a second thread while this one materialises the
+    /// weights: they are independent costs of similar size, so a cold start pays the
+    /// larger of the two rather than their sum.
+    pub fn load(snapshot: &RestoredSnapshot, device: &Device) -> Result<Self, ModelError> {
+        let meta = &snapshot.meta;
+        if meta.architecture != Architecture::BertSentenceEncoder {
+            return Err(ModelError::WrongArchitecture {
+                name: meta.name.clone(),
+                found: meta.architecture,
+                expected: "bert-sentence-encoder",
+            });
+        }
+        let config: BertConfig = serde_json::from_value(meta.model_config.clone())
+            .map_err(|e| ModelError::InvalidConfig { name: meta.name.clone(), reason: e.to_string() })?;
+        let tokenizer_path = snapshot.tokenizer_path().ok_or_else(|| {
+            ModelError::Snapshot(thaw_snapshot::SnapshotError::MissingFile {
+                path: snapshot.dir.join(thaw_snapshot::TOKENIZER_FILE),
+            })
+        })?;
+        let max_seq_length = meta.max_seq_length;
+        let (model, tokenizer) = std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| load_tokenizer(&tokenizer_path, max_seq_length));
+            let model = compute_dtype(device)
+                .and_then(|dtype| VarBuilder::from_slice_safetensors(snapshot.weights(), dtype, device))
+                .and_then(|vb| BertModel::load(vb, &config));
+            let tokenizer = tokenizer.join().unwrap_or_else(|_| {
+                Err(ModelError::Tokenizer { path: tokenizer_path.clone(), reason: "tokenizer thread panicked".into() })
+            });
+            (model, tokenizer)
+        });
+        let (tokenizer, pad_id) = tokenizer?;
+        Ok(Self {
+            model: model?,
+            tokenizer,
+            pad_id,
+            pooling: meta.pooling.unwrap_or(Pooling::Mean),
+            max_seq_length,
+            dims: config.hidden_size,
+            name: meta.name.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// Embedding width.
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// The snapshot's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The longest input in tokens.
+    pub fn max_seq_length(&self) -> usize {
+        self.max_seq_length
+    }
+
+    /// Encodes texts. They are sorted by length and run in chunks of up to 32, each
+    /// padded only to its own longest member; results come back in input order. Padding
+    /// never changes an embedding: attention and pooling are both masked.
+    pub fn encode(&self, texts: &[&str], opts: EncodeOptions) -> Result<Encoded, ModelError> {
+        let encodings =
+            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        let tokens: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
+        if !opts.truncate {
+            if let Some((index, enc)) = encodings.iter().enumerate().find(|(_, e)| !e.get_overflowing().is_empty()) {
+                let overflow: usize = enc.get_overflowing().iter().map(|o| o.get_ids().len()).sum();
+                return Err(ModelError::InputTooLong { index, tokens: tokens[index] + overflow, max: self.max_seq_length });
+            }
+        }
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| tokens[i]);
+        let mut embeddings = vec![Vec::new(); texts.len()];
+        for chunk in order.chunks(CHUNK) {
+            let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            for (&i, row) in chunk.iter().zip(self.forward(&batch, opts.normalize)?) {
+                embeddings[i] = row;
+            }
+        }
+        Ok(Encoded { embeddings, tokens })
+    }
+
+    /// One forward pass over encodings padded to the longest of them.
+    fn forward(&self, batch: &[&Encoding], normalize: bool) -> Result<Vec<Vec<f32>>, ModelError> {
+        let rows = batch.len();
+        let cols = batch.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        let mut ids = vec![self.pad_id; rows * cols];
+        let mut type_ids = vec![0u32; rows * cols];
+        let mut mask = vec![0u32; rows * cols];
+        for (r, enc) in batch.iter().enumerate() {
+            let n = enc.get_ids().len();
+            ids[r * cols..r * cols + n].copy_from_slice(enc.get_ids());
+            type_ids[r * cols..r * cols + n].copy_from_slice(enc.get_type_ids());
+            mask[r * cols..r * cols + n].fill(1);
+        }
+        let ids = Tensor::from_vec(ids, (rows, cols), &self.device)?;
+        let type_ids = Tensor::from_vec(type_ids, (rows, cols), &self.device)?;
+        let mask = Tensor::from_vec(mask, (rows, cols), &self.device)?;
+        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?.to_dtype(DType::F32)?;
+        let pooled = match self.pooling {
+            Pooling::Mean => {
+                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+                // sentence-transformers clamps the token count at 1e-9; so do we.
+                let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+                summed.broadcast_div(&counts)?
+            }
+            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
+        };
+        let pooled = if normalize { l2_normalize(&pooled)? } else { pooled };
+        Ok(pooled.to_vec2::<f32>()?)
+    }
+}
+
+/// Divides each row by its L2 norm, clamped as torch's `F.normalize` does.
+fn l2_normalize(x: &Tensor) -> Result<Tensor, ModelError> {
+    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    Ok(x.broadcast_div(&norm)?)
+}
+
+/// f32 on CPU, where half precision is slower; the snapshot's own dtype elsewhere.
+fn compute_dtype(device: &Device) -> candle_core::Result<DType> {
+    Ok(if device.is_cpu() { DType::F32 } else { DType::F16 })
+}

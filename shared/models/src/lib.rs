@@ -1,0 +1,17 @@
+//! candle models restored from thaw snapshots.
+//!
+//! - [`SentenceEncoder`]: BERT with attention-masked pooling and optional L2 normalisation,
+//!   the model behind `embed` and the bi-encoder `rerank`.
+//! - [`device`]: which candle device an instance computes on.
+//!
+//! Every model here is blocking CPU (or GPU) work. Functions run it on the dedicated
+//! inference thread that `thaw-fn` owns, never on the async executor.
+
+pub mod device;
+mod encoder;
+mod error;
+mod tokenize;
+
+pub use encoder::{Encoded, EncodeOptions, SentenceEncoder};
+pub use error::ModelError;
+pub use tokenize::load_tokenizer;

