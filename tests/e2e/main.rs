@@ -1,1 +1,8 @@
+//! thaw's one end-to-end test binary: real binaries, real snapshots, real Runtime API.
+//!
+//! Run through `make test`, which fetches the models and builds the snapshots and
+//! binaries these tests use.
 
+mod embed_function;
+mod parity;
+mod snapshot_faults;
