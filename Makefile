@@ -65,7 +65,14 @@ test: snapshots
 	$(CARGO) test --release --workspace
 
 # --- bench ----------------------------------------------------------------------------
-bench: snapshots
+# The peer, sentence-transformers on torch CPU, lives in a venv under the cache.
+BENCH_VENV := $(CACHE)/bench-venv
+$(BENCH_VENV)/.done:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check sentence-transformers==6.2.0 torch==2.15.0
+	touch $@
+
+bench: snapshots $(BENCH_VENV)/.done
 	$(CARGO) build --release -p thaw-tests --bin thaw-bench
 	target/release/thaw-bench
 

