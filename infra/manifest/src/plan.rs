@@ -1,0 +1,76 @@
+//! The resolved Plan: every function with its binary and snapshot found on disk.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+use thaw_snapshot::cache::SnapshotCache;
+
+use crate::schema::{FunctionName, FunctionSpec, Manifest};
+use crate::ManifestError;
+
+/// Where to find binaries and snapshots.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    /// Directory of the function binaries (`target/release`).
+    pub bin_dir: PathBuf,
+    /// The snapshot cache.
+    pub snapshots: PathBuf,
+}
+
+/// What the runtime runs: the manifest, validated and resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    /// The app's name.
+    pub app: String,
+    /// Regions for deploys.
+    pub regions: Vec<String>,
+    /// Functions by name.
+    pub functions: BTreeMap<FunctionName, FunctionPlan>,
+}
+
+/// One function, resolved.
+#[derive(Debug, Clone, Serialize)]
+pub struct FunctionPlan {
+    /// The function's name.
+    pub name: FunctionName,
+    /// Absolute path of its binary.
+    pub binary_path: PathBuf,
+    /// Its snapshot's directory in the cache.
+    pub snapshot_dir: Option<PathBuf>,
+    /// The declared settings.
+    pub spec: FunctionSpec,
+}
+
+impl Manifest {
+    /// Resolves every binary and snapshot. Errors name the function and the path.
+    pub fn resolve(&self, resolver: &Resolver) -> Result<Plan, ManifestError> {
+        self.validate()?;
+        let cache = SnapshotCache::open(&resolver.snapshots)
+            .map_err(|source| ManifestError::Snapshot { function: String::new(), source })?;
+        let mut functions = BTreeMap::new();
+        for (name, spec) in &self.function {
+            let binary_path = resolver.bin_dir.join(&spec.binary);
+            if !binary_path.is_file() {
+                return Err(ManifestError::BinaryNotFound {
+                    function: name.to_string(),
+                    binary: spec.binary.clone(),
+                    path: binary_path,
+                });
+            }
+            let snapshot_dir = match &spec.snapshot {
+                Some(s) => Some(
+                    cache
+                        .resolve(s)
+                        .map_err(|source| ManifestError::Snapshot { function: name.to_string(), source })?,
+                ),
+                None => None,
+            };
+            functions.insert(
+                name.clone(),
+                FunctionPlan { name: name.clone(), binary_path, snapshot_dir, spec: spec.clone() },
+            );
+        }
+        Ok(Plan { app: self.app.name.clone(), regions: self.app.regions.clone(), functions })
+    }
+}

@@ -1,0 +1,267 @@
+//! The TOML schema. Every struct denies unknown fields.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::units::{ByteSize, Duration};
+use crate::ManifestError;
+
+/// The whole manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// `[app]`.
+    pub app: App,
+    /// `[function.<name>]`, by name.
+    #[serde(default)]
+    pub function: BTreeMap<FunctionName, FunctionSpec>,
+}
+
+/// `[app]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct App {
+    /// The application's name, used in deploy stacks.
+    pub name: String,
+    /// Regions to render one stack each for; functions may override.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub regions: Vec<String>,
+}
+
+/// A validated function name: lower-case letters, digits and '-', starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct FunctionName(String);
+
+impl FunctionName {
+    /// Validates a name.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let ok = name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(format!("invalid function name {name:?}: use a-z, 0-9 and '-', starting with a letter, at most 64"))
+        }
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for FunctionName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for FunctionName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[function.<name>]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionSpec {
+    /// The cargo bin name of the function.
+    pub binary: String,
+    /// The snapshot the function restores, by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Instances kept warm; 0 scales to zero.
+    #[serde(default)]
+    pub min_containers: u32,
+    /// Hard cap on instances.
+    #[serde(default = "defaults::max_containers")]
+    pub max_containers: u32,
+    /// Inputs in flight per instance.
+    #[serde(default = "defaults::one")]
+    pub concurrency: u32,
+    /// Idle this long, an instance is stopped.
+    #[serde(default = "defaults::idle_timeout")]
+    pub idle_timeout: Duration,
+    /// Per attempt; past it the instance is killed and the caller gets 504.
+    #[serde(default = "defaults::timeout")]
+    pub timeout: Duration,
+    /// Longest an instance may take to reach its first `next`.
+    #[serde(default = "defaults::timeout")]
+    pub startup_timeout: Duration,
+    /// Queued calls beyond this get 429.
+    #[serde(default = "defaults::max_queue")]
+    pub max_queue: u32,
+    /// Retries for spawned, mapped and Event calls.
+    #[serde(default)]
+    pub retries: u32,
+    /// Memory, enforced where cgroups allow and always rendered for deploys.
+    #[serde(default = "defaults::memory")]
+    pub memory: ByteSize,
+    /// GPU type and count.
+    #[serde(default)]
+    pub gpu: Gpu,
+    /// Base image for deploy targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Per-function regions, overriding `[app] regions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regions: Option<Vec<String>>,
+    /// Dynamic batching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Batch>,
+    /// Function URL settings.
+    #[serde(default)]
+    pub url: UrlConfig,
+    /// Extra environment for the function's processes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `gpu = "none" | "T4" | "L4" | "A10G" | "A100" | "H100"`, optionally `":N"`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Gpu {
+    /// The GPU type; `None` for CPU functions.
+    pub kind: Option<String>,
+    /// How many.
+    pub count: u32,
+}
+
+const GPU_KINDS: [&str; 5] = ["T4", "L4", "A10G", "A100", "H100"];
+
+impl<'de> Deserialize<'de> for Gpu {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "none" {
+            return Ok(Self::default());
+        }
+        let (kind, count) = match s.split_once(':') {
+            Some((k, n)) => (k, n.parse::<u32>().ok().filter(|&n| n >= 1)),
+            None => (s.as_str(), Some(1)),
+        };
+        match (GPU_KINDS.contains(&kind), count) {
+            (true, Some(count)) => Ok(Self { kind: Some(kind.to_owned()), count }),
+            _ => Err(serde::de::Error::custom(format!(
+                "invalid gpu {s:?}: none, or one of {} with an optional \":N\"",
+                GPU_KINDS.join(", ")
+            ))),
+        }
+    }
+}
+
+impl Serialize for Gpu {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match &self.kind {
+            None => s.serialize_str("none"),
+            Some(k) => s.serialize_str(&format!("{k}:{}", self.count)),
+        }
+    }
+}
+
+/// `batch = { max_size, wait }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Batch {
+    /// Most events per batch.
+    pub max_size: u32,
+    /// Longest an event waits for company.
+    pub wait: Duration,
+}
+
+/// `url = { auth = "none" | "token" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UrlConfig {
+    /// Who may call the function URL.
+    #[serde(default)]
+    pub auth: UrlAuth,
+}
+
+/// Function URL authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UrlAuth {
+    /// Anyone.
+    #[default]
+    None,
+    /// A bearer token (`THAW_URL_TOKEN`).
+    Token,
+}
+
+mod defaults {
+    use crate::units::{ByteSize, Duration};
+    pub(super) fn max_containers() -> u32 {
+        4
+    }
+    pub(super) fn one() -> u32 {
+        1
+    }
+    pub(super) fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub(super) fn max_queue() -> u32 {
+        1000
+    }
+    pub(super) fn memory() -> ByteSize {
+        ByteSize(1 << 30)
+    }
+}
+
+impl Manifest {
+    /// Reads and parses a manifest file, then validates it.
+    pub fn load(path: &Path) -> Result<Self, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let manifest = Self::parse(&text).map_err(|e| match e {
+            ManifestError::Parse(msg) => ManifestError::Parse(format!("{}: {msg}", path.display())),
+            other => other,
+        })?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Parses TOML text. Errors name the key, the line and the column.
+    pub fn parse(text: &str) -> Result<Self, ManifestError> {
+        toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string().trim_end().to_owned()))
+    }
+
+    /// The rules the schema cannot express.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.function.is_empty() {
+            return Err(ManifestError::NoFunctions);
+        }
+        for (name, f) in &self.function {
+            let invalid = |message: String| ManifestError::Invalid { function: name.to_string(), message };
+            if f.max_containers == 0 {
+                return Err(invalid("max_containers must be at least 1".into()));
+            }
+            if f.min_containers > f.max_containers {
+                return Err(invalid(format!(
+                    "min_containers ({}) is greater than max_containers ({})",
+                    f.min_containers, f.max_containers
+                )));
+            }
+            if f.concurrency == 0 {
+                return Err(invalid("concurrency must be at least 1".into()));
+            }
+            if f.timeout.0.is_zero() || f.startup_timeout.0.is_zero() {
+                return Err(invalid("timeout and startup_timeout must be greater than zero".into()));
+            }
+            if f.binary.is_empty() || f.binary.contains('/') {
+                return Err(invalid(format!("binary {:?} must be a cargo bin name, not a path", f.binary)));
+            }
+            if let Some(b) = &f.batch {
+                if b.max_size == 0 {
+                    return Err(invalid("batch.max_size must be at least 1".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
