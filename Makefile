@@ -76,5 +76,19 @@ bench: snapshots $(BENCH_VENV)/.done
 	$(CARGO) build --release -p thaw-tests --bin thaw-bench
 	target/release/thaw-bench
 
+# --- run ------------------------------------------------------------------------------
+LISTEN ?= 127.0.0.1:8787
+run: snapshots
+	@echo ""
+	@echo "thaw serve on http://$(LISTEN)  (Ctrl-C stops it and every instance)"
+	@echo "try, in another terminal:"
+	@echo "  curl -s http://$(LISTEN)/fn/embed/ -H 'content-type: application/json' -d '{\"texts\": [\"hello world\"]}'"
+	@echo "  curl -s http://$(LISTEN)/2015-03-31/functions/embed/invocations -d '{\"text\": \"hello\"}'"
+	@echo "  curl -s http://$(LISTEN)/v1/functions"
+	@echo "  curl -s http://$(LISTEN)/metrics"
+	@echo "  target/release/thaw invoke embed '{\"text\": \"hello\"}'"
+	@echo ""
+	$(THAW) serve --manifest infra/functions.toml --listen $(LISTEN) --snapshots $(SNAPSHOTS)
+
 clean:
 	rm -rf target $(SNAPSHOTS)

@@ -1,11 +1,13 @@
-//! `thaw`: the one binary. Today it manages snapshots; `serve`, `invoke` and `deploy`
-//! arrive with the runtime.
+//! `thaw`: the one binary: `serve` the platform, call it (`invoke`, `status`, `logs`),
+//! and manage model snapshots.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod client;
+mod serve;
 mod snapshot;
 
 #[global_allocator]
@@ -21,6 +23,35 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the platform: the functions of a manifest, scaled from zero.
+    Serve(serve::ServeArgs),
+    /// Call a function through the Invoke API; exits non-zero on any error.
+    Invoke {
+        /// The function.
+        function: String,
+        /// The event: inline JSON, @file, or - for stdin.
+        input: String,
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// Functions and their instances.
+    Status {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// A function's captured output.
+    Logs {
+        /// The function.
+        function: String,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// Lines to show first.
+        #[arg(long, default_value_t = 100)]
+        tail: usize,
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
     /// Build, verify and inspect model snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -37,6 +68,10 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(args) => serve::run(args),
+        Command::Invoke { function, input, endpoint } => client::invoke(&endpoint, &function, &input),
+        Command::Status { endpoint } => client::status(&endpoint),
+        Command::Logs { function, follow, tail, endpoint } => client::logs(&endpoint, &function, follow, tail),
         Command::Snapshot(cmd) => snapshot::run(cmd).context("snapshot command failed"),
     }
 }

@@ -3,5 +3,123 @@
 //! - [`runtime_api`]: the AWS Lambda Runtime API, one listener per instance on
 //!   127.0.0.1:0. `lambda_runtime` polls fixed paths, so the port is how thaw knows which
 //!   instance is asking for work.
+//! - [`launcher`]: how an instance process is started (exec today), in its own process
+//!   group, dying with thaw, its output captured into [`logs`].
+//! - [`pool`]: one function's scheduler: queue, scale-up, dispatch, idle reaper, faults.
+//! - [`front`]: the HTTP front: function URLs, the AWS Invoke API, `/v1`, health, metrics.
+//! - [`metrics`]: Prometheus.
+//!
+//! [`serve`] ties them together as `run(listener, shutdown)`.
 
+pub mod front;
+pub mod launcher;
+pub mod logs;
+pub mod metrics;
+pub mod pool;
 pub mod runtime_api;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use thaw_manifest::Plan;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::pool::FunctionPool;
+
+/// Every function's pool, and what the front needs to serve them.
+#[derive(Debug)]
+pub struct Runtime {
+    /// Pools by function name.
+    pub pools: BTreeMap<String, Arc<FunctionPool>>,
+    /// The metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Bearer token for functions with `url.auth = "token"` (`THAW_URL_TOKEN`).
+    pub url_token: Option<String>,
+    accepting: AtomicBool,
+    stop_background: watch::Sender<bool>,
+}
+
+impl Runtime {
+    /// Creates a pool per function and starts their `min_containers`.
+    pub fn start(plan: &Plan, url_token: Option<String>) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
+        let (stop_background, stopped) = watch::channel(false);
+        let pools = plan
+            .functions
+            .iter()
+            .map(|(name, f)| (name.to_string(), FunctionPool::start(f.clone(), Arc::clone(&metrics), stopped.clone())))
+            .collect();
+        Arc::new(Self { pools, metrics, url_token, accepting: AtomicBool::new(true), stop_background })
+    }
+
+    /// Whether new calls are accepted.
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting calls; queued calls fail with `ShuttingDown`.
+    pub fn close(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+        for pool in self.pools.values() {
+            pool.close();
+        }
+    }
+
+    /// Calls in flight across every function.
+    pub fn in_flight(&self) -> u32 {
+        self.pools.values().map(|p| p.in_flight()).sum()
+    }
+
+    /// Stops every instance (SIGTERM, then SIGKILL after `grace`) and the background tasks.
+    pub async fn stop_instances(&self, grace: Duration) {
+        let _ = self.stop_background.send(true);
+        for pool in self.pools.values() {
+            pool.stop_all(grace).await;
+        }
+    }
+}
+
+/// Serves `runtime` on `listener` until `shutdown` resolves, then shuts down gracefully:
+/// stop accepting, let in-flight calls finish for up to `grace`, stop every instance, and
+/// return only when no child process is left.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
+    let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
+    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+    let closing = Arc::clone(&runtime);
+    let app = front::router(Arc::clone(&runtime));
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new calls, waiting for in-flight ones");
+        closing.close();
+        let _ = began_tx.send(());
+        let _ = drained_rx.await;
+    });
+    let mut server = tokio::spawn(async move { server.await });
+    tokio::select! {
+        _ = began_rx => {}
+        result = &mut server => {
+            runtime.stop_instances(pool::STOP_GRACE).await;
+            return result.unwrap_or_else(|join| Err(std::io::Error::other(join)));
+        }
+    }
+    let deadline = tokio::time::Instant::now() + grace;
+    while runtime.in_flight() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    runtime.stop_instances(pool::STOP_GRACE).await;
+    let _ = drained_tx.send(());
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join)) => Err(std::io::Error::other(join)),
+        Err(_) => Ok(()),
+    }
+}

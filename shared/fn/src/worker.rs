@@ -46,13 +46,17 @@ impl<F: Function> InferenceThread<F> {
                     }
                 };
                 while let Some((requests, reply)) = rx.blocking_recv() {
-                    let n = requests.len();
-                    let results = std::panic::catch_unwind(AssertUnwindSafe(|| function.handle_batch(requests)))
-                        .unwrap_or_else(|panic| {
-                            let msg = format!("handler panicked: {}", panic_message(&panic));
-                            (0..n).map(|_| Err(FnError::new(thaw_protocol::ErrorType::Internal, msg.clone()))).collect()
-                        });
-                    let _ = reply.send(results);
+                    // A panic may leave the model half-updated: never serve from it again.
+                    // Exit, so the platform reports a crash and starts a clean instance.
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| function.handle_batch(requests))) {
+                        Ok(results) => {
+                            let _ = reply.send(results);
+                        }
+                        Err(panic) => {
+                            eprintln!("handler panicked: {}", panic_message(&panic));
+                            std::process::exit(101);
+                        }
+                    }
                 }
             })
             .map_err(|e| FnError::new(thaw_protocol::ErrorType::InitError, format!("cannot start inference thread: {e}")))?;

@@ -1,0 +1,106 @@
+//! `thaw invoke`, `thaw status` and `thaw logs`: clients of a running `thaw serve`.
+
+use std::io::Read as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::Value;
+
+#[derive(Debug, Args)]
+pub(crate) struct Endpoint {
+    /// thaw serve's address.
+    #[arg(long, env = "THAW_ENDPOINT", default_value = "http://127.0.0.1:8787")]
+    endpoint: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build()
+}
+
+/// `thaw invoke <fn> <json|@file|->`: prints the payload; exits non-zero on any error.
+pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result<()> {
+    let body = match input {
+        "-" => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s)?;
+            s
+        }
+        s if s.starts_with('@') => std::fs::read_to_string(&s[1..]).with_context(|| format!("read {}", &s[1..]))?,
+        s => s.to_owned(),
+    };
+    serde_json::from_str::<Value>(&body).context("input is not valid JSON")?;
+    let url = format!("{}/2015-03-31/functions/{function}/invocations", endpoint.endpoint);
+    let resp = match agent().post(&url).set("content-type", "application/json").send_string(&body) {
+        Ok(r) => r,
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            bail!("{function}: HTTP {code}: {text}");
+        }
+        Err(e) => bail!("cannot reach thaw serve at {}: {e}", endpoint.endpoint),
+    };
+    let function_error = resp.header("x-amz-function-error").map(str::to_owned);
+    let text = resp.into_string()?;
+    println!("{text}");
+    if let Some(kind) = function_error {
+        bail!("{function} returned a function error ({kind})");
+    }
+    Ok(())
+}
+
+fn get_json(endpoint: &Endpoint, path: &str) -> Result<Value> {
+    let url = format!("{}{path}", endpoint.endpoint);
+    match agent().get(&url).call() {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => bail!("HTTP {code}: {}", r.into_string().unwrap_or_default()),
+        Err(e) => bail!("cannot reach thaw serve at {}: {e}", endpoint.endpoint),
+    }
+}
+
+/// `thaw status`: a table of functions and instances.
+pub(crate) fn status(endpoint: &Endpoint) -> Result<()> {
+    let v = get_json(endpoint, "/v1/functions")?;
+    println!("{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}", "FUNCTION", "MIN", "MAX", "CONC", "STARTING", "IDLE", "BUSY", "QUEUE");
+    for f in v["functions"].as_array().into_iter().flatten() {
+        let (c, s) = (&f["config"], &f["state"]);
+        let n = |v: &Value| v.as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
+        println!(
+            "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}",
+            f["name"].as_str().unwrap_or("?"),
+            n(&c["min_containers"]), n(&c["max_containers"]), n(&c["concurrency"]),
+            n(&s["starting"]), n(&s["idle"]), n(&s["busy"]), n(&s["queue_depth"])
+        );
+        for i in s["instances"].as_array().into_iter().flatten() {
+            println!(
+                "  {:<20} {:<9} pid {:<8} in flight {}",
+                i["id"].as_str().unwrap_or("?"),
+                i["state"].as_str().unwrap_or("?"),
+                i["pid"].as_u64().unwrap_or(0),
+                i["in_flight"].as_u64().unwrap_or(0)
+            );
+        }
+        if let Some(e) = s["init_error"].as_str() {
+            println!("  init error: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// `thaw logs <fn> [--follow]`.
+pub(crate) fn logs(endpoint: &Endpoint, function: &str, follow: bool, tail: usize) -> Result<()> {
+    let mut since = 0u64;
+    let mut first = true;
+    loop {
+        let n = if first { tail } else { 2000 };
+        let v = get_json(endpoint, &format!("/v1/functions/{function}/logs?tail={n}&since={since}"))?;
+        for l in v["lines"].as_array().into_iter().flatten() {
+            since = since.max(l["ts_ms"].as_u64().unwrap_or(0));
+            println!("[{}] {}", l["instance"].as_str().unwrap_or("?"), l["line"].as_str().unwrap_or(""));
+        }
+        first = false;
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,68 @@
+//! `thaw serve`: the embedded platform.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use thaw_manifest::{Manifest, Resolver};
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// The manifest.
+    #[arg(long, default_value = "infra/functions.toml")]
+    manifest: PathBuf,
+    /// Address to listen on (port 0 picks a free one; the chosen address is printed).
+    #[arg(long, default_value = "127.0.0.1:8787")]
+    listen: String,
+    /// Snapshot cache [default: $THAW_SNAPSHOTS or .cache/snapshots].
+    #[arg(long)]
+    snapshots: Option<PathBuf>,
+    /// Directory of the function binaries [default: the directory of this thaw binary].
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// How long in-flight calls may finish after SIGTERM.
+    #[arg(long, default_value = "10s", value_parser = humantime_duration)]
+    grace: Duration,
+}
+
+fn humantime_duration(s: &str) -> Result<Duration, String> {
+    let d: thaw_manifest::Duration =
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())?;
+    Ok(d.0)
+}
+
+pub(crate) fn run(args: ServeArgs) -> Result<()> {
+    let manifest = Manifest::load(&args.manifest)?;
+    let bin_dir = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?.parent().map(PathBuf::from).context("no binary directory")?,
+    };
+    let resolver = Resolver { bin_dir, snapshots: args.snapshots.unwrap_or_else(crate::default_cache) };
+    let plan = manifest.resolve(&resolver)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        let rt = thaw_runtime::Runtime::start(&plan, std::env::var("THAW_URL_TOKEN").ok());
+        println!("thaw serve listening on http://{addr}");
+        for name in plan.functions.keys() {
+            println!("  function {name}: http://{addr}/fn/{name}/");
+        }
+        tracing::info!(%addr, functions = plan.functions.len(), "ready");
+        thaw_runtime::serve(listener, rt, shutdown_signal(), args.grace).await?;
+        println!("thaw serve stopped; no instance left running");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

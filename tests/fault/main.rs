@@ -1,0 +1,93 @@
+//! `thaw-fault`: a test-only function that misbehaves on command.
+//!
+//! Request `{"action": ..}`: `echo` (default), `sleep` (`ms`), `panic`, `abort`, `exit`
+//! (`code`), `hang`, `flood` (`lines` of stderr), `fail` (a typed InvalidInput error).
+//! Every success answers `{"instance", "pid", "echo"}` so tests can count instances.
+//! `THAW_FAULT_INIT=fail` makes init fail with a recognisable message; `THAW_FAULT_STARTS`
+//! names a file that gets one line per process start.
+
+use std::io::Write as _;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thaw_fn::{ErrorType, FnError, Function};
+
+#[derive(Debug, Deserialize)]
+struct Request {
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    ms: Option<u64>,
+    #[serde(default)]
+    code: Option<i32>,
+    #[serde(default)]
+    lines: Option<usize>,
+    #[serde(default)]
+    echo: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct Response {
+    instance: String,
+    pid: u32,
+    echo: serde_json::Value,
+}
+
+#[derive(Debug)]
+struct Fault {
+    instance: String,
+}
+
+impl Function for Fault {
+    type Request = Request;
+    type Response = Response;
+
+    fn handle_batch(&mut self, requests: Vec<Request>) -> Vec<Result<Response, FnError>> {
+        requests.into_iter().map(|r| self.handle(r)).collect()
+    }
+}
+
+impl Fault {
+    fn handle(&self, r: Request) -> Result<Response, FnError> {
+        match r.action.as_deref().unwrap_or("echo") {
+            "echo" => {}
+            "sleep" => std::thread::sleep(Duration::from_millis(r.ms.unwrap_or(100))),
+            "panic" => panic!("fault: panic on purpose"),
+            "abort" => {
+                eprintln!("fault: abort on purpose");
+                std::process::abort()
+            }
+            "exit" => {
+                eprintln!("fault: exit on purpose");
+                std::process::exit(r.code.unwrap_or(3))
+            }
+            "hang" => loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            },
+            "flood" => {
+                let mut err = std::io::stderr().lock();
+                for i in 0..r.lines.unwrap_or(100_000) {
+                    let _ = writeln!(err, "flood line {i} ................................................................");
+                }
+            }
+            "fail" => return Err(FnError::invalid_input("fault: typed failure on purpose")),
+            other => return Err(FnError::invalid_input(format!("unknown action {other:?}"))),
+        }
+        Ok(Response { instance: self.instance.clone(), pid: std::process::id(), echo: r.echo.unwrap_or_default() })
+    }
+}
+
+fn main() -> Result<(), thaw_fn::Error> {
+    thaw_fn::run(|| {
+        if let Some(path) = std::env::var_os("THAW_FAULT_STARTS") {
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{}", std::process::id());
+            }
+        }
+        if std::env::var("THAW_FAULT_INIT").as_deref() == Ok("fail") {
+            return Err(FnError::new(ErrorType::InitError, "fault: init failed on purpose"));
+        }
+        let instance = std::env::var("THAW_INSTANCE_ID").unwrap_or_default();
+        Ok(Fault { instance })
+    })
+}
