@@ -18,21 +18,30 @@ pub fn repo_root() -> PathBuf {
 
 /// A release binary built by `make build` (which `make test` runs first).
 pub fn binary(name: &str) -> PathBuf {
-    let dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| repo_root().join("target"), PathBuf::from);
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), PathBuf::from);
     let path = dir.join("release").join(name);
-    assert!(path.exists(), "{} is missing: run `make build` (make test does) first", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build` (make test does) first",
+        path.display()
+    );
     path
 }
 
 /// The snapshot cache `make snapshots` fills.
 pub fn snapshot_cache() -> PathBuf {
-    std::env::var_os("THAW_SNAPSHOTS").map_or_else(|| repo_root().join(".cache/snapshots"), PathBuf::from)
+    std::env::var_os("THAW_SNAPSHOTS")
+        .map_or_else(|| repo_root().join(".cache/snapshots"), PathBuf::from)
 }
 
 /// The directory of a built snapshot.
 pub fn snapshot_dir(name: &str) -> PathBuf {
-    let cache = thaw_snapshot::cache::SnapshotCache::open(snapshot_cache()).expect("open snapshot cache");
-    cache.resolve(name).unwrap_or_else(|e| panic!("{e}: run `make snapshots` (make test does) first"))
+    let cache =
+        thaw_snapshot::cache::SnapshotCache::open(snapshot_cache()).expect("open snapshot cache");
+    cache
+        .resolve(name)
+        .unwrap_or_else(|e| panic!("{e}: run `make snapshots` (make test does) first"))
 }
 
 /// A test fixture file.
@@ -52,7 +61,11 @@ pub struct Harness {
 
 impl Harness {
     /// Starts `binary` with the Lambda environment and waits for its first `next`.
-    pub async fn start(binary: &std::path::Path, snapshot: Option<&std::path::Path>, extra_env: &[(&str, &str)]) -> Self {
+    pub async fn start(
+        binary: &std::path::Path,
+        snapshot: Option<&std::path::Path>,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let api = InstanceApi::bind().await.expect("bind runtime api");
         let mut cmd = Command::new(binary);
         cmd.env(env::RUNTIME_API, api.addr().to_string())
@@ -71,10 +84,13 @@ impl Harness {
         }
         let child = cmd.spawn().expect("spawn function");
         let mut lifecycle = api.lifecycle();
-        tokio::time::timeout(Duration::from_secs(60), lifecycle.wait_for(|l| *l != Lifecycle::Initialising))
-            .await
-            .expect("function did not reach its first next within 60 s")
-            .expect("runtime api stopped");
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            lifecycle.wait_for(|l| *l != Lifecycle::Initialising),
+        )
+        .await
+        .expect("function did not reach its first next within 60 s")
+        .expect("runtime api stopped");
         Self { api, child }
     }
 
@@ -86,9 +102,17 @@ impl Harness {
     /// Sends raw event bytes and waits for the outcome.
     pub async fn invoke_bytes(&self, payload: Bytes) -> Outcome {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let inv = Invocation { id: new_request_id(), payload, timeout: Duration::from_secs(60), reply };
+        let inv = Invocation {
+            id: new_request_id(),
+            payload,
+            timeout: Duration::from_secs(60),
+            reply,
+        };
         self.api.submit(inv).await.expect("instance accepts work");
-        tokio::time::timeout(Duration::from_secs(120), rx).await.expect("invocation timed out").expect("instance died")
+        tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .expect("invocation timed out")
+            .expect("instance died")
     }
 }
 
@@ -102,8 +126,182 @@ pub fn ok_json(outcome: Outcome) -> serde_json::Value {
 
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum();
     let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
     dot / (na * nb).max(1e-30)
+}
+
+/// A real `thaw serve` process on 127.0.0.1:0 with a manifest of the test's own.
+#[derive(Debug)]
+pub struct Serve {
+    /// The thaw process.
+    pub child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Serve {
+    /// Writes `manifest` and starts `thaw serve` with the built binaries and snapshots.
+    pub fn start(manifest: &str) -> Self {
+        use std::io::BufRead as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("functions.toml");
+        std::fs::write(&path, manifest).expect("write manifest");
+        let thaw = binary("thaw");
+        let mut child = std::process::Command::new(&thaw)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--grace",
+                "5s",
+                "--manifest",
+            ])
+            .arg(&path)
+            .arg("--snapshots")
+            .arg(snapshot_cache())
+            .arg("--bin-dir")
+            .arg(thaw.parent().expect("bin dir"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn thaw serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        reader.read_line(&mut line).expect("read first line");
+        // Keep draining, as a terminal would.
+        std::thread::spawn(move || std::io::copy(&mut reader, &mut std::io::sink()));
+        let base = line.trim().rsplit(' ').next().expect("address").to_owned();
+        assert!(
+            base.starts_with("http://127.0.0.1:"),
+            "unexpected first line {line:?}"
+        );
+        Self {
+            child,
+            base,
+            _dir: dir,
+        }
+    }
+
+    /// `POST path` with a body; returns status, headers we care about, and body.
+    pub fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+        let mut req = ureq::post(&format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        Reply::from(req.send_bytes(body))
+    }
+
+    /// `GET path`.
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(
+            ureq::get(&format!("{}{path}", self.base))
+                .timeout(Duration::from_secs(60))
+                .call(),
+        )
+    }
+
+    /// `GET /v1/functions` state of one function.
+    pub fn state(&self, function: &str) -> serde_json::Value {
+        let all = self.get("/v1/functions").json();
+        all["functions"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["name"] == function))
+            .map(|f| f["state"].clone())
+            .unwrap_or_default()
+    }
+
+    /// Polls until `check` holds or `within` passes; returns whether it held.
+    pub fn wait_until(&self, within: Duration, mut check: impl FnMut(&Self) -> bool) -> bool {
+        let deadline = std::time::Instant::now() + within;
+        while std::time::Instant::now() < deadline {
+            if check(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        check(self)
+    }
+
+    /// Sends a signal to thaw itself.
+    #[allow(unsafe_code)]
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An HTTP reply, whatever its status.
+#[derive(Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Lower-cased header name -> value, for the headers tests look at.
+    pub headers: std::collections::HashMap<String, String>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl From<Result<ureq::Response, ureq::Error>> for Reply {
+    fn from(r: Result<ureq::Response, ureq::Error>) -> Self {
+        let resp = match r {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
+            Err(e) => panic!("transport error: {e}"),
+        };
+        let status = resp.status();
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| resp.header(&n).map(|v| (n.to_lowercase(), v.to_owned())))
+            .collect();
+        let mut body = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut resp.into_reader(), &mut body);
+        Self {
+            status,
+            headers,
+            body,
+        }
+    }
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn alive(pid: u64) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().next())
+                != Some("Z")
+        }
+        Err(_) => false,
+    }
 }

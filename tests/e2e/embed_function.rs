@@ -7,7 +7,12 @@ use thaw_runtime::runtime_api::Outcome;
 use thaw_tests::{binary, ok_json, snapshot_dir, Harness};
 
 async fn embed() -> Harness {
-    Harness::start(&binary("embed"), Some(&snapshot_dir("minilm-l6")), &[("THAW_EMBED_MAX_TEXTS", "8")]).await
+    Harness::start(
+        &binary("embed"),
+        Some(&snapshot_dir("minilm-l6")),
+        &[("THAW_EMBED_MAX_TEXTS", "8")],
+    )
+    .await
 }
 
 fn url_event(body: &[u8], base64: bool) -> Value {
@@ -41,16 +46,31 @@ async fn raw_url_base64_malformed_and_batch_events() {
     assert_eq!(one["dims"], 384);
     assert_eq!(one["model"], "minilm-l6");
     assert_eq!(one["tokens"], json!([8]));
-    let norm: f64 = one["embeddings"][0].as_array().expect("vec").iter().map(|x| x.as_f64().unwrap_or(0.0).powi(2)).sum();
-    assert!((norm - 1.0).abs() < 1e-4, "normalised by default, norm² {norm}");
-    let two = ok_json(h.invoke(&json!({"texts": ["a", "b"], "normalize": false})).await);
+    let norm: f64 = one["embeddings"][0]
+        .as_array()
+        .expect("vec")
+        .iter()
+        .map(|x| x.as_f64().unwrap_or(0.0).powi(2))
+        .sum();
+    assert!(
+        (norm - 1.0).abs() < 1e-4,
+        "normalised by default, norm² {norm}"
+    );
+    let two = ok_json(
+        h.invoke(&json!({"texts": ["a", "b"], "normalize": false}))
+            .await,
+    );
     assert_eq!(two["embeddings"].as_array().map(Vec::len), Some(2));
 
     // Function URL event, plain and base64; the reply is the URL response shape.
     for b64 in [false, true] {
-        let reply = ok_json(h.invoke(&url_event(br#"{"texts": ["hello", "world"]}"#, b64)).await);
+        let reply = ok_json(
+            h.invoke(&url_event(br#"{"texts": ["hello", "world"]}"#, b64))
+                .await,
+        );
         assert_eq!(reply["statusCode"], 200, "base64={b64}: {reply}");
-        let body: Value = serde_json::from_str(reply["body"].as_str().expect("body")).expect("json body");
+        let body: Value =
+            serde_json::from_str(reply["body"].as_str().expect("body")).expect("json body");
         assert_eq!(body["embeddings"].as_array().map(Vec::len), Some(2));
         assert_eq!(one["embeddings"][0].as_array().map(Vec::len), Some(384));
     }
@@ -58,17 +78,33 @@ async fn raw_url_base64_malformed_and_batch_events() {
     // Malformed JSON through a URL: 400 with a typed body.
     let reply = ok_json(h.invoke(&url_event(b"{not json", false)).await);
     assert_eq!(reply["statusCode"], 400);
-    let body: Value = serde_json::from_str(reply["body"].as_str().expect("body")).expect("json body");
+    let body: Value =
+        serde_json::from_str(reply["body"].as_str().expect("body")).expect("json body");
     assert_eq!(body["error"]["type"], "InvalidInput");
 
     // Wrong types, empty lists, over-limit counts and refused truncation: typed errors.
-    assert_eq!(error_of(h.invoke(&json!({"texts": "not a list"})).await).error_type, "InvalidInput");
-    assert_eq!(error_of(h.invoke(&json!({"texts": []})).await).error_type, "InvalidInput");
-    assert_eq!(error_of(h.invoke(&json!({"nope": 1})).await).error_type, "InvalidInput");
+    assert_eq!(
+        error_of(h.invoke(&json!({"texts": "not a list"})).await).error_type,
+        "InvalidInput"
+    );
+    assert_eq!(
+        error_of(h.invoke(&json!({"texts": []})).await).error_type,
+        "InvalidInput"
+    );
+    assert_eq!(
+        error_of(h.invoke(&json!({"nope": 1})).await).error_type,
+        "InvalidInput"
+    );
     let nine: Vec<String> = (0..9).map(|i| format!("t{i}")).collect();
-    assert_eq!(error_of(h.invoke(&json!({"texts": nine})).await).error_type, "PayloadTooLarge");
+    assert_eq!(
+        error_of(h.invoke(&json!({"texts": nine})).await).error_type,
+        "PayloadTooLarge"
+    );
     let huge = "x".repeat(100_001);
-    assert_eq!(error_of(h.invoke(&json!({"text": huge})).await).error_type, "PayloadTooLarge");
+    assert_eq!(
+        error_of(h.invoke(&json!({"text": huge})).await).error_type,
+        "PayloadTooLarge"
+    );
     let long = "word ".repeat(400);
     let e = error_of(h.invoke(&json!({"text": long, "truncate": false})).await);
     assert_eq!(e.error_type, "InvalidInput");
@@ -82,7 +118,10 @@ async fn raw_url_base64_malformed_and_batch_events() {
     assert_eq!(items.len(), 3);
     assert_eq!(items[0]["ok"]["tokens"], json!([3]));
     assert_eq!(items[1]["error"]["errorType"], "InvalidInput");
-    assert_eq!(items[2]["ok"]["embeddings"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        items[2]["ok"]["embeddings"].as_array().map(Vec::len),
+        Some(2)
+    );
     // The batched answer equals the single one: batching never changes a result.
     let single = ok_json(h.invoke(&json!({"text": "first"})).await);
     let (a, b) = (&items[0]["ok"]["embeddings"][0], &single["embeddings"][0]);
@@ -91,7 +130,9 @@ async fn raw_url_base64_malformed_and_batch_events() {
 }
 
 fn to_vec(v: &Value) -> Vec<f32> {
-    v.as_array().map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect()).unwrap_or_default()
+    v.as_array()
+        .map(|a| a.iter().map(|x| x.as_f64().unwrap_or(0.0) as f32).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -100,7 +141,9 @@ async fn a_corrupt_snapshot_fails_init_before_the_first_next() {
     let dir = tmp.path().join("snap");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("snapshot.json"), b"{broken").expect("write");
-    let api = thaw_runtime::runtime_api::InstanceApi::bind().await.expect("bind");
+    let api = thaw_runtime::runtime_api::InstanceApi::bind()
+        .await
+        .expect("bind");
     let out = tokio::process::Command::new(binary("embed"))
         .env("AWS_LAMBDA_RUNTIME_API", api.addr().to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "embed")
@@ -112,6 +155,12 @@ async fn a_corrupt_snapshot_fails_init_before_the_first_next() {
         .expect("run");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("malformed JSON") && stderr.contains("snapshot.json"), "{stderr}");
-    assert_eq!(*api.lifecycle().borrow(), thaw_runtime::runtime_api::Lifecycle::Initialising);
+    assert!(
+        stderr.contains("malformed JSON") && stderr.contains("snapshot.json"),
+        "{stderr}"
+    );
+    assert_eq!(
+        *api.lifecycle().borrow(),
+        thaw_runtime::runtime_api::Lifecycle::Initialising
+    );
 }

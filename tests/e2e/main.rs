@@ -5,4 +5,5 @@
 
 mod embed_function;
 mod parity;
+mod runtime;
 mod snapshot_faults;

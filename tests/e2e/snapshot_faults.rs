@@ -12,7 +12,10 @@ use thaw_tests::fixture;
 fn tiny_snapshot() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let out = tmp.path().join("tiny");
-    let opts = BuildOptions { name: "tiny".into(), ..BuildOptions::default() };
+    let opts = BuildOptions {
+        name: "tiny".into(),
+        ..BuildOptions::default()
+    };
     let meta = build(&fixture("tiny-cross-encoder"), &out, &opts).expect("build");
     assert_eq!(meta.architecture, Architecture::BertCrossEncoder);
     (tmp, out)
@@ -20,7 +23,8 @@ fn tiny_snapshot() -> (tempfile::TempDir, PathBuf) {
 
 fn edit_meta(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let path = dir.join(META_FILE);
-    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("json");
     edit(&mut v);
     std::fs::write(&path, serde_json::to_vec(&v).expect("ser")).expect("write");
 }
@@ -47,11 +51,25 @@ fn flipped_byte_is_a_digest_mismatch_naming_the_file_and_both_digests() {
     bytes[last] ^= 0x40;
     std::fs::write(&weights, bytes).expect("write");
     match verify(&dir) {
-        Err(SnapshotError::DigestMismatch { path, expected, actual }) => {
+        Err(SnapshotError::DigestMismatch {
+            path,
+            expected,
+            actual,
+        }) => {
             assert!(ends_with(&path, "model.safetensors"));
             assert_ne!(expected, actual);
-            let msg = SnapshotError::DigestMismatch { path, expected: expected.clone(), actual: actual.clone() }.to_string();
-            assert!(msg.contains(&expected) && msg.contains(&actual) && msg.contains("model.safetensors"), "{msg}");
+            let msg = SnapshotError::DigestMismatch {
+                path,
+                expected: expected.clone(),
+                actual: actual.clone(),
+            }
+            .to_string();
+            assert!(
+                msg.contains(&expected)
+                    && msg.contains(&actual)
+                    && msg.contains("model.safetensors"),
+                "{msg}"
+            );
         }
         other => panic!("expected DigestMismatch, got {other:?}"),
     }
@@ -64,13 +82,19 @@ fn truncated_weights_are_a_size_mismatch_on_restore_and_corrupt_safetensors_when
     let bytes = std::fs::read(&weights).expect("read");
     std::fs::write(&weights, &bytes[..bytes.len() / 2]).expect("write");
     match restore(&dir) {
-        Err(SnapshotError::SizeMismatch { path, .. }) => assert!(ends_with(&path, "model.safetensors")),
+        Err(SnapshotError::SizeMismatch { path, .. }) => {
+            assert!(ends_with(&path, "model.safetensors"))
+        }
         other => panic!("expected SizeMismatch, got {other:?}"),
     }
     // Even if snapshot.json were rewritten to agree, the header check catches the cut.
-    edit_meta(&dir, |v| v["files"][0]["bytes"] = serde_json::json!(bytes.len() / 2));
+    edit_meta(&dir, |v| {
+        v["files"][0]["bytes"] = serde_json::json!(bytes.len() / 2)
+    });
     match restore(&dir) {
-        Err(SnapshotError::InvalidSafetensors { path, .. }) => assert!(ends_with(&path, "model.safetensors")),
+        Err(SnapshotError::InvalidSafetensors { path, .. }) => {
+            assert!(ends_with(&path, "model.safetensors"))
+        }
         other => panic!("expected InvalidSafetensors, got {other:?}"),
     }
 }
@@ -90,26 +114,38 @@ fn missing_tokenizer_is_named() {
 #[test]
 fn wrong_recorded_digest_is_refused_when_entering_the_cache() {
     let (tmp, dir) = tiny_snapshot();
-    edit_meta(&dir, |v| v["files"][1]["sha256"] = serde_json::json!("0".repeat(64)));
+    edit_meta(&dir, |v| {
+        v["files"][1]["sha256"] = serde_json::json!("0".repeat(64))
+    });
     let cache = SnapshotCache::open(tmp.path().join("cache")).expect("cache");
     match cache.insert(&dir) {
         Err(SnapshotError::DigestMismatch { path, expected, .. }) => {
             assert!(ends_with(&path, "tokenizer.json"), "{path:?}");
-            assert!(path.starts_with(&dir), "error names the source, not the staging copy: {path:?}");
+            assert!(
+                path.starts_with(&dir),
+                "error names the source, not the staging copy: {path:?}"
+            );
             assert_eq!(expected, "0".repeat(64));
         }
         other => panic!("expected DigestMismatch, got {other:?}"),
     }
-    assert!(cache.names().expect("names").is_empty(), "a refused snapshot gets no name");
+    assert!(
+        cache.names().expect("names").is_empty(),
+        "a refused snapshot gets no name"
+    );
     assert_no_staging(&cache);
 }
 
 #[test]
 fn unknown_architecture_is_its_own_error() {
     let (_tmp, dir) = tiny_snapshot();
-    edit_meta(&dir, |v| v["architecture"] = serde_json::json!("mamba-9000"));
+    edit_meta(&dir, |v| {
+        v["architecture"] = serde_json::json!("mamba-9000")
+    });
     match SnapshotMeta::read(&dir) {
-        Err(SnapshotError::UnknownArchitecture { path, architecture, .. }) => {
+        Err(SnapshotError::UnknownArchitecture {
+            path, architecture, ..
+        }) => {
             assert!(ends_with(&path, META_FILE));
             assert_eq!(architecture, "mamba-9000");
         }
@@ -137,13 +173,19 @@ fn a_failed_build_leaves_nothing_in_the_cache_and_killed_staging_is_swept() {
     }
     // No tokenizer.json: the build fails half way, after writing the weights.
     let cache = SnapshotCache::open(tmp.path().join("cache")).expect("cache");
-    let opts = BuildOptions { name: "tiny".into(), ..BuildOptions::default() };
+    let opts = BuildOptions {
+        name: "tiny".into(),
+        ..BuildOptions::default()
+    };
     match cache.build(&model, &opts) {
         Err(SnapshotError::MissingFile { path }) => assert!(ends_with(&path, "tokenizer.json")),
         other => panic!("expected MissingFile, got {other:?}"),
     }
     assert_no_staging(&cache);
-    assert!(matches!(cache.resolve("tiny"), Err(SnapshotError::NotInCache { .. })));
+    assert!(matches!(
+        cache.resolve("tiny"),
+        Err(SnapshotError::NotInCache { .. })
+    ));
 
     // A process killed mid-build leaves its staging directory; the next open sweeps it.
     let orphan = cache.root().join("objects/.tmp-build-killed");

@@ -73,19 +73,53 @@ impl Fault {
             "fail" => return Err(FnError::invalid_input("fault: typed failure on purpose")),
             other => return Err(FnError::invalid_input(format!("unknown action {other:?}"))),
         }
-        Ok(Response { instance: self.instance.clone(), pid: std::process::id(), echo: r.echo.unwrap_or_default() })
+        Ok(Response {
+            instance: self.instance.clone(),
+            pid: std::process::id(),
+            echo: r.echo.unwrap_or_default(),
+        })
     }
 }
 
+/// `THAW_FAULT_MODE=raw`: a plain lambda_runtime function (no thaw-fn) that echoes a
+/// function URL event's body back byte for byte, base64 flag and all.
+fn raw_echo() -> Result<(), thaw_fn::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(lambda_runtime::run(lambda_runtime::service_fn(
+        |event: lambda_runtime::LambdaEvent<serde_json::Value>| async move {
+            let e = event.payload;
+            Ok::<_, thaw_fn::Error>(serde_json::json!({
+                "statusCode": 200,
+                "headers": {"content-type": "application/octet-stream", "x-raw-path": e["rawPath"]},
+                "body": e["body"],
+                "isBase64Encoded": e["isBase64Encoded"],
+                "cookies": e["cookies"],
+            }))
+        },
+    )))
+}
+
 fn main() -> Result<(), thaw_fn::Error> {
+    if std::env::var("THAW_FAULT_MODE").as_deref() == Ok("raw") {
+        return raw_echo();
+    }
     thaw_fn::run(|| {
         if let Some(path) = std::env::var_os("THAW_FAULT_STARTS") {
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
                 let _ = writeln!(f, "{}", std::process::id());
             }
         }
         if std::env::var("THAW_FAULT_INIT").as_deref() == Ok("fail") {
-            return Err(FnError::new(ErrorType::InitError, "fault: init failed on purpose"));
+            return Err(FnError::new(
+                ErrorType::InitError,
+                "fault: init failed on purpose",
+            ));
         }
         let instance = std::env::var("THAW_INSTANCE_ID").unwrap_or_default();
         Ok(Fault { instance })

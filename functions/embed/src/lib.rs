@@ -52,7 +52,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_texts: 256, max_chars: 100_000 }
+        Self {
+            max_texts: 256,
+            max_chars: 100_000,
+        }
     }
 }
 
@@ -60,10 +63,17 @@ impl Limits {
     /// Defaults, overridden by the environment where set and valid.
     pub fn from_env() -> Self {
         let get = |key: &str, default: usize| {
-            std::env::var(key).ok().and_then(|v| v.parse().ok()).filter(|&n| n > 0).unwrap_or(default)
+            std::env::var(key)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(default)
         };
         let d = Self::default();
-        Self { max_texts: get("THAW_EMBED_MAX_TEXTS", d.max_texts), max_chars: get("THAW_EMBED_MAX_CHARS", d.max_chars) }
+        Self {
+            max_texts: get("THAW_EMBED_MAX_TEXTS", d.max_texts),
+            max_chars: get("THAW_EMBED_MAX_CHARS", d.max_chars),
+        }
     }
 }
 
@@ -77,10 +87,18 @@ struct Job {
 impl EmbedRequest {
     fn validate(self, limits: Limits) -> Result<Job, FnError> {
         let texts = match (self.texts, self.text) {
-            (Some(_), Some(_)) => return Err(FnError::invalid_input("give either \"text\" or \"texts\", not both")),
+            (Some(_), Some(_)) => {
+                return Err(FnError::invalid_input(
+                    "give either \"text\" or \"texts\", not both",
+                ))
+            }
             (Some(texts), None) => texts,
             (None, Some(text)) => vec![text],
-            (None, None) => return Err(FnError::invalid_input("missing \"texts\" (array of strings) or \"text\"")),
+            (None, None) => {
+                return Err(FnError::invalid_input(
+                    "missing \"texts\" (array of strings) or \"text\"",
+                ))
+            }
         };
         if texts.is_empty() {
             return Err(FnError::invalid_input("\"texts\" is empty"));
@@ -92,14 +110,21 @@ impl EmbedRequest {
                 limits.max_texts
             )));
         }
-        if let Some((i, t)) = texts.iter().enumerate().find(|(_, t)| t.chars().count() > limits.max_chars) {
+        if let Some((i, t)) = texts
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.chars().count() > limits.max_chars)
+        {
             return Err(FnError::payload_too_large(format!(
                 "text {i} has {} characters; the limit is {}",
                 t.chars().count(),
                 limits.max_chars
             )));
         }
-        let opts = EncodeOptions { normalize: self.normalize.unwrap_or(true), truncate: self.truncate.unwrap_or(true) };
+        let opts = EncodeOptions {
+            normalize: self.normalize.unwrap_or(true),
+            truncate: self.truncate.unwrap_or(true),
+        };
         Ok(Job { texts, opts })
     }
 }
@@ -142,10 +167,14 @@ impl Function for Embed {
     type Response = EmbedResponse;
 
     fn handle_batch(&mut self, requests: Vec<EmbedRequest>) -> Vec<Result<EmbedResponse, FnError>> {
-        let jobs: Vec<Result<Job, FnError>> = requests.into_iter().map(|r| r.validate(self.limits)).collect();
+        let jobs: Vec<Result<Job, FnError>> = requests
+            .into_iter()
+            .map(|r| r.validate(self.limits))
+            .collect();
         // Requests that share options share forward passes: concatenate their texts,
         // encode once, and split the result back.
-        let mut results: Vec<Option<Result<EmbedResponse, FnError>>> = Vec::with_capacity(jobs.len());
+        let mut results: Vec<Option<Result<EmbedResponse, FnError>>> =
+            Vec::with_capacity(jobs.len());
         let mut groups: Vec<(bool, bool, Vec<usize>)> = Vec::new();
         for (i, job) in jobs.iter().enumerate() {
             match job {
@@ -161,7 +190,10 @@ impl Function for Embed {
             }
         }
         for (normalize, truncate, members) in groups {
-            let valid: Vec<&Job> = members.iter().filter_map(|&i| jobs[i].as_ref().ok()).collect();
+            let valid: Vec<&Job> = members
+                .iter()
+                .filter_map(|&i| jobs[i].as_ref().ok())
+                .collect();
             if valid.len() == 1 || !truncate {
                 // A non-truncating request can fail alone; keep its neighbours out of it.
                 for (&i, job) in members.iter().zip(valid) {
@@ -170,7 +202,13 @@ impl Function for Embed {
                 continue;
             }
             let texts: Vec<String> = valid.iter().flat_map(|j| j.texts.iter().cloned()).collect();
-            let merged = Job { texts, opts: EncodeOptions { normalize, truncate } };
+            let merged = Job {
+                texts,
+                opts: EncodeOptions {
+                    normalize,
+                    truncate,
+                },
+            };
             match self.run(&merged) {
                 Ok(all) => {
                     let mut embeddings = all.embeddings.into_iter();
@@ -192,6 +230,9 @@ impl Function for Embed {
                 }
             }
         }
-        results.into_iter().map(|r| r.unwrap_or_else(|| Err(FnError::invalid_input("request was not processed")))).collect()
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(FnError::invalid_input("request was not processed"))))
+            .collect()
     }
 }

@@ -10,10 +10,11 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> Result<(), thaw_fn::Error> {
     thaw_fn::run(|| {
-        let init_error = |e: &dyn std::fmt::Display| FnError::new(ErrorType::InitError, e.to_string());
+        let init_error =
+            |e: &dyn std::fmt::Display| FnError::new(ErrorType::InitError, e.to_string());
         let device = thaw_models::device::default_device();
-        let encoder =
-            thaw_models::SentenceEncoder::restore(&thaw_fn::snapshot_dir()?, &device).map_err(|e| init_error(&e))?;
+        let encoder = thaw_models::SentenceEncoder::restore(&thaw_fn::snapshot_dir()?, &device)
+            .map_err(|e| init_error(&e))?;
         let t = encoder.load_timings();
         tracing::info!(
             target: "thaw::startup",

@@ -15,7 +15,9 @@ pub(crate) struct Endpoint {
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout_connect(Duration::from_secs(5)).build()
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .build()
 }
 
 /// `thaw invoke <fn> <json|@file|->`: prints the payload; exits non-zero on any error.
@@ -26,12 +28,21 @@ pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result
             std::io::stdin().read_to_string(&mut s)?;
             s
         }
-        s if s.starts_with('@') => std::fs::read_to_string(&s[1..]).with_context(|| format!("read {}", &s[1..]))?,
+        s if s.starts_with('@') => {
+            std::fs::read_to_string(&s[1..]).with_context(|| format!("read {}", &s[1..]))?
+        }
         s => s.to_owned(),
     };
     serde_json::from_str::<Value>(&body).context("input is not valid JSON")?;
-    let url = format!("{}/2015-03-31/functions/{function}/invocations", endpoint.endpoint);
-    let resp = match agent().post(&url).set("content-type", "application/json").send_string(&body) {
+    let url = format!(
+        "{}/2015-03-31/functions/{function}/invocations",
+        endpoint.endpoint
+    );
+    let resp = match agent()
+        .post(&url)
+        .set("content-type", "application/json")
+        .send_string(&body)
+    {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
             let text = r.into_string().unwrap_or_default();
@@ -52,7 +63,9 @@ fn get_json(endpoint: &Endpoint, path: &str) -> Result<Value> {
     let url = format!("{}{path}", endpoint.endpoint);
     match agent().get(&url).call() {
         Ok(r) => Ok(r.into_json()?),
-        Err(ureq::Error::Status(code, r)) => bail!("HTTP {code}: {}", r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => {
+            bail!("HTTP {code}: {}", r.into_string().unwrap_or_default())
+        }
         Err(e) => bail!("cannot reach thaw serve at {}: {e}", endpoint.endpoint),
     }
 }
@@ -60,15 +73,23 @@ fn get_json(endpoint: &Endpoint, path: &str) -> Result<Value> {
 /// `thaw status`: a table of functions and instances.
 pub(crate) fn status(endpoint: &Endpoint) -> Result<()> {
     let v = get_json(endpoint, "/v1/functions")?;
-    println!("{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}", "FUNCTION", "MIN", "MAX", "CONC", "STARTING", "IDLE", "BUSY", "QUEUE");
+    println!(
+        "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}",
+        "FUNCTION", "MIN", "MAX", "CONC", "STARTING", "IDLE", "BUSY", "QUEUE"
+    );
     for f in v["functions"].as_array().into_iter().flatten() {
         let (c, s) = (&f["config"], &f["state"]);
         let n = |v: &Value| v.as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
         println!(
             "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}",
             f["name"].as_str().unwrap_or("?"),
-            n(&c["min_containers"]), n(&c["max_containers"]), n(&c["concurrency"]),
-            n(&s["starting"]), n(&s["idle"]), n(&s["busy"]), n(&s["queue_depth"])
+            n(&c["min_containers"]),
+            n(&c["max_containers"]),
+            n(&c["concurrency"]),
+            n(&s["starting"]),
+            n(&s["idle"]),
+            n(&s["busy"]),
+            n(&s["queue_depth"])
         );
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(
@@ -92,10 +113,17 @@ pub(crate) fn logs(endpoint: &Endpoint, function: &str, follow: bool, tail: usiz
     let mut first = true;
     loop {
         let n = if first { tail } else { 2000 };
-        let v = get_json(endpoint, &format!("/v1/functions/{function}/logs?tail={n}&since={since}"))?;
+        let v = get_json(
+            endpoint,
+            &format!("/v1/functions/{function}/logs?tail={n}&since={since}"),
+        )?;
         for l in v["lines"].as_array().into_iter().flatten() {
             since = since.max(l["ts_ms"].as_u64().unwrap_or(0));
-            println!("[{}] {}", l["instance"].as_str().unwrap_or("?"), l["line"].as_str().unwrap_or(""));
+            println!(
+                "[{}] {}",
+                l["instance"].as_str().unwrap_or("?"),
+                l["line"].as_str().unwrap_or("")
+            );
         }
         first = false;
         if !follow {

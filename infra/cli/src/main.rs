@@ -59,19 +59,32 @@ enum Command {
 
 /// The snapshot cache: `--snapshots`, else `THAW_SNAPSHOTS`, else `.cache/snapshots`.
 pub(crate) fn default_cache() -> PathBuf {
-    std::env::var_os("THAW_SNAPSHOTS").map_or_else(|| PathBuf::from(".cache/snapshots"), PathBuf::from)
+    std::env::var_os("THAW_SNAPSHOTS")
+        .map_or_else(|| PathBuf::from(".cache/snapshots"), PathBuf::from)
 }
 
 fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve::run(args),
-        Command::Invoke { function, input, endpoint } => client::invoke(&endpoint, &function, &input),
+        Command::Invoke {
+            function,
+            input,
+            endpoint,
+        } => client::invoke(&endpoint, &function, &input),
         Command::Status { endpoint } => client::status(&endpoint),
-        Command::Logs { function, follow, tail, endpoint } => client::logs(&endpoint, &function, follow, tail),
+        Command::Logs {
+            function,
+            follow,
+            tail,
+            endpoint,
+        } => client::logs(&endpoint, &function, follow, tail),
         Command::Snapshot(cmd) => snapshot::run(cmd).context("snapshot command failed"),
     }
 }

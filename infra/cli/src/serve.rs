@@ -28,7 +28,8 @@ pub(crate) struct ServeArgs {
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
     let d: thaw_manifest::Duration =
-        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|e| e.to_string())?;
+        serde_json::from_value(serde_json::Value::String(s.to_owned()))
+            .map_err(|e| e.to_string())?;
     Ok(d.0)
 }
 
@@ -36,33 +37,55 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
     let bin_dir = match args.bin_dir {
         Some(d) => d,
-        None => std::env::current_exe()?.parent().map(PathBuf::from).context("no binary directory")?,
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .context("no binary directory")?,
     };
-    let resolver = Resolver { bin_dir, snapshots: args.snapshots.unwrap_or_else(crate::default_cache) };
+    let resolver = Resolver {
+        bin_dir,
+        snapshots: args.snapshots.unwrap_or_else(crate::default_cache),
+    };
     let plan = manifest.resolve(&resolver)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("bind {}", args.listen))?;
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("bind {}", args.listen))?;
         let addr = listener.local_addr()?;
         let rt = thaw_runtime::Runtime::start(&plan, std::env::var("THAW_URL_TOKEN").ok());
-        println!("thaw serve listening on http://{addr}");
+        // Whoever started us may stop reading stdout; that must never take thaw down.
+        let mut banner = format!("thaw serve listening on http://{addr}\n");
         for name in plan.functions.keys() {
-            println!("  function {name}: http://{addr}/fn/{name}/");
+            banner.push_str(&format!("  function {name}: http://{addr}/fn/{name}/\n"));
         }
+        say(&banner);
         tracing::info!(%addr, functions = plan.functions.len(), "ready");
         thaw_runtime::serve(listener, rt, shutdown_signal(), args.grace).await?;
-        println!("thaw serve stopped; no instance left running");
+        say("thaw serve stopped; no instance left running\n");
         Ok(())
     })
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+fn say(text: &str) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }

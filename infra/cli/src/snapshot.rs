@@ -50,7 +50,9 @@ pub(crate) struct CacheArg {
 
 impl CacheArg {
     fn open(&self) -> Result<SnapshotCache> {
-        Ok(SnapshotCache::open(self.snapshots.clone().unwrap_or_else(crate::default_cache))?)
+        Ok(SnapshotCache::open(
+            self.snapshots.clone().unwrap_or_else(crate::default_cache),
+        )?)
     }
 }
 
@@ -81,11 +83,13 @@ pub(crate) struct BuildArgs {
 }
 
 fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| format!("unknown dtype {s:?}: f32, f16 or bf16"))
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown dtype {s:?}: f32, f16 or bf16"))
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| format!("unknown pooling {s:?}: mean or cls"))
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown pooling {s:?}: mean or cls"))
 }
 
 pub(crate) fn run(cmd: SnapshotCommand) -> Result<()> {
@@ -94,7 +98,12 @@ pub(crate) fn run(cmd: SnapshotCommand) -> Result<()> {
         SnapshotCommand::Verify { target, cache } => {
             let dir = locate(&target, &cache)?;
             let meta = thaw_snapshot::verify(&dir)?;
-            println!("ok: {} ({} files verified) at {}", meta.name, meta.files.len(), dir.display());
+            println!(
+                "ok: {} ({} files verified) at {}",
+                meta.name,
+                meta.files.len(),
+                dir.display()
+            );
             Ok(())
         }
         SnapshotCommand::Inspect { target, cache } => {
@@ -108,7 +117,12 @@ pub(crate) fn run(cmd: SnapshotCommand) -> Result<()> {
             for name in cache.names()? {
                 let dir = cache.resolve(&name)?;
                 let meta = SnapshotMeta::read(&dir)?;
-                println!("{name}\t{:?}\t{:?}\t{}", meta.architecture, meta.dtype, dir.display());
+                println!(
+                    "{name}\t{:?}\t{:?}\t{}",
+                    meta.architecture,
+                    meta.dtype,
+                    dir.display()
+                );
             }
             Ok(())
         }
@@ -129,8 +143,12 @@ fn locate(target: &str, cache: &CacheArg) -> Result<PathBuf> {
 
 fn build(args: BuildArgs) -> Result<()> {
     let jobs: Vec<(PathBuf, BuildOptions)> = if args.recipe.is_empty() {
-        let Some(model_dir) = args.model_dir else { bail!("give a model folder or --recipe") };
-        let Some(name) = args.name else { bail!("--name is required when building from a folder") };
+        let Some(model_dir) = args.model_dir else {
+            bail!("give a model folder or --recipe")
+        };
+        let Some(name) = args.name else {
+            bail!("--name is required when building from a folder")
+        };
         let opts = BuildOptions {
             name,
             dtype: args.dtype,
@@ -152,7 +170,13 @@ fn build(args: BuildArgs) -> Result<()> {
         match &args.out {
             Some(out) => {
                 let meta = thaw_snapshot::build::build(&model_dir, out, &opts)?;
-                println!("built {} ({:?}, {:?}) at {}", meta.name, meta.architecture, meta.dtype, out.display());
+                println!(
+                    "built {} ({:?}, {:?}) at {}",
+                    meta.name,
+                    meta.architecture,
+                    meta.dtype,
+                    out.display()
+                );
             }
             None => {
                 let entry = args.cache.open()?.build(&model_dir, &opts)?;

@@ -26,7 +26,9 @@ pub enum ManifestError {
     #[error("the manifest declares no [function.*]")]
     NoFunctions,
     /// A function's binary was not found.
-    #[error("function {function:?}: binary {binary:?} not found at {path} (build it with `make build`)")]
+    #[error(
+        "function {function:?}: binary {binary:?} not found at {path} (build it with `make build`)"
+    )]
     BinaryNotFound {
         /// The function.
         function: String,

@@ -27,9 +27,16 @@ mod golden {
     use crate::Manifest;
 
     fn cases(kind: &str) -> Vec<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("golden").join(kind);
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("golden")
+            .join(kind);
         let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
-            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect()
+            })
             .unwrap_or_default();
         v.sort();
         assert!(!v.is_empty(), "no golden cases in {}", dir.display());
@@ -39,7 +46,8 @@ mod golden {
     fn check(path: &PathBuf, ext: &str, actual: &str) {
         let expected_path = path.with_extension(ext);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
-            std::fs::write(&expected_path, actual).unwrap_or_else(|e| panic!("write {}: {e}", expected_path.display()));
+            std::fs::write(&expected_path, actual)
+                .unwrap_or_else(|e| panic!("write {}: {e}", expected_path.display()));
         }
         let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
         assert_eq!(actual, expected, "golden mismatch for {}", path.display());
@@ -50,7 +58,8 @@ mod golden {
         for path in cases("valid") {
             let text = std::fs::read_to_string(&path).unwrap_or_default();
             let manifest = Manifest::parse(&text).and_then(|m| m.validate().map(|()| m));
-            let manifest = manifest.unwrap_or_else(|e| panic!("{} should be valid: {e}", path.display()));
+            let manifest =
+                manifest.unwrap_or_else(|e| panic!("{} should be valid: {e}", path.display()));
             let json = serde_json::to_string_pretty(&manifest).unwrap_or_default() + "\n";
             check(&path, "json", &json);
         }

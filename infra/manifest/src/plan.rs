@@ -46,8 +46,11 @@ impl Manifest {
     /// Resolves every binary and snapshot. Errors name the function and the path.
     pub fn resolve(&self, resolver: &Resolver) -> Result<Plan, ManifestError> {
         self.validate()?;
-        let cache = SnapshotCache::open(&resolver.snapshots)
-            .map_err(|source| ManifestError::Snapshot { function: String::new(), source })?;
+        let cache =
+            SnapshotCache::open(&resolver.snapshots).map_err(|source| ManifestError::Snapshot {
+                function: String::new(),
+                source,
+            })?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &self.function {
             let binary_path = resolver.bin_dir.join(&spec.binary);
@@ -59,18 +62,26 @@ impl Manifest {
                 });
             }
             let snapshot_dir = match &spec.snapshot {
-                Some(s) => Some(
-                    cache
-                        .resolve(s)
-                        .map_err(|source| ManifestError::Snapshot { function: name.to_string(), source })?,
-                ),
+                Some(s) => Some(cache.resolve(s).map_err(|source| ManifestError::Snapshot {
+                    function: name.to_string(),
+                    source,
+                })?),
                 None => None,
             };
             functions.insert(
                 name.clone(),
-                FunctionPlan { name: name.clone(), binary_path, snapshot_dir, spec: spec.clone() },
+                FunctionPlan {
+                    name: name.clone(),
+                    binary_path,
+                    snapshot_dir,
+                    spec: spec.clone(),
+                },
             );
         }
-        Ok(Plan { app: self.app.name.clone(), regions: self.app.regions.clone(), functions })
+        Ok(Plan {
+            app: self.app.name.clone(),
+            regions: self.app.regions.clone(),
+            functions,
+        })
     }
 }

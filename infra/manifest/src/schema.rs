@@ -39,7 +39,9 @@ impl FunctionName {
     pub fn new(name: &str) -> Result<Self, String> {
         let ok = name.len() <= 64
             && name.starts_with(|c: char| c.is_ascii_lowercase())
-            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if ok {
             Ok(Self(name.to_owned()))
         } else {
@@ -144,7 +146,10 @@ impl<'de> Deserialize<'de> for Gpu {
             None => (s.as_str(), Some(1)),
         };
         match (GPU_KINDS.contains(&kind), count) {
-            (true, Some(count)) => Ok(Self { kind: Some(kind.to_owned()), count }),
+            (true, Some(count)) => Ok(Self {
+                kind: Some(kind.to_owned()),
+                count,
+            }),
             _ => Err(serde::de::Error::custom(format!(
                 "invalid gpu {s:?}: none, or one of {} with an optional \":N\"",
                 GPU_KINDS.join(", ")
@@ -217,7 +222,10 @@ mod defaults {
 impl Manifest {
     /// Reads and parses a manifest file, then validates it.
     pub fn load(path: &Path) -> Result<Self, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         let manifest = Self::parse(&text).map_err(|e| match e {
             ManifestError::Parse(msg) => ManifestError::Parse(format!("{}: {msg}", path.display())),
             other => other,
@@ -237,7 +245,10 @@ impl Manifest {
             return Err(ManifestError::NoFunctions);
         }
         for (name, f) in &self.function {
-            let invalid = |message: String| ManifestError::Invalid { function: name.to_string(), message };
+            let invalid = |message: String| ManifestError::Invalid {
+                function: name.to_string(),
+                message,
+            };
             if f.max_containers == 0 {
                 return Err(invalid("max_containers must be at least 1".into()));
             }
@@ -251,10 +262,15 @@ impl Manifest {
                 return Err(invalid("concurrency must be at least 1".into()));
             }
             if f.timeout.0.is_zero() || f.startup_timeout.0.is_zero() {
-                return Err(invalid("timeout and startup_timeout must be greater than zero".into()));
+                return Err(invalid(
+                    "timeout and startup_timeout must be greater than zero".into(),
+                ));
             }
             if f.binary.is_empty() || f.binary.contains('/') {
-                return Err(invalid(format!("binary {:?} must be a cargo bin name, not a path", f.binary)));
+                return Err(invalid(format!(
+                    "binary {:?} must be a cargo bin name, not a path",
+                    f.binary
+                )));
             }
             if let Some(b) = &f.batch {
                 if b.max_size == 0 {

@@ -20,9 +20,11 @@ impl Duration {
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Duration)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?} ({e}); write e.g. \"300ms\" or \"60s\"")))
+        humantime::parse_duration(&s).map(Duration).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {s:?} ({e}); write e.g. \"300ms\" or \"60s\""
+            ))
+        })
     }
 }
 
@@ -48,7 +50,11 @@ impl<'de> Deserialize<'de> for ByteSize {
         let s = String::deserialize(d)?;
         s.parse::<bytesize::ByteSize>()
             .map(|b| ByteSize(b.as_u64()))
-            .map_err(|e| serde::de::Error::custom(format!("invalid size {s:?} ({e}); write e.g. \"1GiB\" or \"512MiB\"")))
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?} ({e}); write e.g. \"1GiB\" or \"512MiB\""
+                ))
+            })
     }
 }
 

@@ -45,7 +45,10 @@ pub fn router(runtime: Shared) -> Router {
         .route("/fn/{function}", any(function_url_root))
         .route("/fn/{function}/", any(function_url_root))
         .route("/fn/{function}/{*path}", any(function_url))
-        .route("/2015-03-31/functions/{function}/invocations", post(invoke_api))
+        .route(
+            "/2015-03-31/functions/{function}/invocations",
+            post(invoke_api),
+        )
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{function}/logs", get(logs))
         .route("/healthz", get(healthz))
@@ -68,16 +71,27 @@ fn call_error(e: &CallError) -> Response {
     };
     let mut resp = error(status, e.kind(), e.to_string());
     if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+        resp.headers_mut()
+            .insert("retry-after", HeaderValue::from_static("1"));
     }
     resp
 }
 
 fn pool<'a>(rt: &'a Runtime, name: &str) -> Result<&'a Arc<FunctionPool>, Response> {
     if !rt.accepting() {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", "thaw is shutting down"));
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ShuttingDown",
+            "thaw is shutting down",
+        ));
     }
-    rt.pools.get(name).ok_or_else(|| error(StatusCode::NOT_FOUND, "FunctionNotFound", format!("no function {name:?}")))
+    rt.pools.get(name).ok_or_else(|| {
+        error(
+            StatusCode::NOT_FOUND,
+            "FunctionNotFound",
+            format!("no function {name:?}"),
+        )
+    })
 }
 
 async fn read_body(body: Body) -> Result<Bytes, Response> {
@@ -88,12 +102,24 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
                 .is_some_and(|s| s.is::<http_body_util_limited::LengthLimitError>())
                 || e.to_string().contains("length limit");
             if too_large {
-                Err(error(StatusCode::PAYLOAD_TOO_LARGE, "PayloadTooLarge", format!("request body exceeds {MAX_BODY} bytes")))
+                Err(error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "PayloadTooLarge",
+                    format!("request body exceeds {MAX_BODY} bytes"),
+                ))
             } else {
-                Err(error(StatusCode::BAD_REQUEST, "BadRequest", format!("cannot read request body: {e}")))
+                Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "BadRequest",
+                    format!("cannot read request body: {e}"),
+                ))
             }
         }
-        Err(_) => Err(error(StatusCode::REQUEST_TIMEOUT, "RequestTimeout", "request body not received in time")),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            "RequestTimeout",
+            "request body not received in time",
+        )),
     }
 }
 
@@ -102,11 +128,19 @@ mod http_body_util_limited {
     pub use axum::extract::rejection::LengthLimitError;
 }
 
-async fn function_url_root(State(rt): State<Shared>, Path(function): Path<String>, req: Request) -> Response {
+async fn function_url_root(
+    State(rt): State<Shared>,
+    Path(function): Path<String>,
+    req: Request,
+) -> Response {
     url_call(rt, function, String::new(), req).await
 }
 
-async fn function_url(State(rt): State<Shared>, Path((function, path)): Path<(String, String)>, req: Request) -> Response {
+async fn function_url(
+    State(rt): State<Shared>,
+    Path((function, path)): Path<(String, String)>,
+    req: Request,
+) -> Response {
     url_call(rt, function, path, req).await
 }
 
@@ -117,9 +151,16 @@ async fn url_call(rt: Shared, function: String, path: String, req: Request) -> R
     };
     if pool.plan().spec.url.auth == thaw_manifest::UrlAuth::Token {
         let expected = rt.url_token.as_deref().map(|t| format!("Bearer {t}"));
-        let given = req.headers().get("authorization").and_then(|v| v.to_str().ok());
+        let given = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
         if expected.is_none() || given != expected.as_deref() {
-            return error(StatusCode::UNAUTHORIZED, "Unauthorized", "missing or wrong bearer token");
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "Unauthorized",
+                "missing or wrong bearer token",
+            );
         }
     }
     let (parts, body) = req.into_parts();
@@ -142,22 +183,33 @@ fn url_event(parts: &axum::http::request::Parts, path: &str, body: &[u8]) -> Url
     for (name, value) in &parts.headers {
         let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
         if name == "cookie" {
-            cookies.extend(value.split(';').map(|c| c.trim().to_owned()).filter(|c| !c.is_empty()));
+            cookies.extend(
+                value
+                    .split(';')
+                    .map(|c| c.trim().to_owned())
+                    .filter(|c| !c.is_empty()),
+            );
             continue;
         }
-        headers.entry(name.as_str().to_owned()).and_modify(|v| {
-            v.push(',');
-            v.push_str(&value);
-        }).or_insert(value);
+        headers
+            .entry(name.as_str().to_owned())
+            .and_modify(|v| {
+                v.push(',');
+                v.push_str(&value);
+            })
+            .or_insert(value);
     }
     let raw_query = parts.uri.query().unwrap_or("").to_owned();
     let mut query: BTreeMap<String, String> = BTreeMap::new();
     for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query.entry(k.to_owned()).and_modify(|old| {
-            old.push(',');
-            old.push_str(v);
-        }).or_insert_with(|| v.to_owned());
+        query
+            .entry(k.to_owned())
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(v);
+            })
+            .or_insert_with(|| v.to_owned());
     }
     let raw_path = format!("/{path}");
     let now_ms = std::time::SystemTime::now()
@@ -199,17 +251,27 @@ fn url_response(bytes: &[u8]) -> Response {
         .filter(|v| v.get("statusCode").is_some())
         .and_then(|v| serde_json::from_value(v).ok());
     let Some(r) = parsed else {
-        return (StatusCode::OK, [("content-type", "application/json")], bytes.to_vec()).into_response();
+        return (
+            StatusCode::OK,
+            [("content-type", "application/json")],
+            bytes.to_vec(),
+        )
+            .into_response();
     };
     let body = if r.is_base64_encoded {
-        base64::engine::general_purpose::STANDARD.decode(&r.body).unwrap_or_default()
+        base64::engine::general_purpose::STANDARD
+            .decode(&r.body)
+            .unwrap_or_default()
     } else {
         r.body.into_bytes()
     };
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
     for (k, v) in &r.headers {
-        if let (Ok(name), Ok(value)) = (axum::http::HeaderName::try_from(k.as_str()), HeaderValue::from_str(v)) {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v),
+        ) {
             resp.headers_mut().insert(name, value);
         }
     }
@@ -230,9 +292,18 @@ fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response {
     resp
 }
 
-async fn invoke_api(State(rt): State<Shared>, Path(function): Path<String>, headers: HeaderMap, body: Body) -> Response {
+async fn invoke_api(
+    State(rt): State<Shared>,
+    Path(function): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     if !rt.accepting() {
-        return aws_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", "thaw is shutting down");
+        return aws_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceException",
+            "thaw is shutting down",
+        );
     }
     let Some(pool) = rt.pools.get(&function).cloned() else {
         return aws_error(
@@ -245,10 +316,21 @@ async fn invoke_api(State(rt): State<Shared>, Path(function): Path<String>, head
         Ok(b) => b,
         Err(r) => return r,
     };
-    let kind = headers.get("x-amz-invocation-type").and_then(|v| v.to_str().ok()).unwrap_or("RequestResponse");
-    let payload = if body.is_empty() { Bytes::from_static(b"{}") } else { body };
+    let kind = headers
+        .get("x-amz-invocation-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("RequestResponse");
+    let payload = if body.is_empty() {
+        Bytes::from_static(b"{}")
+    } else {
+        body
+    };
     if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
-        return aws_error(StatusCode::BAD_REQUEST, "InvalidRequestContentException", "Could not parse request body into json");
+        return aws_error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequestContentException",
+            "Could not parse request body into json",
+        );
     }
     match kind {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
@@ -261,10 +343,15 @@ async fn invoke_api(State(rt): State<Shared>, Path(function): Path<String>, head
             StatusCode::ACCEPTED.into_response()
         }
         "RequestResponse" => match pool.invoke(payload).await {
-            Ok(Outcome::Response(bytes)) => {
-                (StatusCode::OK, [("content-type", "application/json"), ("x-amz-executed-version", "$LATEST")], bytes)
-                    .into_response()
-            }
+            Ok(Outcome::Response(bytes)) => (
+                StatusCode::OK,
+                [
+                    ("content-type", "application/json"),
+                    ("x-amz-executed-version", "$LATEST"),
+                ],
+                bytes,
+            )
+                .into_response(),
             Ok(Outcome::Error(d)) => function_error(&d.error_type, &d.error_message),
             Err(CallError::QueueFull(_)) => {
                 let mut resp = (
@@ -272,11 +359,19 @@ async fn invoke_api(State(rt): State<Shared>, Path(function): Path<String>, head
                     Json(json!({"Type": "User", "message": "Rate Exceeded.", "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"})),
                 )
                     .into_response();
-                resp.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static("TooManyRequestsException"));
-                resp.headers_mut().insert("retry-after", HeaderValue::from_static("1"));
+                resp.headers_mut().insert(
+                    "x-amzn-errortype",
+                    HeaderValue::from_static("TooManyRequestsException"),
+                );
+                resp.headers_mut()
+                    .insert("retry-after", HeaderValue::from_static("1"));
                 resp
             }
-            Err(CallError::ShuttingDown) => aws_error(StatusCode::SERVICE_UNAVAILABLE, "ServiceException", "thaw is shutting down"),
+            Err(CallError::ShuttingDown) => aws_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "ServiceException",
+                "thaw is shutting down",
+            ),
             // As on AWS, a crash, timeout or init failure is the function's error.
             Err(e) => function_error(e.kind(), &e.to_string()),
         },
@@ -289,8 +384,15 @@ async fn invoke_api(State(rt): State<Shared>, Path(function): Path<String>, head
 }
 
 fn function_error(error_type: &str, message: &str) -> Response {
-    let mut resp = (StatusCode::OK, Json(json!({"errorMessage": message, "errorType": error_type}))).into_response();
-    resp.headers_mut().insert("x-amz-function-error", HeaderValue::from_static("Unhandled"));
+    let mut resp = (
+        StatusCode::OK,
+        Json(json!({"errorMessage": message, "errorType": error_type})),
+    )
+        .into_response();
+    resp.headers_mut().insert(
+        "x-amz-function-error",
+        HeaderValue::from_static("Unhandled"),
+    );
     resp
 }
 
@@ -309,12 +411,25 @@ struct LogQuery {
     since: Option<u64>,
 }
 
-async fn logs(State(rt): State<Shared>, Path(function): Path<String>, Query(q): Query<LogQuery>) -> Response {
+async fn logs(
+    State(rt): State<Shared>,
+    Path(function): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
     let Some(pool) = rt.pools.get(&function) else {
-        return error(StatusCode::NOT_FOUND, "FunctionNotFound", format!("no function {function:?}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            "FunctionNotFound",
+            format!("no function {function:?}"),
+        );
     };
     let since = q.since.unwrap_or(0);
-    let lines: Vec<_> = pool.logs.tail(q.tail.unwrap_or(100).min(2000)).into_iter().filter(|l| l.ts_ms > since).collect();
+    let lines: Vec<_> = pool
+        .logs
+        .tail(q.tail.unwrap_or(100).min(2000))
+        .into_iter()
+        .filter(|l| l.ts_ms > since)
+        .collect();
     Json(json!({"lines": lines})).into_response()
 }
 
@@ -322,7 +437,11 @@ async fn healthz(State(rt): State<Shared>) -> Response {
     if rt.accepting() {
         Json(json!({"status": "ok"})).into_response()
     } else {
-        error(StatusCode::SERVICE_UNAVAILABLE, "ShuttingDown", "thaw is shutting down")
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ShuttingDown",
+            "thaw is shutting down",
+        )
     }
 }
 
@@ -330,5 +449,9 @@ async fn metrics(State(rt): State<Shared>) -> Response {
     for (name, pool) in &rt.pools {
         rt.metrics.set_state(name, &pool.status());
     }
-    ([("content-type", "text/plain; version=0.0.4")], rt.metrics.render()).into_response()
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        rt.metrics.render(),
+    )
+        .into_response()
 }

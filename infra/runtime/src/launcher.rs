@@ -25,7 +25,13 @@ pub struct ExecLauncher;
 
 impl ExecLauncher {
     /// Spawns one instance of `plan` served by the Runtime API at `api`.
-    pub fn spawn(&self, plan: &FunctionPlan, api: SocketAddr, instance: &str, logs: &Arc<LogRing>) -> std::io::Result<Child> {
+    pub fn spawn(
+        &self,
+        plan: &FunctionPlan,
+        api: SocketAddr,
+        instance: &str,
+        logs: &Arc<LogRing>,
+    ) -> std::io::Result<Child> {
         let spec = &plan.spec;
         let mut cmd = Command::new(&plan.binary_path);
         cmd.env(env::RUNTIME_API, api.to_string())
@@ -75,7 +81,12 @@ fn die_with_parent(cmd: &mut Command, parent: libc::pid_t) {
     }
 }
 
-fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(pipe: R, instance: String, stream: &'static str, logs: Arc<LogRing>) {
+fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(
+    pipe: R,
+    instance: String,
+    stream: &'static str,
+    logs: Arc<LogRing>,
+) {
     tokio::spawn(async move {
         let mut reader = BufReader::with_capacity(64 * 1024, pipe);
         let mut buf = Vec::new();
@@ -85,7 +96,9 @@ fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(pipe: R, instance: String, 
             match reader.read_until(b'\n', &mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len().min(16 * 1024)]).trim_end().to_owned();
+                    let line = String::from_utf8_lossy(&buf[..buf.len().min(16 * 1024)])
+                        .trim_end()
+                        .to_owned();
                     logs.push(&instance, stream, line);
                 }
             }
@@ -96,7 +109,9 @@ fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(pipe: R, instance: String, 
 /// Sends `signal` to an instance's whole process group.
 #[allow(unsafe_code)]
 pub fn signal_group(pid: u32, signal: libc::c_int) {
-    let Ok(pid) = libc::pid_t::try_from(pid) else { return };
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
     if pid <= 1 {
         return;
     }

@@ -51,9 +51,20 @@ impl Runtime {
         let pools = plan
             .functions
             .iter()
-            .map(|(name, f)| (name.to_string(), FunctionPool::start(f.clone(), Arc::clone(&metrics), stopped.clone())))
+            .map(|(name, f)| {
+                (
+                    name.to_string(),
+                    FunctionPool::start(f.clone(), Arc::clone(&metrics), stopped.clone()),
+                )
+            })
             .collect();
-        Arc::new(Self { pools, metrics, url_token, accepting: AtomicBool::new(true), stop_background })
+        Arc::new(Self {
+            pools,
+            metrics,
+            url_token,
+            accepting: AtomicBool::new(true),
+            stop_background,
+        })
     }
 
     /// Whether new calls are accepted.

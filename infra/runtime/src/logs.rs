@@ -33,7 +33,10 @@ pub struct LogRing {
 
 impl Default for LogRing {
     fn default() -> Self {
-        Self { lines: Mutex::new(VecDeque::with_capacity(256)), follow: broadcast::channel(1024).0 }
+        Self {
+            lines: Mutex::new(VecDeque::with_capacity(256)),
+            follow: broadcast::channel(1024).0,
+        }
     }
 }
 
@@ -52,7 +55,12 @@ impl LogRing {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let entry = LogLine { ts_ms, instance: instance.to_owned(), stream, line };
+        let entry = LogLine {
+            ts_ms,
+            instance: instance.to_owned(),
+            stream,
+            line,
+        };
         if let Ok(mut lines) = self.lines.lock() {
             if lines.len() == CAPACITY {
                 lines.pop_front();
@@ -64,7 +72,10 @@ impl LogRing {
 
     /// The last `n` lines.
     pub fn tail(&self, n: usize) -> Vec<LogLine> {
-        self.lines.lock().map(|l| l.iter().rev().take(n).rev().cloned().collect()).unwrap_or_default()
+        self.lines
+            .lock()
+            .map(|l| l.iter().rev().take(n).rev().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// The last `n` stderr lines of one instance, joined: the message for a crash.

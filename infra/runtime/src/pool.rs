@@ -154,7 +154,11 @@ pub struct FunctionPool {
 
 impl FunctionPool {
     /// Creates the pool, starts `min_containers` and the idle reaper.
-    pub fn start(plan: FunctionPlan, metrics: Arc<Metrics>, shutdown: watch::Receiver<bool>) -> Arc<Self> {
+    pub fn start(
+        plan: FunctionPlan,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         let pool = Arc::new_cyclic(|me| Self {
             plan,
             state: Mutex::new(State::default()),
@@ -176,7 +180,9 @@ impl FunctionPool {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock would be a thaw bug; keep serving regardless.
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn name(&self) -> &str {
@@ -206,7 +212,9 @@ impl FunctionPool {
             st.queue.push_back(Pending { payload, reply });
         }
         self.pump();
-        let result = rx.await.unwrap_or_else(|_| Err(CallError::FunctionCrashed("call was dropped".into())));
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err(CallError::FunctionCrashed("call was dropped".into())));
         match &result {
             Ok(Outcome::Error(d)) => self.metrics.error(self.name(), &d.error_type),
             Ok(Outcome::Response(_)) => {}
@@ -230,8 +238,12 @@ impl FunctionPool {
                 .min_by_key(|(_, i)| i.in_flight)
                 .map(|(id, _)| *id);
             let Some(id) = free else { break };
-            let Some(pending) = st.queue.pop_front() else { break };
-            let Some(inst) = st.instances.get_mut(&id) else { break };
+            let Some(pending) = st.queue.pop_front() else {
+                break;
+            };
+            let Some(inst) = st.instances.get_mut(&id) else {
+                break;
+            };
             inst.in_flight += 1;
             let Some(api) = inst.api.clone() else { break };
             tokio::spawn(Arc::clone(&me).run_call(id, api, pending));
@@ -241,25 +253,49 @@ impl FunctionPool {
         }
         // Scale up.
         let now = Instant::now();
-        let backing_off = st.init_failure.as_ref().is_some_and(|(_, until, _)| now < *until);
+        let backing_off = st
+            .init_failure
+            .as_ref()
+            .is_some_and(|(_, until, _)| now < *until);
         loop {
-            let live = st.instances.values().filter(|i| i.phase != Phase::Stopping).count();
-            let starting = st.instances.values().filter(|i| i.phase == Phase::Starting).count();
+            let live = st
+                .instances
+                .values()
+                .filter(|i| i.phase != Phase::Stopping)
+                .count();
+            let starting = st
+                .instances
+                .values()
+                .filter(|i| i.phase == Phase::Starting)
+                .count();
             let below_min = live < self.plan.spec.min_containers as usize;
             let demand = st.queue.len() > starting * concurrency as usize;
-            if live >= self.plan.spec.max_containers as usize || !(below_min || demand) || backing_off {
+            if live >= self.plan.spec.max_containers as usize
+                || !(below_min || demand)
+                || backing_off
+            {
                 break;
             }
             st.next_id += 1;
             let id = st.next_id;
             st.instances.insert(
                 id,
-                Instance { phase: Phase::Starting, api: None, pid: None, in_flight: 0, idle_since: now, started: now },
+                Instance {
+                    phase: Phase::Starting,
+                    api: None,
+                    pid: None,
+                    in_flight: 0,
+                    idle_since: now,
+                    started: now,
+                },
             );
             tokio::spawn(Arc::clone(&me).run_instance(id));
         }
         // While backing off, come back when restarts may resume.
-        if backing_off && !st.retry_scheduled && (!st.queue.is_empty() || self.plan.spec.min_containers > 0) {
+        if backing_off
+            && !st.retry_scheduled
+            && (!st.queue.is_empty() || self.plan.spec.min_containers > 0)
+        {
             st.retry_scheduled = true;
             let until = st.init_failure.as_ref().map_or(now, |f| f.1);
             let me = Arc::clone(&me);
@@ -279,9 +315,16 @@ impl FunctionPool {
     async fn run_call(self: Arc<Self>, id: u64, api: Arc<InstanceApi>, pending: Pending) {
         let timeout = self.plan.spec.timeout.0;
         let (reply, rx) = oneshot::channel();
-        let invocation = Invocation { id: new_request_id(), payload: pending.payload, timeout, reply };
+        let invocation = Invocation {
+            id: new_request_id(),
+            payload: pending.payload,
+            timeout,
+            reply,
+        };
         let result = if api.submit(invocation).await.is_err() {
-            Err(CallError::FunctionCrashed("instance stopped before the call was delivered".into()))
+            Err(CallError::FunctionCrashed(
+                "instance stopped before the call was delivered".into(),
+            ))
         } else {
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(outcome)) => Ok(outcome),
@@ -290,7 +333,11 @@ impl FunctionPool {
                     // to be read so the caller sees why.
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     let tail = self.logs.instance_tail(&self.instance_name(id), 5);
-                    let why = if tail.is_empty() { "the instance exited".to_owned() } else { tail };
+                    let why = if tail.is_empty() {
+                        "the instance exited".to_owned()
+                    } else {
+                        tail
+                    };
                     Err(CallError::FunctionCrashed(why))
                 }
                 Err(_) => {
@@ -318,9 +365,17 @@ impl FunctionPool {
             Ok(api) => Arc::new(api),
             Err(e) => return self.init_failed(id, format!("cannot bind a Runtime API port: {e}")),
         };
-        let mut child = match self.launcher.spawn(&self.plan, api.addr(), &name, &self.logs) {
+        let mut child = match self
+            .launcher
+            .spawn(&self.plan, api.addr(), &name, &self.logs)
+        {
             Ok(child) => child,
-            Err(e) => return self.init_failed(id, format!("cannot start {}: {e}", self.plan.binary_path.display())),
+            Err(e) => {
+                return self.init_failed(
+                    id,
+                    format!("cannot start {}: {e}", self.plan.binary_path.display()),
+                )
+            }
         };
         let pid = child.id();
         {
@@ -364,7 +419,11 @@ impl FunctionPool {
             st.init_failure = None;
             st.cold_starts += 1;
             if let Some(inst) = st.instances.get_mut(&id) {
-                inst.phase = if inst.phase == Phase::Stopping { Phase::Stopping } else { Phase::Ready };
+                inst.phase = if inst.phase == Phase::Stopping {
+                    Phase::Stopping
+                } else {
+                    Phase::Ready
+                };
                 inst.idle_since = Instant::now();
             }
         }
@@ -391,7 +450,10 @@ impl FunctionPool {
             if let Some(inst) = st.instances.remove(&id) {
                 self.metrics.billed(self.name(), inst.started.elapsed());
             }
-            let backoff = st.init_failure.as_ref().map_or(BACKOFF_START, |f| (f.2 * 2).min(BACKOFF_MAX));
+            let backoff = st
+                .init_failure
+                .as_ref()
+                .map_or(BACKOFF_START, |f| (f.2 * 2).min(BACKOFF_MAX));
             st.init_failure = Some((msg.clone(), Instant::now() + backoff, backoff));
             // Nothing can serve the queue now; tell its callers why rather than let them wait.
             if st.instances.values().any(|i| i.phase == Phase::Ready) {
@@ -441,11 +503,19 @@ impl FunctionPool {
         let idle_timeout = self.plan.spec.idle_timeout.0;
         let min = self.plan.spec.min_containers as usize;
         let mut st = self.lock();
-        let mut live = st.instances.values().filter(|i| i.phase != Phase::Stopping).count();
+        let mut live = st
+            .instances
+            .values()
+            .filter(|i| i.phase != Phase::Stopping)
+            .count();
         let idle: Vec<u64> = st
             .instances
             .iter()
-            .filter(|(_, i)| i.phase == Phase::Ready && i.in_flight == 0 && i.idle_since.elapsed() >= idle_timeout)
+            .filter(|(_, i)| {
+                i.phase == Phase::Ready
+                    && i.in_flight == 0
+                    && i.idle_since.elapsed() >= idle_timeout
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in idle {
@@ -486,7 +556,12 @@ impl FunctionPool {
                 _ => s.busy += 1,
             }
             s.in_flight += i.in_flight;
-            s.instances.push(InstanceStatus { id: self.instance_name(*id), state, pid: i.pid, in_flight: i.in_flight });
+            s.instances.push(InstanceStatus {
+                id: self.instance_name(*id),
+                state,
+                pid: i.pid,
+                in_flight: i.in_flight,
+            });
         }
         s
     }
@@ -525,7 +600,12 @@ impl FunctionPool {
         while !self.lock().instances.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let left: Vec<u32> = self.lock().instances.values().filter_map(|i| i.pid).collect();
+        let left: Vec<u32> = self
+            .lock()
+            .instances
+            .values()
+            .filter_map(|i| i.pid)
+            .collect();
         for pid in &left {
             signal_group(*pid, libc::SIGKILL);
         }
@@ -539,7 +619,8 @@ impl FunctionPool {
 /// The idle reaper: a background task that stops when thaw shuts down.
 async fn reaper(pool: Weak<FunctionPool>, mut shutdown: watch::Receiver<bool>) {
     let period = match pool.upgrade() {
-        Some(p) => (p.plan.spec.idle_timeout.0 / 4).clamp(Duration::from_millis(20), Duration::from_secs(1)),
+        Some(p) => (p.plan.spec.idle_timeout.0 / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1)),
         None => return,
     };
     loop {

@@ -84,7 +84,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// A fresh request id: unique within this process, and across restarts by its time part.
 pub fn new_request_id() -> String {
     let n = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0);
+    let t = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
     format!("{t:x}-{n:x}")
 }
 
@@ -102,9 +105,15 @@ impl InstanceApi {
         });
         let app = Router::new()
             .route(thaw_protocol::runtime_api::NEXT_PATH, get(next))
-            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(response),
+            )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
-            .route(thaw_protocol::runtime_api::INIT_ERROR_PATH, post(init_error))
+            .route(
+                thaw_protocol::runtime_api::INIT_ERROR_PATH,
+                post(init_error),
+            )
             .with_state(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -114,7 +123,13 @@ impl InstanceApi {
                 })
                 .await;
         });
-        Ok(Self { addr, invocations, lifecycle, shared, _stop: stop })
+        Ok(Self {
+            addr,
+            invocations,
+            lifecycle,
+            shared,
+            _stop: stop,
+        })
     }
 
     /// The `host:port` for `AWS_LAMBDA_RUNTIME_API`.
@@ -168,14 +183,18 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
         .map(|d| d.as_millis())
         .unwrap_or(u128::MAX);
     let mut headers = HeaderMap::new();
-    let id = HeaderValue::from_str(&inv.id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
+    let id =
+        HeaderValue::from_str(&inv.id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
     headers.insert(header::REQUEST_ID, id);
     headers.insert(header::DEADLINE_MS, HeaderValue::from(deadline as u64));
     headers.insert(
         header::FUNCTION_ARN,
         HeaderValue::from_static("arn:aws:lambda:local:000000000000:function:thaw"),
     );
-    headers.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(mut m) = shared.in_flight.lock() {
         m.insert(inv.id, inv.reply);
     }
@@ -189,11 +208,19 @@ fn complete(shared: &Shared, id: &str, outcome: Outcome) -> Response {
             let _ = reply.send(outcome);
             (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response()
         }
-        None => (StatusCode::NOT_FOUND, "{\"errorType\":\"InvalidRequestID\"}").into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "{\"errorType\":\"InvalidRequestID\"}",
+        )
+            .into_response(),
     }
 }
 
-async fn response(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> Response {
+async fn response(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Response {
     complete(&shared, &id, Outcome::Response(body))
 }
 
@@ -210,18 +237,36 @@ fn diagnostic(headers: &HeaderMap, body: &[u8]) -> Diagnostic {
         error_type: String::new(),
         error_message: String::from_utf8_lossy(body).into_owned(),
     });
-    let header_type = headers.get(header::FUNCTION_ERROR_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("Unhandled");
+    let header_type = headers
+        .get(header::FUNCTION_ERROR_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("Unhandled");
     Diagnostic {
-        error_type: if doc.error_type.is_empty() { header_type.to_owned() } else { doc.error_type },
+        error_type: if doc.error_type.is_empty() {
+            header_type.to_owned()
+        } else {
+            doc.error_type
+        },
         error_message: doc.error_message,
     }
 }
 
-async fn error(State(shared): State<Arc<Shared>>, Path(id): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
+async fn error(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     complete(&shared, &id, Outcome::Error(diagnostic(&headers, &body)))
 }
 
-async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let _ = shared.lifecycle.send(Lifecycle::InitFailed(diagnostic(&headers, &body)));
+async fn init_error(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let _ = shared
+        .lifecycle
+        .send(Lifecycle::InitFailed(diagnostic(&headers, &body)));
     (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response()
 }

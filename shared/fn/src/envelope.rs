@@ -13,7 +13,10 @@ use crate::{FnError, Function, InferenceThread};
 /// - URL event: always a successful invocation whose payload is `{statusCode, headers, body}`;
 ///   a function error becomes its HTTP status and `{"error": {"type", "message"}}`.
 /// - Batch envelope: always successful, with `{"ok"}` or `{"error"}` per item, in order.
-pub(crate) async fn dispatch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Result<Value, FnError> {
+pub(crate) async fn dispatch<F: Function>(
+    worker: &InferenceThread<F>,
+    event: Value,
+) -> Result<Value, FnError> {
     if is_batch(&event) {
         return Ok(batch(worker, event).await);
     }
@@ -21,7 +24,11 @@ pub(crate) async fn dispatch<F: Function>(worker: &InferenceThread<F>, event: Va
         return Ok(url(worker, event).await);
     }
     let request = parse_request::<F>(event)?;
-    let result = worker.call(vec![request]).await.pop().unwrap_or_else(|| Err(FnError::invalid_input("no result")));
+    let result = worker
+        .call(vec![request])
+        .await
+        .pop()
+        .unwrap_or_else(|| Err(FnError::invalid_input("no result")));
     result.and_then(to_value)
 }
 
@@ -41,14 +48,20 @@ async fn url<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {
 fn url_request<F: Function>(event: Value) -> Result<F::Request, FnError> {
     let event: UrlEvent = serde_json::from_value(event)
         .map_err(|e| FnError::invalid_input(format!("malformed function URL event: {e}")))?;
-    let body = event.body_bytes().map_err(|e| FnError::invalid_input(format!("body is not valid base64: {e}")))?;
-    serde_json::from_slice(&body).map_err(|e| FnError::invalid_input(format!("request body is not a valid request: {e}")))
+    let body = event
+        .body_bytes()
+        .map_err(|e| FnError::invalid_input(format!("body is not valid base64: {e}")))?;
+    serde_json::from_slice(&body)
+        .map_err(|e| FnError::invalid_input(format!("request body is not a valid request: {e}")))
 }
 
 /// The single mapping from a typed function error to an HTTP response.
 fn error_response(e: &FnError) -> UrlResponse {
     let body = ApiErrorBody::new(e.error_type.as_str(), &e.message);
-    UrlResponse::json(e.error_type.http_status(), &serde_json::to_value(body).unwrap_or(Value::Null))
+    UrlResponse::json(
+        e.error_type.http_status(),
+        &serde_json::to_value(body).unwrap_or(Value::Null),
+    )
 }
 
 async fn batch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {
@@ -57,7 +70,8 @@ async fn batch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value 
         Err(e) => return serde_json::json!({"thaw_batch": [], "error": e.to_string()}),
     };
     // Parse every item; only the valid ones go to the model, in one call.
-    let parsed: Vec<Result<F::Request, FnError>> = items.into_iter().map(parse_request::<F>).collect();
+    let parsed: Vec<Result<F::Request, FnError>> =
+        items.into_iter().map(parse_request::<F>).collect();
     let mut slots: Vec<Option<BatchItem>> = Vec::with_capacity(parsed.len());
     let mut valid = Vec::new();
     for item in parsed {
@@ -87,9 +101,11 @@ async fn batch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value 
 }
 
 fn parse_request<F: Function>(event: Value) -> Result<F::Request, FnError> {
-    serde_json::from_value(event).map_err(|e| FnError::invalid_input(format!("invalid request: {e}")))
+    serde_json::from_value(event)
+        .map_err(|e| FnError::invalid_input(format!("invalid request: {e}")))
 }
 
 fn to_value<T: serde::Serialize>(reply: T) -> Result<Value, FnError> {
-    serde_json::to_value(reply).map_err(|e| FnError::new(thaw_protocol::ErrorType::Internal, e.to_string()))
+    serde_json::to_value(reply)
+        .map_err(|e| FnError::new(thaw_protocol::ErrorType::Internal, e.to_string()))
 }

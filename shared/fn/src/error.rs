@@ -13,7 +13,10 @@ pub struct FnError {
 impl FnError {
     /// An error of the given type.
     pub fn new(error_type: ErrorType, message: impl Into<String>) -> Self {
-        Self { error_type, message: message.into() }
+        Self {
+            error_type,
+            message: message.into(),
+        }
     }
 
     /// Bad input: 400.
@@ -33,13 +36,19 @@ impl FnError {
 
     /// The Runtime API's error document.
     pub fn to_diagnostic(&self) -> Diagnostic {
-        Diagnostic { error_type: self.error_type.as_str().to_owned(), error_message: self.message.clone() }
+        Diagnostic {
+            error_type: self.error_type.as_str().to_owned(),
+            error_message: self.message.clone(),
+        }
     }
 }
 
 impl From<FnError> for lambda_runtime::Diagnostic {
     fn from(e: FnError) -> Self {
         let d = e.to_diagnostic();
-        lambda_runtime::Diagnostic { error_type: d.error_type, error_message: d.error_message }
+        lambda_runtime::Diagnostic {
+            error_type: d.error_type,
+            error_message: d.error_message,
+        }
     }
 }

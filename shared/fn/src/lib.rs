@@ -42,7 +42,10 @@ pub trait Function: Send + 'static {
     /// Handles a batch: one result per request, in order. A batch of one is the common
     /// case; under dynamic batching the platform sends several, and a model function can
     /// answer them all with one forward pass.
-    fn handle_batch(&mut self, requests: Vec<Self::Request>) -> Vec<Result<Self::Response, FnError>>;
+    fn handle_batch(
+        &mut self,
+        requests: Vec<Self::Request>,
+    ) -> Vec<Result<Self::Response, FnError>>;
 }
 
 /// How many requests may wait for the inference thread before callers wait to enqueue.
@@ -71,7 +74,9 @@ where
             std::process::exit(1);
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let handler = service_fn(move |event: LambdaEvent<Value>| {
             let worker = Arc::clone(&worker);
@@ -85,7 +90,11 @@ where
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
 }
 
 /// The snapshot directory the platform gave this instance (`THAW_SNAPSHOT_DIR`).

@@ -8,7 +8,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::{FnError, Function};
 
-type Job<F> = (Vec<<F as Function>::Request>, oneshot::Sender<Vec<Result<<F as Function>::Response, FnError>>>);
+type Job<F> = (
+    Vec<<F as Function>::Request>,
+    oneshot::Sender<Vec<Result<<F as Function>::Response, FnError>>>,
+);
 
 /// Handle to the inference thread of a [`Function`].
 #[derive(Debug)]
@@ -48,7 +51,9 @@ impl<F: Function> InferenceThread<F> {
                 while let Some((requests, reply)) = rx.blocking_recv() {
                     // A panic may leave the model half-updated: never serve from it again.
                     // Exit, so the platform reports a crash and starts a clean instance.
-                    match std::panic::catch_unwind(AssertUnwindSafe(|| function.handle_batch(requests))) {
+                    match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        function.handle_batch(requests)
+                    })) {
                         Ok(results) => {
                             let _ = reply.send(results);
                         }
@@ -59,18 +64,35 @@ impl<F: Function> InferenceThread<F> {
                     }
                 }
             })
-            .map_err(|e| FnError::new(thaw_protocol::ErrorType::InitError, format!("cannot start inference thread: {e}")))?;
+            .map_err(|e| {
+                FnError::new(
+                    thaw_protocol::ErrorType::InitError,
+                    format!("cannot start inference thread: {e}"),
+                )
+            })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(Self { jobs }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(FnError::new(thaw_protocol::ErrorType::InitError, "inference thread died during init")),
+            Err(_) => Err(FnError::new(
+                thaw_protocol::ErrorType::InitError,
+                "inference thread died during init",
+            )),
         }
     }
 
     /// Runs a batch on the inference thread and waits for its results.
     pub async fn call(&self, requests: Vec<F::Request>) -> Vec<Result<F::Response, FnError>> {
         let n = requests.len();
-        let gone = || (0..n).map(|_| Err(FnError::new(thaw_protocol::ErrorType::Internal, "inference thread stopped"))).collect();
+        let gone = || {
+            (0..n)
+                .map(|_| {
+                    Err(FnError::new(
+                        thaw_protocol::ErrorType::Internal,
+                        "inference thread stopped",
+                    ))
+                })
+                .collect()
+        };
         let (tx, rx) = oneshot::channel();
         if self.jobs.send((requests, tx)).await.is_err() {
             return gone();
@@ -80,7 +102,12 @@ impl<F: Function> InferenceThread<F> {
         // one caller's answer onto another.
         if results.len() != n {
             results = (0..n)
-                .map(|_| Err(FnError::new(thaw_protocol::ErrorType::Internal, "handler returned the wrong number of results")))
+                .map(|_| {
+                    Err(FnError::new(
+                        thaw_protocol::ErrorType::Internal,
+                        "handler returned the wrong number of results",
+                    ))
+                })
                 .collect();
         }
         results

@@ -22,7 +22,10 @@ pub struct EncodeOptions {
 
 impl Default for EncodeOptions {
     fn default() -> Self {
-        Self { normalize: true, truncate: true }
+        Self {
+            normalize: true,
+            truncate: true,
+        }
     }
 }
 
@@ -88,7 +91,9 @@ impl SentenceEncoder {
         let tokenizer_path = meta
             .file(thaw_snapshot::TOKENIZER_FILE)
             .map(|f| dir.join(&f.path))
-            .ok_or_else(|| thaw_snapshot::SnapshotError::MissingFile { path: dir.join(thaw_snapshot::TOKENIZER_FILE) })?;
+            .ok_or_else(|| thaw_snapshot::SnapshotError::MissingFile {
+                path: dir.join(thaw_snapshot::TOKENIZER_FILE),
+            })?;
         let max_seq_length = meta.max_seq_length;
         std::thread::scope(|scope| {
             let tokenizer = scope.spawn(|| {
@@ -97,12 +102,27 @@ impl SentenceEncoder {
             });
             let model = Self::build_model(dir, device);
             let tokenizer = tokenizer.join().unwrap_or_else(|_| {
-                Err(ModelError::Tokenizer { path: tokenizer_path.clone(), reason: "tokenizer thread panicked".into() })
+                Err(ModelError::Tokenizer {
+                    path: tokenizer_path.clone(),
+                    reason: "tokenizer thread panicked".into(),
+                })
             });
             let (snapshot, model, config, weights) = model?;
             let ((tokenizer, pad_id), tokenizer_time) = tokenizer?;
-            let timings = LoadTimings { tokenizer: tokenizer_time, weights, total: started.elapsed() };
-            Ok(Self::assemble(&snapshot.meta, model, &config, tokenizer, pad_id, device, timings))
+            let timings = LoadTimings {
+                tokenizer: tokenizer_time,
+                weights,
+                total: started.elapsed(),
+            };
+            Ok(Self::assemble(
+                &snapshot.meta,
+                model,
+                &config,
+                tokenizer,
+                pad_id,
+                device,
+                timings,
+            ))
         })
     }
 
@@ -119,9 +139,15 @@ impl SentenceEncoder {
         let t = Instant::now();
         let snapshot = thaw_snapshot::restore(dir)?;
         let meta = &snapshot.meta;
-        let config: BertConfig = serde_json::from_value(meta.model_config.clone())
-            .map_err(|e| ModelError::InvalidConfig { name: meta.name.clone(), reason: e.to_string() })?;
-        let vb = VarBuilder::from_slice_safetensors(snapshot.weights(), compute_dtype(device), device)?;
+        let config: BertConfig =
+            serde_json::from_value(meta.model_config.clone()).map_err(|e| {
+                ModelError::InvalidConfig {
+                    name: meta.name.clone(),
+                    reason: e.to_string(),
+                }
+            })?;
+        let vb =
+            VarBuilder::from_slice_safetensors(snapshot.weights(), compute_dtype(device), device)?;
         let model = BertModel::load(vb, &config)?;
         let elapsed = t.elapsed();
         Ok((snapshot, model, config, elapsed))
@@ -173,13 +199,27 @@ impl SentenceEncoder {
     /// padded only to its own longest member; results come back in input order. Padding
     /// never changes an embedding: attention and pooling are both masked.
     pub fn encode(&self, texts: &[&str], opts: EncodeOptions) -> Result<Encoded, ModelError> {
-        let encodings =
-            self.tokenizer.encode_batch(texts.to_vec(), true).map_err(|e| ModelError::Tokenize(e.to_string()))?;
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?;
         let tokens: Vec<usize> = encodings.iter().map(|e| e.get_ids().len()).collect();
         if !opts.truncate {
-            if let Some((index, enc)) = encodings.iter().enumerate().find(|(_, e)| !e.get_overflowing().is_empty()) {
-                let overflow: usize = enc.get_overflowing().iter().map(|o| o.get_ids().len()).sum();
-                return Err(ModelError::InputTooLong { index, tokens: tokens[index] + overflow, max: self.max_seq_length });
+            if let Some((index, enc)) = encodings
+                .iter()
+                .enumerate()
+                .find(|(_, e)| !e.get_overflowing().is_empty())
+            {
+                let overflow: usize = enc
+                    .get_overflowing()
+                    .iter()
+                    .map(|o| o.get_ids().len())
+                    .sum();
+                return Err(ModelError::InputTooLong {
+                    index,
+                    tokens: tokens[index] + overflow,
+                    max: self.max_seq_length,
+                });
             }
         }
         let mut order: Vec<usize> = (0..texts.len()).collect();
@@ -210,7 +250,10 @@ impl SentenceEncoder {
         let ids = Tensor::from_vec(ids, (rows, cols), &self.device)?;
         let type_ids = Tensor::from_vec(type_ids, (rows, cols), &self.device)?;
         let mask = Tensor::from_vec(mask, (rows, cols), &self.device)?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?.to_dtype(DType::F32)?;
+        let hidden = self
+            .model
+            .forward(&ids, &type_ids, Some(&mask))?
+            .to_dtype(DType::F32)?;
         let pooled = match self.pooling {
             Pooling::Mean => {
                 let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
@@ -221,7 +264,11 @@ impl SentenceEncoder {
             }
             Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
         };
-        let pooled = if normalize { l2_normalize(&pooled)? } else { pooled };
+        let pooled = if normalize {
+            l2_normalize(&pooled)?
+        } else {
+            pooled
+        };
         Ok(pooled.to_vec2::<f32>()?)
     }
 }

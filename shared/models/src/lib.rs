@@ -12,6 +12,6 @@ mod encoder;
 mod error;
 mod tokenize;
 
-pub use encoder::{Encoded, EncodeOptions, LoadTimings, SentenceEncoder};
+pub use encoder::{EncodeOptions, Encoded, LoadTimings, SentenceEncoder};
 pub use error::ModelError;
 pub use tokenize::load_tokenizer;

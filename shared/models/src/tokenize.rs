@@ -14,11 +14,18 @@ use crate::ModelError;
 /// short text never pays for a long neighbour. Truncation is at `max_seq_length`: MiniLM's tokenizer.json says 128, but the model was
 /// trained to 256, and keeping the file's value would silently drop tokens 129 to 256.
 pub fn load_tokenizer(path: &Path, max_seq_length: usize) -> Result<(Tokenizer, u32), ModelError> {
-    let err = |reason: String| ModelError::Tokenizer { path: path.to_owned(), reason };
+    let err = |reason: String| ModelError::Tokenizer {
+        path: path.to_owned(),
+        reason,
+    };
     let mut tokenizer = Tokenizer::from_file(path).map_err(|e| err(e.to_string()))?;
     let pad = tokenizer.get_padding().cloned().unwrap_or_else(|| {
         let pad_id = tokenizer.token_to_id("[PAD]").unwrap_or(0);
-        PaddingParams { pad_id, pad_token: "[PAD]".into(), ..PaddingParams::default() }
+        PaddingParams {
+            pad_id,
+            pad_token: "[PAD]".into(),
+            ..PaddingParams::default()
+        }
     });
     tokenizer.with_padding(None);
     tokenizer

@@ -37,5 +37,7 @@ pub struct BatchResponse {
 
 /// Whether a raw event is a batch envelope.
 pub fn is_batch(event: &Value) -> bool {
-    event.as_object().is_some_and(|o| o.len() == 1 && o.contains_key(BATCH_KEY))
+    event
+        .as_object()
+        .is_some_and(|o| o.len() == 1 && o.contains_key(BATCH_KEY))
 }

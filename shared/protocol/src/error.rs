@@ -93,7 +93,12 @@ pub struct ApiError {
 impl ApiErrorBody {
     /// Builds a body from a type and a message.
     pub fn new(kind: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { error: ApiError { kind: kind.into(), message: message.into() } }
+        Self {
+            error: ApiError {
+                kind: kind.into(),
+                message: message.into(),
+            },
+        }
     }
 }
 
@@ -117,7 +122,10 @@ mod tests {
 
     #[test]
     fn diagnostic_uses_aws_field_names() {
-        let d = Diagnostic { error_type: "InvalidInput".into(), error_message: "bad".into() };
+        let d = Diagnostic {
+            error_type: "InvalidInput".into(),
+            error_message: "bad".into(),
+        };
         let v = serde_json::to_value(&d).unwrap_or_default();
         assert_eq!(v["errorType"], "InvalidInput");
         assert_eq!(v["errorMessage"], "bad");

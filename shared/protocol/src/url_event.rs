@@ -86,7 +86,11 @@ pub struct HttpContext {
 impl UrlEvent {
     /// Whether a raw event has the v2.0 function URL shape.
     pub fn matches(event: &Value) -> bool {
-        event.get("requestContext").and_then(|c| c.get("http")).and_then(|h| h.get("method")).is_some()
+        event
+            .get("requestContext")
+            .and_then(|c| c.get("http"))
+            .and_then(|h| h.get("method"))
+            .is_some()
     }
 
     /// The body's bytes, decoding base64 where flagged.
@@ -143,7 +147,13 @@ impl UrlResponse {
     pub fn json(status_code: u16, body: &Value) -> Self {
         let mut headers = BTreeMap::new();
         headers.insert("content-type".to_owned(), "application/json".to_owned());
-        Self { status_code, headers, body: body.to_string(), is_base64_encoded: false, cookies: Vec::new() }
+        Self {
+            status_code,
+            headers,
+            body: body.to_string(),
+            is_base64_encoded: false,
+            cookies: Vec::new(),
+        }
     }
 }
 
@@ -164,8 +174,12 @@ mod tests {
 
     #[test]
     fn recognises_v2_shape_only() {
-        assert!(UrlEvent::matches(&serde_json::json!({"requestContext": {"http": {"method": "GET"}}})));
-        assert!(!UrlEvent::matches(&serde_json::json!({"httpMethod": "GET"})));
+        assert!(UrlEvent::matches(
+            &serde_json::json!({"requestContext": {"http": {"method": "GET"}}})
+        ));
+        assert!(!UrlEvent::matches(
+            &serde_json::json!({"httpMethod": "GET"})
+        ));
         assert!(!UrlEvent::matches(&serde_json::json!({"text": "hi"})));
     }
 }

@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::digest::sha256_file;
 use crate::meta::{validate_name, FORMAT_VERSION};
 use crate::{
-    Architecture, FileEntry, Pooling, SnapshotError, SnapshotMeta, Source, WeightDtype, META_FILE, SAFETENSORS_FILE,
-    TOKENIZER_FILE,
+    Architecture, FileEntry, Pooling, SnapshotError, SnapshotMeta, Source, WeightDtype, META_FILE,
+    SAFETENSORS_FILE, TOKENIZER_FILE,
 };
 
 /// What to build. Fields left `None` are read from the model folder.
@@ -41,9 +41,16 @@ pub struct BuildOptions {
 
 /// Builds a snapshot of `model_dir` at `out_dir`, atomically: the directory appears
 /// complete or not at all, even if this process is killed half way.
-pub fn build(model_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<SnapshotMeta, SnapshotError> {
+pub fn build(
+    model_dir: &Path,
+    out_dir: &Path,
+    opts: &BuildOptions,
+) -> Result<SnapshotMeta, SnapshotError> {
     validate_name(&opts.name)?;
-    let parent = out_dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out_dir
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| SnapshotError::io(parent, e))?;
     // The temporary directory is removed on drop, so an error leaves nothing behind. A
     // killed process leaves a `.tmp-*` directory that the cache sweeps on open.
@@ -57,7 +64,11 @@ pub fn build(model_dir: &Path, out_dir: &Path, opts: &BuildOptions) -> Result<Sn
 }
 
 /// Writes every file of the snapshot into `dir` (an empty staging directory).
-fn write_snapshot(model_dir: &Path, dir: &Path, opts: &BuildOptions) -> Result<SnapshotMeta, SnapshotError> {
+fn write_snapshot(
+    model_dir: &Path,
+    dir: &Path,
+    opts: &BuildOptions,
+) -> Result<SnapshotMeta, SnapshotError> {
     let config_path = model_dir.join("config.json");
     let model_config = read_json(&config_path)?;
     let architecture = match opts.architecture {
@@ -72,7 +83,8 @@ fn write_snapshot(model_dir: &Path, dir: &Path, opts: &BuildOptions) -> Result<S
     let (pooling, normalize) = match architecture {
         Architecture::BertSentenceEncoder => (
             Some(opts.pooling.map_or_else(|| read_pooling(model_dir), Ok)?),
-            opts.normalize.map_or_else(|| reads_normalize(model_dir), Ok)?,
+            opts.normalize
+                .map_or_else(|| reads_normalize(model_dir), Ok)?,
         ),
         _ => (None, false),
     };
@@ -80,21 +92,33 @@ fn write_snapshot(model_dir: &Path, dir: &Path, opts: &BuildOptions) -> Result<S
         Some(n) => n,
         None => read_max_seq_length(model_dir, &model_config)?,
     };
-    let max_positions = model_config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(512);
+    let max_positions = model_config
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64)
+        .unwrap_or(512);
     if max_seq_length == 0 || max_seq_length as u64 > max_positions {
         return Err(SnapshotError::InvalidBuild(format!(
             "max_seq_length {max_seq_length} must be between 1 and the model's max_position_embeddings {max_positions}"
         )));
     }
 
-    convert_safetensors(&model_dir.join(SAFETENSORS_FILE), &dir.join(SAFETENSORS_FILE), opts.dtype)?;
+    convert_safetensors(
+        &model_dir.join(SAFETENSORS_FILE),
+        &dir.join(SAFETENSORS_FILE),
+        opts.dtype,
+    )?;
     let tokenizer = model_dir.join(TOKENIZER_FILE);
-    std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE)).map_err(|e| SnapshotError::io(&tokenizer, e))?;
+    std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE))
+        .map_err(|e| SnapshotError::io(&tokenizer, e))?;
 
     let mut files = Vec::new();
     for name in [SAFETENSORS_FILE, TOKENIZER_FILE] {
         let (sha256, bytes) = sha256_file(&dir.join(name))?;
-        files.push(FileEntry { path: name.to_owned(), bytes, sha256 });
+        files.push(FileEntry {
+            path: name.to_owned(),
+            bytes,
+            sha256,
+        });
     }
     let meta = SnapshotMeta {
         format_version: FORMAT_VERSION,
@@ -141,7 +165,10 @@ fn read_pooling(model_dir: &Path) -> Result<Pooling, SnapshotError> {
     } else if flag("pooling_mode_cls_token") {
         Ok(Pooling::Cls)
     } else {
-        Err(SnapshotError::InvalidBuild(format!("{}: only mean and cls pooling are supported", path.display())))
+        Err(SnapshotError::InvalidBuild(format!(
+            "{}: only mean and cls pooling are supported",
+            path.display()
+        )))
     }
 }
 
@@ -152,24 +179,37 @@ fn reads_normalize(model_dir: &Path) -> Result<bool, SnapshotError> {
     }
     let modules = read_json(&path)?;
     Ok(modules.as_array().is_some_and(|m| {
-        m.iter().any(|module| module.get("type").and_then(Value::as_str).is_some_and(|t| t.ends_with(".Normalize")))
+        m.iter().any(|module| {
+            module
+                .get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with(".Normalize"))
+        })
     }))
 }
 
 fn read_max_seq_length(model_dir: &Path, config: &Value) -> Result<usize, SnapshotError> {
     let path = model_dir.join("sentence_bert_config.json");
     if path.exists() {
-        if let Some(n) = read_json(&path)?.get("max_seq_length").and_then(Value::as_u64) {
+        if let Some(n) = read_json(&path)?
+            .get("max_seq_length")
+            .and_then(Value::as_u64)
+        {
             return Ok(n as usize);
         }
     }
-    Ok(config.get("max_position_embeddings").and_then(Value::as_u64).unwrap_or(512) as usize)
+    Ok(config
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64)
+        .unwrap_or(512) as usize)
 }
 
 fn read_json(path: &Path) -> Result<Value, SnapshotError> {
     let bytes = std::fs::read(path).map_err(|e| SnapshotError::io(path, e))?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| SnapshotError::MalformedJson { path: path.to_owned(), reason: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| SnapshotError::MalformedJson {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// Copies the weights, converting float tensors to `target`. Integer tensors are kept.
@@ -185,10 +225,16 @@ fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<()
         WeightDtype::F16 => Dtype::F16,
         WeightDtype::Bf16 => Dtype::BF16,
         WeightDtype::Q8_0 => {
-            return Err(SnapshotError::InvalidBuild("q8_0 is a GGUF dtype; BERT snapshots are f32, f16 or bf16".into()))
+            return Err(SnapshotError::InvalidBuild(
+                "q8_0 is a GGUF dtype; BERT snapshots are f32, f16 or bf16".into(),
+            ))
         }
     };
-    if tensors.tensors().iter().all(|(_, t)| !is_float(t.dtype()) || t.dtype() == target) {
+    if tensors
+        .tensors()
+        .iter()
+        .all(|(_, t)| !is_float(t.dtype()) || t.dtype() == target)
+    {
         return write_file_atomic(dst, &bytes);
     }
     let mut converted: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
@@ -198,12 +244,19 @@ fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<()
         } else {
             view.data().to_vec()
         };
-        let dtype = if is_float(view.dtype()) { target } else { view.dtype() };
+        let dtype = if is_float(view.dtype()) {
+            target
+        } else {
+            view.dtype()
+        };
         converted.insert(name, (dtype, view.shape().to_vec(), data));
     }
     let mut views = Vec::with_capacity(converted.len());
     for (name, (dtype, shape, data)) in &converted {
-        views.push((name.clone(), TensorView::new(*dtype, shape.clone(), data).map_err(invalid)?));
+        views.push((
+            name.clone(),
+            TensorView::new(*dtype, shape.clone(), data).map_err(invalid)?,
+        ));
     }
     let out = safetensors::serialize(views, None).map_err(invalid)?;
     write_file_atomic(dst, &out)
@@ -215,14 +268,29 @@ fn is_float(d: Dtype) -> bool {
 
 fn convert(data: &[u8], from: Dtype, to: Dtype) -> Vec<u8> {
     let as_f32: Vec<f32> = match from {
-        Dtype::F32 => data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F16 => data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-        _ => data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F32 => data
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => data
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        _ => data
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
     };
     match to {
         Dtype::F32 => as_f32.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        Dtype::F16 => as_f32.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect(),
-        _ => as_f32.iter().flat_map(|x| half::bf16::from_f32(*x).to_le_bytes()).collect(),
+        Dtype::F16 => as_f32
+            .iter()
+            .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+            .collect(),
+        _ => as_f32
+            .iter()
+            .flat_map(|x| half::bf16::from_f32(*x).to_le_bytes())
+            .collect(),
     }
 }
 
@@ -234,9 +302,13 @@ pub(crate) fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<(), Snapsho
         .prefix(".tmp-")
         .tempfile_in(dir)
         .map_err(|e| SnapshotError::io(dir, e))?;
-    tmp.write_all(bytes).map_err(|e| SnapshotError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| SnapshotError::io(path, e))?;
-    tmp.persist(path).map_err(|e| SnapshotError::io(path, e.error))?;
+    tmp.write_all(bytes)
+        .map_err(|e| SnapshotError::io(path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| SnapshotError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| SnapshotError::io(path, e.error))?;
     Ok(())
 }
 

@@ -63,7 +63,9 @@ impl SnapshotCache {
     }
 
     fn sweep_staging(&self) {
-        let Ok(entries) = std::fs::read_dir(self.objects()) else { return };
+        let Ok(entries) = std::fs::read_dir(self.objects()) else {
+            return;
+        };
         for entry in entries.flatten() {
             if entry.file_name().to_string_lossy().starts_with(".tmp-") {
                 let _ = std::fs::remove_dir_all(entry.path());
@@ -106,8 +108,16 @@ impl SnapshotCache {
                 }
             }
         }
-        write_file_atomic(&self.name_file(&meta.name), format!("{digest}\n").as_bytes())?;
-        Ok(CacheEntry { name: meta.name.clone(), digest, dir, meta })
+        write_file_atomic(
+            &self.name_file(&meta.name),
+            format!("{digest}\n").as_bytes(),
+        )?;
+        Ok(CacheEntry {
+            name: meta.name.clone(),
+            digest,
+            dir,
+            meta,
+        })
     }
 
     /// The directory of the snapshot a name points at.
@@ -117,12 +127,18 @@ impl SnapshotCache {
         let digest = match std::fs::read_to_string(&path) {
             Ok(d) => d.trim().to_owned(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SnapshotError::NotInCache { name: name.to_owned(), cache: self.root.clone() })
+                return Err(SnapshotError::NotInCache {
+                    name: name.to_owned(),
+                    cache: self.root.clone(),
+                })
             }
             Err(e) => return Err(SnapshotError::io(&path, e)),
         };
         if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(SnapshotError::MalformedJson { path, reason: "name file does not hold a sha256".into() });
+            return Err(SnapshotError::MalformedJson {
+                path,
+                reason: "name file does not hold a sha256".into(),
+            });
         }
         let dir = self.objects().join(digest);
         if !dir.is_dir() {
@@ -147,15 +163,34 @@ impl SnapshotCache {
 
 /// Rewrites a staging path inside an error to the source path the user knows.
 fn rename_path(err: SnapshotError, staging: &Path, src: &Path) -> SnapshotError {
-    let fix = |p: PathBuf| p.strip_prefix(staging).map(|rel| src.join(rel)).unwrap_or(p);
+    let fix = |p: PathBuf| {
+        p.strip_prefix(staging)
+            .map(|rel| src.join(rel))
+            .unwrap_or(p)
+    };
     match err {
-        SnapshotError::DigestMismatch { path, expected, actual } => {
-            SnapshotError::DigestMismatch { path: fix(path), expected, actual }
-        }
-        SnapshotError::SizeMismatch { path, expected, actual } => {
-            SnapshotError::SizeMismatch { path: fix(path), expected, actual }
-        }
-        SnapshotError::InvalidSafetensors { path, reason } => SnapshotError::InvalidSafetensors { path: fix(path), reason },
+        SnapshotError::DigestMismatch {
+            path,
+            expected,
+            actual,
+        } => SnapshotError::DigestMismatch {
+            path: fix(path),
+            expected,
+            actual,
+        },
+        SnapshotError::SizeMismatch {
+            path,
+            expected,
+            actual,
+        } => SnapshotError::SizeMismatch {
+            path: fix(path),
+            expected,
+            actual,
+        },
+        SnapshotError::InvalidSafetensors { path, reason } => SnapshotError::InvalidSafetensors {
+            path: fix(path),
+            reason,
+        },
         SnapshotError::MissingFile { path } => SnapshotError::MissingFile { path: fix(path) },
         other => other,
     }

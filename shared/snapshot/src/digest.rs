@@ -14,7 +14,9 @@ pub(crate) fn sha256_file(path: &Path) -> Result<(String, u64), SnapshotError> {
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
-        let n = file.read(&mut buf).map_err(|e| SnapshotError::io(path, e))?;
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| SnapshotError::io(path, e))?;
         if n == 0 {
             break;
         }
@@ -32,13 +34,23 @@ pub(crate) fn sha256_bytes(bytes: &[u8]) -> String {
 /// Checks one file's size, then its digest.
 pub(crate) fn verify_file(dir: &Path, entry: &FileEntry) -> Result<(), SnapshotError> {
     let path = dir.join(&entry.path);
-    let size = std::fs::metadata(&path).map_err(|e| SnapshotError::io(&path, e))?.len();
+    let size = std::fs::metadata(&path)
+        .map_err(|e| SnapshotError::io(&path, e))?
+        .len();
     if size != entry.bytes {
-        return Err(SnapshotError::SizeMismatch { path, expected: entry.bytes, actual: size });
+        return Err(SnapshotError::SizeMismatch {
+            path,
+            expected: entry.bytes,
+            actual: size,
+        });
     }
     let (actual, _) = sha256_file(&path)?;
     if actual != entry.sha256 {
-        return Err(SnapshotError::DigestMismatch { path, expected: entry.sha256.clone(), actual });
+        return Err(SnapshotError::DigestMismatch {
+            path,
+            expected: entry.sha256.clone(),
+            actual,
+        });
     }
     Ok(())
 }

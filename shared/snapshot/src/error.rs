@@ -20,7 +20,9 @@ pub enum SnapshotError {
         actual: String,
     },
     /// A file is shorter or longer than snapshot.json records.
-    #[error("size mismatch for {path}: snapshot.json records {expected} bytes, the file has {actual}")]
+    #[error(
+        "size mismatch for {path}: snapshot.json records {expected} bytes, the file has {actual}"
+    )]
     SizeMismatch {
         /// The file.
         path: PathBuf,
@@ -56,7 +58,9 @@ pub enum SnapshotError {
         reason: String,
     },
     /// snapshot.json's format version is not one this build reads.
-    #[error("unsupported snapshot format version {found} in {path} (this build reads {supported})")]
+    #[error(
+        "unsupported snapshot format version {found} in {path} (this build reads {supported})"
+    )]
     UnsupportedFormat {
         /// snapshot.json.
         path: PathBuf,
@@ -94,6 +98,9 @@ impl SnapshotError {
         if source.kind() == std::io::ErrorKind::NotFound {
             return Self::MissingFile { path: path.into() };
         }
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

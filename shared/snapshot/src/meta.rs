@@ -39,7 +39,11 @@ impl Architecture {
 
     /// The known wire names, comma-separated, for error messages.
     pub fn known_names() -> String {
-        Self::ALL.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        Self::ALL
+            .iter()
+            .map(|(n, _)| *n)
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -131,7 +135,10 @@ impl SnapshotMeta {
 
     /// Parses `snapshot.json` bytes; `path` is only used in errors.
     pub fn parse(bytes: &[u8], path: &Path) -> Result<Self, SnapshotError> {
-        let malformed = |e: serde_json::Error| SnapshotError::MalformedJson { path: path.to_owned(), reason: e.to_string() };
+        let malformed = |e: serde_json::Error| SnapshotError::MalformedJson {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
         // Two steps, so that an unknown architecture is reported as such and not as a
         // generic "unknown variant" parse error.
         let raw: Value = serde_json::from_slice(bytes).map_err(malformed)?;
@@ -183,7 +190,9 @@ pub fn validate_name(name: &str) -> Result<(), SnapshotError> {
     let ok = !name.is_empty()
         && !name.starts_with('.')
         && name.len() <= 128
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {

@@ -53,7 +53,8 @@ impl Recipe {
     /// Reads a recipe file; errors name the file and, for TOML errors, the line.
     pub fn read(path: &Path) -> Result<Self, SnapshotError> {
         let text = std::fs::read_to_string(path).map_err(|e| SnapshotError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| SnapshotError::InvalidBuild(format!("{}: {e}", path.display())))
+        toml::from_str(&text)
+            .map_err(|e| SnapshotError::InvalidBuild(format!("{}: {e}", path.display())))
     }
 
     /// The build options this recipe describes.

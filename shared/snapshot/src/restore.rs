@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use crate::meta::WeightDtype;
-use crate::{Architecture, SnapshotError, SnapshotMeta, GGUF_FILE, SAFETENSORS_FILE, TOKENIZER_FILE};
+use crate::{
+    Architecture, SnapshotError, SnapshotMeta, GGUF_FILE, SAFETENSORS_FILE, TOKENIZER_FILE,
+};
 
 /// A snapshot ready to build a model from: metadata plus the weights mapped into memory.
 #[derive(Debug)]
@@ -35,7 +37,9 @@ impl RestoredSnapshot {
 
     /// Path of `tokenizer.json`, if the snapshot has one.
     pub fn tokenizer_path(&self) -> Option<PathBuf> {
-        self.meta.file(TOKENIZER_FILE).map(|f| self.dir.join(&f.path))
+        self.meta
+            .file(TOKENIZER_FILE)
+            .map(|f| self.dir.join(&f.path))
     }
 
     /// Path of any other file the snapshot records.
@@ -57,20 +61,33 @@ pub fn restore(dir: &Path) -> Result<RestoredSnapshot, SnapshotError> {
     let meta = SnapshotMeta::read(dir)?;
     for entry in &meta.files {
         let path = dir.join(&entry.path);
-        let actual = std::fs::metadata(&path).map_err(|e| SnapshotError::io(&path, e))?.len();
+        let actual = std::fs::metadata(&path)
+            .map_err(|e| SnapshotError::io(&path, e))?
+            .len();
         if actual != entry.bytes {
-            return Err(SnapshotError::SizeMismatch { path, expected: entry.bytes, actual });
+            return Err(SnapshotError::SizeMismatch {
+                path,
+                expected: entry.bytes,
+                actual,
+            });
         }
     }
     let weights_file = weights_file(&meta);
     if meta.file(weights_file).is_none() {
-        return Err(SnapshotError::MissingFile { path: dir.join(weights_file) });
+        return Err(SnapshotError::MissingFile {
+            path: dir.join(weights_file),
+        });
     }
     let weights = map_file(&dir.join(weights_file))?;
     if weights_file == SAFETENSORS_FILE {
         check_safetensors(&weights, &dir.join(weights_file))?;
     }
-    Ok(RestoredSnapshot { meta, dir: dir.to_owned(), weights, weights_file })
+    Ok(RestoredSnapshot {
+        meta,
+        dir: dir.to_owned(),
+        weights,
+        weights_file,
+    })
 }
 
 /// Parses the weights file's header, for [`crate::verify`].
@@ -86,7 +103,10 @@ pub(crate) fn check_weights_header(dir: &Path, meta: &SnapshotMeta) -> Result<()
 fn check_safetensors(bytes: &[u8], path: &Path) -> Result<(), SnapshotError> {
     safetensors::SafeTensors::read_metadata(bytes)
         .map(|_| ())
-        .map_err(|e| SnapshotError::InvalidSafetensors { path: path.to_owned(), reason: e.to_string() })
+        .map_err(|e| SnapshotError::InvalidSafetensors {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })
 }
 
 /// Maps a file read-only, asking the kernel to fault it in up front so that the model's

@@ -1,0 +1,362 @@
+//! `thaw serve` end to end: a real thaw process on port 0, real function processes.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use thaw_tests::{alive, Serve};
+
+fn fault_fn(name: &str, extra: &str) -> String {
+    format!("[function.{name}]\nbinary = \"thaw-fault\"\n{extra}\n")
+}
+
+fn manifest(functions: &[String]) -> String {
+    format!("[app]\nname = \"test\"\n\n{}", functions.join("\n"))
+}
+
+fn call(s: &Serve, f: &str, body: Value) -> thaw_tests::Reply {
+    s.post(
+        &format!("/fn/{f}/"),
+        body.to_string().as_bytes(),
+        &[("content-type", "application/json")],
+    )
+}
+
+fn instances(s: &Serve, f: &str) -> usize {
+    s.state(f)["instances"].as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn scales_from_zero_and_back_to_zero() {
+    let s = Serve::start(&manifest(&[fault_fn("f", "idle_timeout = \"300ms\"")]));
+    assert_eq!(instances(&s, "f"), 0, "nothing runs before the first call");
+    let r = call(&s, "f", json!({"echo": 1}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let pid = r.json()["pid"].as_u64().expect("pid");
+    assert!(alive(pid));
+    let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("thaw_cold_starts_total{function=\"f\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("thaw_cold_start_seconds_count{function=\"f\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        s.wait_until(Duration::from_secs(10), |s| instances(s, "f") == 0),
+        "idle instance was not stopped"
+    );
+    assert!(
+        s.wait_until(Duration::from_secs(5), |_| !alive(pid)),
+        "process {pid} still alive"
+    );
+    let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("thaw_billed_instance_seconds_total{function=\"f\"}"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn concurrency_caps_hold_and_a_full_queue_gets_429() {
+    let s = Serve::start(&manifest(&[
+        fault_fn("capped", "max_containers = 3\nconcurrency = 1"),
+        fault_fn(
+            "narrow",
+            "max_containers = 1\nconcurrency = 1\nmax_queue = 4",
+        ),
+    ]));
+    let peak = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let replies: Vec<thaw_tests::Reply> = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                peak.fetch_max(instances(&s, "capped"), std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        });
+        let handles: Vec<_> = (0..16)
+            .map(|_| scope.spawn(|| call(&s, "capped", json!({"action": "sleep", "ms": 150}))))
+            .collect();
+        let replies = handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect();
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        replies
+    });
+    assert!(replies.iter().all(|r| r.status == 200), "all 16 succeed");
+    let ids: HashSet<String> = replies
+        .iter()
+        .map(|r| r.json()["instance"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert!(ids.len() <= 3, "{} distinct instances: {ids:?}", ids.len());
+    assert!(peak.into_inner() <= 3, "sampled more than 3 instances");
+
+    let replies: Vec<thaw_tests::Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| scope.spawn(|| call(&s, "narrow", json!({"action": "sleep", "ms": 400}))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    let ok = replies.iter().filter(|r| r.status == 200).count();
+    let throttled: Vec<_> = replies.iter().filter(|r| r.status == 429).collect();
+    assert_eq!(
+        ok + throttled.len(),
+        20,
+        "every request gets an answer: {:?}",
+        replies.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    assert!(
+        ok <= 5 && ok >= 1,
+        "{ok} succeeded; at most 1 running + 4 queued"
+    );
+    for r in &throttled {
+        assert_eq!(r.headers.get("retry-after").map(String::as_str), Some("1"));
+        assert_eq!(r.json()["error"]["type"], "QueueFull");
+    }
+}
+
+#[test]
+fn min_containers_are_started_at_boot_and_kept() {
+    let s = Serve::start(&manifest(&[fault_fn(
+        "warm",
+        "min_containers = 1\nidle_timeout = \"200ms\"",
+    )]));
+    assert!(
+        s.wait_until(Duration::from_secs(10), |s| s.state("warm")["idle"] == 1),
+        "no warm instance at boot"
+    );
+    let pid = s.state("warm")["instances"][0]["pid"]
+        .as_u64()
+        .expect("pid");
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        s.state("warm")["instances"][0]["pid"].as_u64(),
+        Some(pid),
+        "kept through idle periods"
+    );
+    let r = call(&s, "warm", json!({}));
+    assert_eq!(r.json()["pid"].as_u64(), Some(pid));
+    let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
+    assert!(
+        metrics.contains("thaw_cold_starts_total{function=\"warm\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn faults_are_typed_the_instance_is_replaced_and_healthy_calls_are_unaffected() {
+    let starts = tempfile::NamedTempFile::new().expect("tmp");
+    let starts_path = starts.path().display().to_string();
+    let s = Serve::start(&manifest(&[
+        fault_fn("bad", "max_containers = 2\ntimeout = \"1s\""),
+        fault_fn("healthy", "max_containers = 1"),
+        fault_fn(
+            "broken",
+            &format!(
+                "env = {{ THAW_FAULT_INIT = \"fail\", THAW_FAULT_STARTS = \"{starts_path}\" }}"
+            ),
+        ),
+    ]));
+    std::thread::scope(|scope| {
+        let healthy = scope.spawn(|| {
+            (0..20)
+                .map(|i| {
+                    call(
+                        &s,
+                        "healthy",
+                        json!({"action": "sleep", "ms": 20, "echo": i}),
+                    )
+                    .status
+                })
+                .collect::<Vec<_>>()
+        });
+        for (action, status, kind) in [
+            ("panic", 502, "FunctionCrashed"),
+            ("abort", 502, "FunctionCrashed"),
+            ("exit", 502, "FunctionCrashed"),
+            ("hang", 504, "Timeout"),
+        ] {
+            let t = Instant::now();
+            let r = call(&s, "bad", json!({"action": action}));
+            assert_eq!(
+                r.status,
+                status,
+                "{action}: {}",
+                String::from_utf8_lossy(&r.body)
+            );
+            assert_eq!(r.json()["error"]["type"], kind, "{action}");
+            assert!(
+                t.elapsed() < Duration::from_secs(2) + Duration::from_millis(500),
+                "{action} took {:?}",
+                t.elapsed()
+            );
+            if action == "panic" {
+                let msg = r.json()["error"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned();
+                assert!(
+                    msg.contains("panic on purpose"),
+                    "crash message carries the function's stderr: {msg}"
+                );
+            }
+            // Replaced: the next call succeeds on a fresh instance.
+            assert_eq!(call(&s, "bad", json!({})).status, 200, "after {action}");
+        }
+        let r = call(&s, "broken", json!({}));
+        assert_eq!(r.status, 502);
+        assert_eq!(r.json()["error"]["type"], "InitError");
+        let msg = r.json()["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
+        assert!(msg.contains("init failed on purpose"), "{msg}");
+        // A crash loop backs off: 30 calls over ~1.5 s start only a handful of processes.
+        for _ in 0..30 {
+            assert_eq!(call(&s, "broken", json!({})).status, 502);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let healthy = healthy.join().expect("join");
+        assert!(
+            healthy.iter().all(|&st| st == 200),
+            "healthy calls failed: {healthy:?}"
+        );
+    });
+    let starts = std::fs::read_to_string(starts.path())
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert!(
+        (2..=8).contains(&starts),
+        "{starts} init attempts in ~1.5 s: restarts do not back off"
+    );
+}
+
+#[test]
+fn invoke_api_speaks_aws() {
+    let s = Serve::start(&manifest(&[fault_fn("f", "")]));
+    let path = "/2015-03-31/functions/f/invocations";
+    let r = s.post(path, br#"{"echo": "hi"}"#, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["echo"], "hi");
+    let r = s.post(path, br#"{"action": "fail"}"#, &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.headers.get("x-amz-function-error").map(String::as_str),
+        Some("Unhandled")
+    );
+    assert_eq!(r.json()["errorType"], "InvalidInput");
+    assert!(r.json()["errorMessage"]
+        .as_str()
+        .unwrap_or("")
+        .contains("on purpose"));
+    assert_eq!(
+        s.post(path, b"{}", &[("x-amz-invocation-type", "Event")])
+            .status,
+        202
+    );
+    assert_eq!(
+        s.post(path, b"{}", &[("x-amz-invocation-type", "DryRun")])
+            .status,
+        204
+    );
+    let r = s.post("/2015-03-31/functions/nope/invocations", b"{}", &[]);
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        r.headers.get("x-amzn-errortype").map(String::as_str),
+        Some("ResourceNotFoundException")
+    );
+    assert_eq!(s.post(path, b"{not json", &[]).status, 400);
+}
+
+#[test]
+fn function_urls_carry_json_binary_and_refuse_oversized_bodies() {
+    let s = Serve::start(&manifest(&[
+        fault_fn("f", ""),
+        fault_fn("raw", "env = { THAW_FAULT_MODE = \"raw\" }"),
+    ]));
+    let r = call(&s, "f", json!({"echo": [1, 2]}));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["echo"], json!([1, 2]));
+    // The function's own 400 for a body that is not JSON.
+    let r = s.post(
+        "/fn/f/",
+        b"this is not json",
+        &[("content-type", "text/plain")],
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["type"], "InvalidInput");
+    // Binary round trip through base64, with path, query and cookies passed along.
+    let binary: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    let r = s.post(
+        "/fn/raw/some/path?a=1",
+        &binary,
+        &[
+            ("content-type", "application/octet-stream"),
+            ("cookie", "x=1; y=2"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body, binary, "binary body did not round-trip");
+    assert_eq!(
+        r.headers.get("x-raw-path").map(String::as_str),
+        Some("/some/path")
+    );
+    // 7 MiB: 413, typed.
+    let big = vec![b'x'; 7 * 1024 * 1024];
+    let r = s.post("/fn/f/", &big, &[]);
+    assert_eq!(r.status, 413);
+    assert_eq!(r.json()["error"]["type"], "PayloadTooLarge");
+    assert_eq!(s.post("/fn/nope/", b"{}", &[]).status, 404);
+}
+
+#[test]
+fn sigterm_drains_in_flight_calls_and_leaves_no_child() {
+    let mut s = Serve::start(&manifest(&[fault_fn("f", "max_containers = 2")]));
+    let warm = call(&s, "f", json!({})).json()["pid"]
+        .as_u64()
+        .expect("pid");
+    let reply = std::thread::scope(|scope| {
+        let slow = scope.spawn(|| call(&s, "f", json!({"action": "sleep", "ms": 1000})));
+        assert!(
+            s.wait_until(Duration::from_secs(5), |s| s.state("f")["busy"] == 1),
+            "call not in flight"
+        );
+        s.signal(libc::SIGTERM);
+        slow.join().expect("join")
+    });
+    assert_eq!(
+        reply.status, 200,
+        "in-flight call finished within the grace period"
+    );
+    let status = s.child.wait().expect("thaw exits");
+    assert!(status.success(), "thaw exited with {status}");
+    assert!(!alive(warm), "child {warm} survived thaw");
+}
+
+#[test]
+fn sigkill_of_thaw_leaves_no_child() {
+    let s = Serve::start(&manifest(&[fault_fn(
+        "f",
+        "min_containers = 2\nmax_containers = 2",
+    )]));
+    assert!(s.wait_until(Duration::from_secs(10), |s| s.state("f")["idle"] == 2));
+    let pids: Vec<u64> = s.state("f")["instances"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i["pid"].as_u64())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    s.signal(libc::SIGKILL);
+    assert!(
+        s.wait_until(Duration::from_secs(5), |_| pids.iter().all(|&p| !alive(p))),
+        "children outlived a SIGKILLed thaw"
+    );
+}
