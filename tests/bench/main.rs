@@ -17,6 +17,8 @@ use thaw_runtime::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecyc
 use thaw_tests::{binary, repo_root, snapshot_dir};
 use tokio::io::AsyncBufReadExt;
 
+mod platform;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -35,6 +37,7 @@ fn main() -> anyhow_free::Result {
     let warm = warm_throughput()?;
     let peer = sentence_transformers(&warm.inputs);
     report(&cold, &warm, peer.as_ref());
+    report_platform();
     Ok(())
 }
 
@@ -374,4 +377,33 @@ fn min(v: &[f64]) -> f64 {
 
 fn max(v: &[f64]) -> f64 {
     v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+}
+
+fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn report_platform() {
+    println!("== thaw serve (platform) ==");
+    let cold = platform::embed_cold_starts(20);
+    println!(
+        "embed zero -> first response via URL: median {:.1} ms, p95 {:.1} ms over {} cold starts",
+        median(&cold),
+        percentile(&cold, 0.95),
+        cold.len()
+    );
+    let warm = platform::warm_latency(2000);
+    // The in-process handler of the no-op function costs microseconds; the round trip is
+    // the platform's overhead: HTTP front, queue, Runtime API hop and back.
+    println!(
+        "warm no-op round trip via Invoke API (platform overhead): p50 {:.3} ms, p99 {:.3} ms",
+        percentile(&warm, 0.5),
+        percentile(&warm, 0.99)
+    );
+    for (instances, concurrency, clients) in [(1, 1, 4), (2, 1, 4), (1, 4, 8)] {
+        let rate = platform::noop_throughput(instances, concurrency, clients, 3.0);
+        println!("no-op invocations/s, {instances} instance(s) x concurrency {concurrency}, {clients} clients: {rate:.0}/s");
+    }
 }
