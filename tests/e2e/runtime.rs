@@ -273,6 +273,22 @@ fn invoke_api_speaks_aws() {
         Some("ResourceNotFoundException")
     );
     assert_eq!(s.post(path, b"{not json", &[]).status, 400);
+
+    // A function that floods its output neither stalls nor grows thaw: the ring keeps the
+    // newest lines, and the instance keeps serving.
+    assert_eq!(
+        s.post(path, br#"{"action": "flood", "lines": 50000}"#, &[])
+            .status,
+        200
+    );
+    assert_eq!(s.post(path, b"{}", &[]).status, 200);
+    let logs = s.get("/v1/functions/f/logs?tail=5000").json();
+    let lines = logs["lines"].as_array().map_or(0, Vec::len);
+    assert!((1000..=2000).contains(&lines), "{lines} lines kept");
+    assert!(logs["lines"][lines - 1]["instance"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("f-"));
 }
 
 #[test]
@@ -284,6 +300,30 @@ fn function_urls_carry_json_binary_and_refuse_oversized_bodies() {
     let r = call(&s, "f", json!({"echo": [1, 2]}));
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["echo"], json!([1, 2]));
+    // And with curl, a client nobody here wrote.
+    if let Ok(out) = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"echo": "curl"}"#,
+        ])
+        .arg(format!("{}/fn/f/", s.base))
+        .output()
+    {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", ""));
+        assert_eq!(code, "200", "{text}");
+        assert_eq!(
+            serde_json::from_str::<Value>(body)
+                .ok()
+                .map(|v| v["echo"].clone()),
+            Some(json!("curl"))
+        );
+    }
     // The function's own 400 for a body that is not JSON.
     let r = s.post(
         "/fn/f/",
