@@ -34,6 +34,8 @@ use crate::Runtime;
 
 /// Largest request body, as on AWS Lambda.
 pub const MAX_BODY: usize = 6 * 1024 * 1024;
+/// How much of an oversized body is drained before answering 413.
+const DRAIN_CAP: usize = 64 * 1024 * 1024;
 /// Longest a client may take to send its body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -94,38 +96,49 @@ fn pool<'a>(rt: &'a Runtime, name: &str) -> Result<&'a Arc<FunctionPool>, Respon
     })
 }
 
+/// Reads a request body of at most [`MAX_BODY`] bytes. An oversized body is read on (and
+/// discarded) up to [`DRAIN_CAP`] before the 413, so the client finishes sending and reads
+/// our answer instead of a connection reset.
 async fn read_body(body: Body) -> Result<Bytes, Response> {
-    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(e)) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util_limited::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            if too_large {
-                Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "PayloadTooLarge",
-                    format!("request body exceeds {MAX_BODY} bytes"),
-                ))
-            } else {
-                Err(error(
+    use http_body_util::BodyExt as _;
+    let read = async move {
+        let mut body = body;
+        let mut buf = Vec::new();
+        let mut total = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| {
+                error(
                     StatusCode::BAD_REQUEST,
                     "BadRequest",
                     format!("cannot read request body: {e}"),
-                ))
+                )
+            })?;
+            if let Ok(data) = frame.into_data() {
+                total += data.len();
+                if total <= MAX_BODY {
+                    buf.extend_from_slice(&data);
+                } else if total > DRAIN_CAP {
+                    break;
+                }
             }
         }
+        if total > MAX_BODY {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "PayloadTooLarge",
+                format!("request body exceeds {MAX_BODY} bytes"),
+            ));
+        }
+        Ok(Bytes::from(buf))
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(result) => result,
         Err(_) => Err(error(
             StatusCode::REQUEST_TIMEOUT,
             "RequestTimeout",
             "request body not received in time",
         )),
     }
-}
-
-/// Re-export path for the body limit error type axum uses.
-mod http_body_util_limited {
-    pub use axum::extract::rejection::LengthLimitError;
 }
 
 async fn function_url_root(
