@@ -14,15 +14,16 @@ pub(crate) struct Endpoint {
     endpoint: String,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout_connect(Duration::from_secs(5))
-        .build()
+impl Endpoint {
+    /// The base URL, without a trailing slash.
+    pub(crate) fn url(&self) -> &str {
+        self.endpoint.trim_end_matches('/')
+    }
 }
 
-/// `thaw invoke <fn> <json|@file|->`: prints the payload; exits non-zero on any error.
-pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result<()> {
-    let body = match input {
+/// An input argument: inline JSON, `@file`, or `-` for stdin.
+pub(crate) fn read_input(input: &str) -> Result<String> {
+    Ok(match input {
         "-" => {
             let mut s = String::new();
             std::io::stdin().read_to_string(&mut s)?;
@@ -32,7 +33,18 @@ pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result
             std::fs::read_to_string(&s[1..]).with_context(|| format!("read {}", &s[1..]))?
         }
         s => s.to_owned(),
-    };
+    })
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .build()
+}
+
+/// `thaw invoke <fn> <json|@file|->`: prints the payload; exits non-zero on any error.
+pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result<()> {
+    let body = read_input(input)?;
     serde_json::from_str::<Value>(&body).context("input is not valid JSON")?;
     let url = format!(
         "{}/2015-03-31/functions/{function}/invocations",

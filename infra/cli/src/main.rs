@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+mod calls;
 mod client;
 mod serve;
 mod snapshot;
@@ -34,6 +35,38 @@ enum Command {
         #[command(flatten)]
         endpoint: client::Endpoint,
     },
+    /// Start a durable call; prints its id once it is committed.
+    Spawn {
+        /// The function.
+        function: String,
+        /// The input: inline JSON, @file, or - for stdin.
+        input: String,
+        /// Repeating a key returns the call it first created instead of a new one.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// A durable call's state and result; exits non-zero if it failed or was cancelled.
+    Get {
+        /// The call id.
+        call_id: String,
+        /// Wait for it to finish: for SECS at most, or as long as it takes.
+        #[arg(long, num_args = 0..=1, default_missing_value = "inf", value_name = "SECS")]
+        wait: Option<f64>,
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// Cancel a queued durable call; it will never run.
+    Cancel {
+        /// The call id.
+        call_id: String,
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// Run a function over every input of a file, with progress; exits non-zero if any
+    /// item failed.
+    Map(calls::MapArgs),
     /// Functions and their instances.
     Status {
         #[command(flatten)]
@@ -78,6 +111,19 @@ fn main() -> Result<()> {
             input,
             endpoint,
         } => client::invoke(&endpoint, &function, &input),
+        Command::Spawn {
+            function,
+            input,
+            idempotency_key,
+            endpoint,
+        } => calls::spawn(&endpoint, &function, &input, idempotency_key.as_deref()),
+        Command::Get {
+            call_id,
+            wait,
+            endpoint,
+        } => calls::get(&endpoint, &call_id, wait),
+        Command::Cancel { call_id, endpoint } => calls::cancel(&endpoint, &call_id),
+        Command::Map(args) => calls::map(&args),
         Command::Status { endpoint } => client::status(&endpoint),
         Command::Logs {
             function,

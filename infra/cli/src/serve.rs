@@ -21,6 +21,9 @@ pub(crate) struct ServeArgs {
     /// Directory of the function binaries [default: the directory of this thaw binary].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Where durable calls live (calls.db) [default: $THAW_STATE_DIR or .cache/state].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// How long in-flight calls may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     grace: Duration,
@@ -47,6 +50,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         snapshots: args.snapshots.unwrap_or_else(crate::default_cache),
     };
     let plan = manifest.resolve(&resolver)?;
+    let state_dir = args.state_dir.unwrap_or_else(|| {
+        std::env::var_os("THAW_STATE_DIR")
+            .map_or_else(|| PathBuf::from(".cache/state"), PathBuf::from)
+    });
+    let ttl = plan
+        .functions
+        .iter()
+        .map(|(name, f)| (name.to_string(), f.spec.result_ttl.0))
+        .collect();
+    // Opened before serving: it locks the directory and recovers interrupted calls.
+    let store =
+        thaw_runtime::calls::store::CallStore::open(&state_dir, ttl, std::sync::Arc::default())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -55,7 +70,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("bind {}", args.listen))?;
         let addr = listener.local_addr()?;
-        let rt = thaw_runtime::Runtime::start(&plan, std::env::var("THAW_URL_TOKEN").ok());
+        let rt = thaw_runtime::Runtime::start(&plan, std::env::var("THAW_URL_TOKEN").ok(), store);
         // Whoever started us may stop reading stdout; that must never take thaw down.
         let mut banner = format!("thaw serve listening on http://{addr}\n");
         for name in plan.functions.keys() {

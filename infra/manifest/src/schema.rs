@@ -98,9 +98,16 @@ pub struct FunctionSpec {
     /// Queued calls beyond this get 429.
     #[serde(default = "defaults::max_queue")]
     pub max_queue: u32,
-    /// Retries for spawned, mapped and Event calls.
+    /// Retries for spawned, mapped and Event calls after a crash, timeout, init failure
+    /// or retryable function error. A function's typed input error is never retried.
     #[serde(default)]
     pub retries: u32,
+    /// Wait before the first retry; each later retry waits twice as long (at most 5 min).
+    #[serde(default = "defaults::retry_backoff")]
+    pub retry_backoff: Duration,
+    /// How long a spawned, mapped or Event call's result is kept; a later get says expired.
+    #[serde(default = "defaults::result_ttl")]
+    pub result_ttl: Duration,
     /// Memory, enforced where cgroups allow and always rendered for deploys.
     #[serde(default = "defaults::memory")]
     pub memory: ByteSize,
@@ -217,6 +224,12 @@ mod defaults {
     pub(super) fn memory() -> ByteSize {
         ByteSize(1 << 30)
     }
+    pub(super) fn retry_backoff() -> Duration {
+        Duration::from_secs(1)
+    }
+    pub(super) fn result_ttl() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
 }
 
 impl Manifest {
@@ -265,6 +278,12 @@ impl Manifest {
                 return Err(invalid(
                     "timeout and startup_timeout must be greater than zero".into(),
                 ));
+            }
+            if f.result_ttl.0 < std::time::Duration::from_secs(1) {
+                return Err(invalid("result_ttl must be at least 1s".into()));
+            }
+            if f.retries > 100 {
+                return Err(invalid(format!("retries ({}) is over 100", f.retries)));
             }
             if f.binary.is_empty() || f.binary.contains('/') {
                 return Err(invalid(format!(

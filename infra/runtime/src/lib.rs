@@ -7,10 +7,13 @@
 //!   group, dying with thaw, its output captured into [`logs`].
 //! - [`pool`]: one function's scheduler: queue, scale-up, dispatch, idle reaper, faults.
 //! - [`front`]: the HTTP front: function URLs, the AWS Invoke API, `/v1`, health, metrics.
+//! - [`calls`]: durable calls: the SQLite call store, the per-function executor that
+//!   runs spawned, mapped and Event calls with retries, and map input splitting.
 //! - [`metrics`]: Prometheus.
 //!
 //! [`serve`] ties them together as `run(listener, shutdown)`.
 
+pub mod calls;
 pub mod front;
 pub mod launcher;
 pub mod logs;
@@ -27,6 +30,7 @@ use std::time::Duration;
 use thaw_manifest::Plan;
 use tokio::sync::watch;
 
+use crate::calls::store::CallStore;
 use crate::metrics::Metrics;
 use crate::pool::FunctionPool;
 
@@ -39,16 +43,23 @@ pub struct Runtime {
     pub metrics: Arc<Metrics>,
     /// Bearer token for functions with `url.auth = "token"` (`THAW_URL_TOKEN`).
     pub url_token: Option<String>,
+    /// Durable calls.
+    pub store: CallStore,
     accepting: AtomicBool,
+    /// Turns true when thaw stops accepting work: executors stop claiming calls.
+    closing: watch::Sender<bool>,
+    /// Turns true when instances are being stopped: background tasks end.
     stop_background: watch::Sender<bool>,
 }
 
 impl Runtime {
-    /// Creates a pool per function and starts their `min_containers`.
-    pub fn start(plan: &Plan, url_token: Option<String>) -> Arc<Self> {
+    /// Creates a pool per function, starts their `min_containers`, and starts running
+    /// the durable calls `store` holds (those recovered from a previous run included).
+    pub fn start(plan: &Plan, url_token: Option<String>, store: CallStore) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let (stop_background, stopped) = watch::channel(false);
-        let pools = plan
+        let (closing, closing_rx) = watch::channel(false);
+        let pools: BTreeMap<String, Arc<FunctionPool>> = plan
             .functions
             .iter()
             .map(|(name, f)| {
@@ -58,13 +69,35 @@ impl Runtime {
                 )
             })
             .collect();
+        for pool in pools.values() {
+            tokio::spawn(calls::executor::run(
+                Arc::clone(pool),
+                store.clone(),
+                closing_rx.clone(),
+            ));
+        }
+        let gc_period = plan
+            .functions
+            .values()
+            .map(|f| f.spec.result_ttl.0 / 2)
+            .min()
+            .unwrap_or(Duration::from_secs(60))
+            .clamp(Duration::from_millis(100), Duration::from_secs(60));
+        tokio::spawn(collect_expired(store.clone(), gc_period, stopped));
         Arc::new(Self {
             pools,
             metrics,
             url_token,
+            store,
             accepting: AtomicBool::new(true),
+            closing,
             stop_background,
         })
+    }
+
+    /// Turns true when thaw stops accepting work; long-polls answer at once then.
+    pub fn closing_signal(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
     }
 
     /// Whether new calls are accepted.
@@ -75,6 +108,7 @@ impl Runtime {
     /// Stops accepting calls; queued calls fail with `ShuttingDown`.
     pub fn close(&self) {
         self.accepting.store(false, Ordering::SeqCst);
+        let _ = self.closing.send(true);
         for pool in self.pools.values() {
             pool.close();
         }
@@ -90,6 +124,21 @@ impl Runtime {
         let _ = self.stop_background.send(true);
         for pool in self.pools.values() {
             pool.stop_all(grace).await;
+        }
+    }
+}
+
+/// Collects expired results every `period` until thaw stops.
+async fn collect_expired(store: CallStore, period: Duration, mut stop: watch::Receiver<bool>) {
+    loop {
+        match store.collect_expired().await {
+            Ok((0, 0)) => {}
+            Ok((expired, deleted)) => tracing::info!(expired, deleted, "collected expired results"),
+            Err(e) => tracing::warn!(error = %e, "cannot collect expired results"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = stop.changed() => return,
         }
     }
 }

@@ -4,6 +4,11 @@
 //! |---|---|
 //! | `ANY /fn/{function}/{path...}` | function URL: a payload-2.0 event in, `{statusCode, headers, body}` out |
 //! | `POST /2015-03-31/functions/{function}/invocations` | the AWS Lambda Invoke API |
+//! | `POST /v1/functions/{function}/spawn` | a durable call: 202 `{"call_id"}` ([`calls`]) |
+//! | `GET`, `DELETE /v1/calls/{id}` | long-poll a call's state, cancel it |
+//! | `POST /v1/functions/{function}/map` | fan-out: inputs in, NDJSON results streamed out ([`maps`]) |
+//! | `POST /v1/functions/{function}/spawn_map` | a durable map: 202 `{"map_id"}` |
+//! | `GET`, `DELETE /v1/maps/{id}` | a map's progress and paged results, cancel it |
 //! | `GET /v1/functions` | config and live state of every function |
 //! | `GET /v1/functions/{function}/logs?tail=N&since=MS` | captured output |
 //! | `GET /healthz`, `GET /metrics` | health, Prometheus |
@@ -11,6 +16,9 @@
 //! Platform errors are `{"error": {"type", "message"}}`: 400, 401, 404, 413 (over 6 MiB),
 //! 429 (queue full, with `Retry-After`), 502 (crash, init failure), 503 (shutting down),
 //! 504 (timeout). The Invoke API answers in AWS's shapes instead.
+
+mod calls;
+mod maps;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,6 +36,8 @@ use serde_json::{json, Value};
 use thaw_protocol::url_event::{HttpContext, RequestContext, UrlEvent, UrlResponse};
 use thaw_protocol::ApiErrorBody;
 
+use crate::calls::store::StoreError;
+use crate::calls::CallKind;
 use crate::pool::{CallError, FunctionPool};
 use crate::runtime_api::Outcome;
 use crate::Runtime;
@@ -51,6 +61,11 @@ pub fn router(runtime: Shared) -> Router {
             "/2015-03-31/functions/{function}/invocations",
             post(invoke_api),
         )
+        .route("/v1/functions/{function}/spawn", post(calls::spawn))
+        .route("/v1/calls/{id}", get(calls::get).delete(calls::cancel))
+        .route("/v1/functions/{function}/map", post(maps::map))
+        .route("/v1/functions/{function}/spawn_map", post(maps::spawn_map))
+        .route("/v1/maps/{id}", get(maps::get).delete(maps::cancel))
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{function}/logs", get(logs))
         .route("/healthz", get(healthz))
@@ -62,6 +77,22 @@ pub fn router(runtime: Shared) -> Router {
 /// A platform error response.
 pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
     (status, Json(ApiErrorBody::new(kind, message))).into_response()
+}
+
+/// A call-store failure: 503 while thaw stops, else 500.
+fn store_error(e: &StoreError) -> Response {
+    match e {
+        StoreError::Stopped => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ShuttingDown",
+            "thaw is shutting down",
+        ),
+        other => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "StoreError",
+            other.to_string(),
+        ),
+    }
 }
 
 fn call_error(e: &CallError) -> Response {
@@ -347,14 +378,25 @@ async fn invoke_api(
     }
     match kind {
         "DryRun" => StatusCode::NO_CONTENT.into_response(),
-        "Event" => {
-            tokio::spawn(async move {
-                if let Err(e) = pool.invoke(payload).await {
-                    tracing::warn!(function = %pool.plan().name, error = %e, "event invocation failed");
+        // Durable before the 202, and retried as the manifest says, as on AWS.
+        "Event" => match rt
+            .store
+            .spawn(&function, CallKind::Event, payload, None)
+            .await
+        {
+            Ok(spawned) => {
+                let mut resp = StatusCode::ACCEPTED.into_response();
+                if let Ok(v) = HeaderValue::from_str(&spawned.call_id) {
+                    resp.headers_mut().insert("thaw-call-id", v);
                 }
-            });
-            StatusCode::ACCEPTED.into_response()
-        }
+                resp
+            }
+            Err(e) => aws_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ServiceException",
+                &e.to_string(),
+            ),
+        },
         "RequestResponse" => match pool.invoke(payload).await {
             Ok(Outcome::Response(bytes)) => (
                 StatusCode::OK,
@@ -410,10 +452,19 @@ fn function_error(error_type: &str, message: &str) -> Response {
 }
 
 async fn list_functions(State(rt): State<Shared>) -> Response {
+    let durable = rt.store.active_counts().await.unwrap_or_default();
     let functions: Vec<Value> = rt
         .pools
         .iter()
-        .map(|(name, pool)| json!({"name": name, "config": pool.plan().spec, "state": pool.status()}))
+        .map(|(name, pool)| {
+            let (queued, running) = durable.get(name).copied().unwrap_or_default();
+            json!({
+                "name": name,
+                "config": pool.plan().spec,
+                "state": pool.status(),
+                "durable": {"queued": queued, "running": running},
+            })
+        })
         .collect();
     Json(json!({"functions": functions})).into_response()
 }

@@ -1,0 +1,169 @@
+//! The durable executor of one function.
+//!
+//! It holds one permit per slot the function can run at once (`max_containers ×
+//! concurrency`). With free permits it claims that many due calls from the store, which
+//! marks them running and counts the attempt before anything runs, and hands each to
+//! the pool. A call still queued in the store is therefore not yet in anyone's memory,
+//! and cancelling it is a plain update. With nothing due it sleeps until woken by a
+//! commit, or until the next retry's backoff ends.
+//!
+//! What an attempt's outcome becomes:
+//!
+//! | outcome | recorded as |
+//! |---|---|
+//! | the function answered | succeeded |
+//! | `InvalidInput` or `PayloadTooLarge` from the function | failed, never retried |
+//! | any other function error, a crash, a timeout, an init failure | retried after `retry_backoff × 2^failures` while `retries` remain, else failed with this error |
+//! | the pool's queue was full, or thaw is closing | put back, the attempt not counted |
+//! | the instance was killed because thaw is stopping | left running; the next start queues it again, attempt counted |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use super::store::{CallStore, Claimed, Finish};
+use super::{now_ms, CallFailure};
+use crate::pool::{CallError, FunctionPool};
+use crate::runtime_api::Outcome;
+
+/// The longest wait before a retry.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Function error types that mean "this input will never work".
+const NOT_RETRIED: [&str; 2] = ["InvalidInput", "PayloadTooLarge"];
+
+/// Runs `pool`'s durable calls until `closing` turns true.
+pub async fn run(pool: Arc<FunctionPool>, store: CallStore, mut closing: watch::Receiver<bool>) {
+    let function = pool.plan().name.to_string();
+    let spec = &pool.plan().spec;
+    let capacity = (spec.max_containers as usize).saturating_mul(spec.concurrency as usize);
+    let permits = Arc::new(Semaphore::new(capacity.max(1)));
+    let work = store.signals().work(&function);
+    loop {
+        if *closing.borrow() {
+            return;
+        }
+        let first = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p,
+            _ = closing.changed() => return,
+        };
+        let Ok(first) = first else { return };
+        let mut held = vec![first];
+        while let Ok(p) = Arc::clone(&permits).try_acquire_owned() {
+            held.push(p);
+        }
+        let (claimed, next_due) = match store.claim(&function, held.len()).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(function, error = %e, "cannot claim durable calls");
+                drop(held);
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = closing.changed() => return,
+                }
+            }
+        };
+        if claimed.is_empty() {
+            drop(held);
+            let nap = next_due.map_or(Duration::from_secs(3600), |due| {
+                Duration::from_millis((due - now_ms()).max(1) as u64)
+            });
+            tokio::select! {
+                () = work.notified() => {}
+                () = tokio::time::sleep(nap) => {}
+                _ = closing.changed() => return,
+            }
+            continue;
+        }
+        let mut held = held.into_iter();
+        for call in claimed {
+            let permit = held.next();
+            tokio::spawn(attempt(
+                Arc::clone(&pool),
+                store.clone(),
+                call,
+                permit,
+                closing.clone(),
+            ));
+        }
+    }
+}
+
+/// One attempt of one call; the permit is released once its outcome is committed.
+async fn attempt(
+    pool: Arc<FunctionPool>,
+    store: CallStore,
+    call: Claimed,
+    _permit: Option<OwnedSemaphorePermit>,
+    closing: watch::Receiver<bool>,
+) {
+    let spec = &pool.plan().spec;
+    let id = call.call_id.as_str();
+    let failure = match pool.invoke(call.input.clone()).await {
+        Ok(Outcome::Response(bytes)) => {
+            record(store.finish(id, Finish::Succeeded(bytes)).await, id);
+            return;
+        }
+        Ok(Outcome::Error(d)) => {
+            let failure = CallFailure {
+                kind: d.error_type,
+                message: d.error_message,
+            };
+            if NOT_RETRIED.contains(&failure.kind.as_str()) {
+                record(store.finish(id, Finish::Failed(failure)).await, id);
+                return;
+            }
+            failure
+        }
+        Err(CallError::QueueFull(_) | CallError::ShuttingDown) => {
+            // It never reached an instance: not an attempt.
+            record(store.unclaim(id, 100).await, id);
+            return;
+        }
+        Err(_) if *closing.borrow() => {
+            // Killed because thaw is stopping; recovery queues it again.
+            return;
+        }
+        Err(e) => CallFailure {
+            kind: e.kind().to_owned(),
+            message: e.to_string(),
+        },
+    };
+    if call.failures < i64::from(spec.retries) {
+        let delay = backoff(spec.retry_backoff.0, call.failures);
+        tracing::info!(
+            function = %pool.plan().name, call = id, attempt = call.attempts, error = %failure.message,
+            retry_in_ms = delay.as_millis() as u64, "attempt failed; retrying"
+        );
+        record(store.retry(id, failure, delay.as_millis() as i64).await, id);
+    } else {
+        record(store.finish(id, Finish::Failed(failure)).await, id);
+    }
+}
+
+/// `base × 2^failures`, at most [`BACKOFF_MAX`].
+fn backoff(base: Duration, failures: i64) -> Duration {
+    let factor = 1u32 << failures.clamp(0, 20);
+    base.saturating_mul(factor).min(BACKOFF_MAX)
+}
+
+fn record(result: Result<(), super::store::StoreError>, id: &str) {
+    if let Err(e) = result {
+        // The call stays running in the store; the next start queues it again.
+        tracing::error!(call = id, error = %e, "cannot record a call's outcome");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let b = Duration::from_millis(100);
+        assert_eq!(backoff(b, 0), Duration::from_millis(100));
+        assert_eq!(backoff(b, 2), Duration::from_millis(400));
+        assert_eq!(backoff(b, 40), BACKOFF_MAX);
+    }
+}
