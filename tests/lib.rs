@@ -143,14 +143,28 @@ pub struct Serve {
     pub child: std::process::Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// Where this thaw keeps its call store.
+    pub state_dir: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 impl Serve {
-    /// Writes `manifest` and starts `thaw serve` with the built binaries and snapshots.
+    /// Writes `manifest` and starts `thaw serve` with the built binaries and snapshots,
+    /// and a call store of its own.
     pub fn start(manifest: &str) -> Self {
-        use std::io::BufRead as _;
         let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        Self::start_in(dir, manifest, &state)
+    }
+
+    /// As [`Serve::start`], with the call store in `state_dir`: a second thaw on the same
+    /// directory picks up where a first one stopped.
+    pub fn start_with_state(manifest: &str, state_dir: &std::path::Path) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), manifest, state_dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir, manifest: &str, state_dir: &std::path::Path) -> Self {
+        use std::io::BufRead as _;
         let path = dir.path().join("functions.toml");
         std::fs::write(&path, manifest).expect("write manifest");
         let thaw = binary("thaw");
@@ -168,6 +182,8 @@ impl Serve {
             .arg(snapshot_cache())
             .arg("--bin-dir")
             .arg(thaw.parent().expect("bin dir"))
+            .arg("--state-dir")
+            .arg(state_dir)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -187,13 +203,14 @@ impl Serve {
         Self {
             child,
             base,
+            state_dir: state_dir.to_owned(),
             _dir: dir,
         }
     }
 
     /// `POST path` with a body; returns status, headers we care about, and body.
     pub fn post(&self, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
-        let mut req = ureq::post(&format!("{}{path}", self.base)).timeout(Duration::from_secs(60));
+        let mut req = ureq::post(&format!("{}{path}", self.base)).timeout(Duration::from_secs(300));
         for (k, v) in headers {
             req = req.set(k, v);
         }
@@ -204,9 +221,33 @@ impl Serve {
     pub fn get(&self, path: &str) -> Reply {
         Reply::from(
             ureq::get(&format!("{}{path}", self.base))
+                .timeout(Duration::from_secs(90))
+                .call(),
+        )
+    }
+
+    /// `DELETE path`.
+    pub fn delete(&self, path: &str) -> Reply {
+        Reply::from(
+            ureq::delete(&format!("{}{path}", self.base))
                 .timeout(Duration::from_secs(60))
                 .call(),
         )
+    }
+
+    /// thaw's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Peak resident memory of thaw itself (VmHWM), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM:")
+    }
+
+    /// CPU time thaw has used so far (user + system).
+    pub fn cpu_time(&self) -> Duration {
+        cpu_time(self.pid())
     }
 
     /// `GET /v1/functions` state of one function.
@@ -291,6 +332,37 @@ impl Reply {
             )
         })
     }
+}
+
+/// A `kB` field of `/proc/<pid>/status`.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process, from `/proc/<pid>/stat`.
+#[allow(unsafe_code)]
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // After the command: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf reads a constant; no memory is involved.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 /// Whether a process exists and is not a zombie.

@@ -1,7 +1,10 @@
 //! `thaw-fault`: a test-only function that misbehaves on command.
 //!
 //! Request `{"action": ..}`: `echo` (default), `sleep` (`ms`), `panic`, `abort`, `exit`
-//! (`code`), `hang`, `flood` (`lines` of stderr), `fail` (a typed InvalidInput error).
+//! (`code`), `hang`, `flood` (`lines` of stderr), `fail` (a typed InvalidInput error),
+//! `record` (sleep `ms`, then append `key` to the file `THAW_FAULT_LOG`: a side channel
+//! that counts completed executions), and `flaky` (fail the first `fail` attempts of
+//! `key`, counted in `THAW_FAULT_STATE/<key>`, by `how`: `exit` or `error`).
 //! Every success answers `{"instance", "pid", "echo"}` so tests can count instances.
 //! `THAW_FAULT_INIT=fail` makes init fail with a recognisable message; `THAW_FAULT_STARTS`
 //! names a file that gets one line per process start.
@@ -24,6 +27,12 @@ struct Request {
     lines: Option<usize>,
     #[serde(default)]
     echo: Option<serde_json::Value>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    fail: Option<u32>,
+    #[serde(default)]
+    how: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -71,6 +80,21 @@ impl Fault {
                 }
             }
             "fail" => return Err(FnError::invalid_input("fault: typed failure on purpose")),
+            "record" => {
+                std::thread::sleep(Duration::from_millis(r.ms.unwrap_or(0)));
+                record(r.key.as_deref().unwrap_or("-"));
+            }
+            "flaky" => {
+                let attempt = count_attempt(r.key.as_deref().unwrap_or("-"));
+                if attempt <= r.fail.unwrap_or(0) {
+                    let msg = format!("fault: flaky failure on attempt {attempt}");
+                    if r.how.as_deref() == Some("error") {
+                        return Err(FnError::new(ErrorType::Internal, msg));
+                    }
+                    eprintln!("{msg}");
+                    std::process::exit(3);
+                }
+            }
             other => return Err(FnError::invalid_input(format!("unknown action {other:?}"))),
         }
         Ok(Response {
@@ -79,6 +103,34 @@ impl Fault {
             echo: r.echo.unwrap_or_default(),
         })
     }
+}
+
+/// Appends `key` to `THAW_FAULT_LOG` in one write, so concurrent instances never interleave.
+fn record(key: &str) {
+    if let Some(path) = std::env::var_os("THAW_FAULT_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(format!("{key}\n").as_bytes());
+        }
+    }
+}
+
+/// Counts an attempt of `key` in `THAW_FAULT_STATE/<key>`; returns this attempt's number.
+fn count_attempt(key: &str) -> u32 {
+    let Some(dir) = std::env::var_os("THAW_FAULT_STATE") else {
+        return 1;
+    };
+    let path = std::path::Path::new(&dir).join(key);
+    let n = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0)
+        + 1;
+    let _ = std::fs::write(&path, n.to_string());
+    n
 }
 
 /// `THAW_FAULT_MODE=raw`: a plain lambda_runtime function (no thaw-fn) that echoes a

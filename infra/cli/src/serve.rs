@@ -38,6 +38,9 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
+    if let Err(e) = thaw_runtime::launcher::raise_fd_limit() {
+        tracing::warn!(error = %e, "cannot raise the open-file limit");
+    }
     let bin_dir = match args.bin_dir {
         Some(d) => d,
         None => std::env::current_exe()?

@@ -121,3 +121,26 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
         libc::kill(-pid, signal);
     }
 }
+
+/// Raises this process's soft open-file limit to its hard limit: each long-poll, map
+/// stream and instance holds descriptors, and the common soft default of 1024 is too low
+/// for a thousand waiting clients. Returns the new soft limit.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we own; raising soft to hard is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}

@@ -810,6 +810,28 @@ impl CallStore {
             .await
     }
 
+    /// A map's total (`None` while its input is arriving) and input error, without
+    /// counting its items; `None` if there is no such map.
+    pub async fn map_total(
+        &self,
+        map_id: &str,
+    ) -> Result<Option<(Option<i64>, Option<String>)>, StoreError> {
+        let map_id = map_id.to_owned();
+        self.run(
+            move |w| {
+                Ok(w.conn
+                    .query_row(
+                        "SELECT total, input_error FROM maps WHERE id = ?1",
+                        [&map_id],
+                        |r| Ok((r.get(0)?, r.get(1)?)),
+                    )
+                    .optional()?)
+            },
+            |_, _| {},
+        )
+        .await
+    }
+
     /// Up to `limit` finished items in input order from `offset`, stopping at the first
     /// item that is not finished, so a reader can page through in order.
     pub async fn map_items_in_order(

@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -32,6 +33,11 @@ const MAX_KEY: usize = 255;
 #[derive(Debug, Deserialize)]
 pub(super) struct WaitQuery {
     wait: Option<f64>,
+}
+
+/// A query string that does not parse: 400, in the platform's error shape.
+pub(super) fn bad_query(e: &QueryRejection) -> Response {
+    error(StatusCode::BAD_REQUEST, "BadRequest", e.body_text())
 }
 
 /// The `wait` of a query, bounded by [`MAX_WAIT`].
@@ -127,8 +133,12 @@ fn not_found(id: &str) -> Response {
 pub(super) async fn get(
     State(rt): State<Shared>,
     Path(id): Path<String>,
-    Query(q): Query<WaitQuery>,
+    q: Result<Query<WaitQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e),
+    };
     let wait = wait_of(q.wait);
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before the first read, so a finish between the read and the wait wakes us.

@@ -19,6 +19,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::calls::wait_of;
+use super::calls::{bad_query, wait_of};
 use super::{error, pool, store_error, Shared};
 use crate::calls::input::{Item, Splitter};
 use crate::calls::signals::Watch;
@@ -70,9 +71,13 @@ fn window(rt: &Shared, function: &str) -> usize {
 pub(super) async fn map(
     State(rt): State<Shared>,
     Path(function): Path<String>,
-    Query(q): Query<MapQuery>,
+    q: Result<Query<MapQuery>, QueryRejection>,
     body: Body,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e),
+    };
     if let Err(r) = pool(&rt, &function) {
         return r;
     }
@@ -251,16 +256,16 @@ async fn emit(
             }
         };
         if items.is_empty() {
-            let summary = match rt.store.map_summary(&map_id).await {
-                Ok(Some(s)) => s,
+            let (total, input_error) = match rt.store.map_total(&map_id).await {
+                Ok(Some(t)) => t,
                 Ok(None) => return,
                 Err(e) => {
                     let _ = tx.send(error_line("StoreError", &e.to_string())).await;
                     return;
                 }
             };
-            if summary.total.is_some_and(|t| sent >= t) {
-                if let Some(e) = summary.input_error {
+            if total.is_some_and(|t| sent >= t) {
+                if let Some(e) = input_error {
                     let _ = tx.send(error_line("InvalidInput", &e)).await;
                 }
                 return;
@@ -309,8 +314,12 @@ fn item_value(item: &MapItem) -> Value {
 pub(super) async fn get(
     State(rt): State<Shared>,
     Path(map_id): Path<String>,
-    Query(q): Query<PageQuery>,
+    q: Result<Query<PageQuery>, QueryRejection>,
 ) -> Response {
+    let q = match q {
+        Ok(Query(q)) => q,
+        Err(e) => return bad_query(&e),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let offset = q.offset.unwrap_or(0).max(0);
     let after = q.after.unwrap_or(0).max(0);
