@@ -29,6 +29,19 @@ machine learning functions it is dominated by loading model weights from storage
 
 fn main() -> anyhow_free::Result {
     std::env::set_var("RAYON_NUM_THREADS", "1");
+    // `thaw-bench platform` or `thaw-bench durable` runs one part only.
+    match std::env::args().nth(1).as_deref() {
+        Some("platform") => {
+            report_platform();
+            report_durable();
+            return Ok(());
+        }
+        Some("durable") => {
+            report_durable();
+            return Ok(());
+        }
+        _ => {}
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -38,6 +51,7 @@ fn main() -> anyhow_free::Result {
     let peer = sentence_transformers(&warm.inputs);
     report(&cold, &warm, peer.as_ref());
     report_platform();
+    report_durable();
     Ok(())
 }
 
@@ -405,5 +419,29 @@ fn report_platform() {
     for (instances, concurrency, clients) in [(1, 1, 4), (2, 1, 4), (1, 4, 8)] {
         let rate = platform::noop_throughput(instances, concurrency, clients, 3.0);
         println!("no-op invocations/s, {instances} instance(s) x concurrency {concurrency}, {clients} clients: {rate:.0}/s");
+    }
+}
+
+fn report_durable() {
+    println!("== durable calls (SQLite WAL, synchronous=FULL, group commit) ==");
+    for concurrency in [1, 4] {
+        let d = platform::durable_throughput(concurrency, 10_000, 4, 20_000, 3.0);
+        println!("-- 2 no-op instances x concurrency {concurrency}");
+        println!(
+            "spawn, 4 clients, 10,000 calls: {:.0} committed calls/s ({:.2}x sync invokes), {:.0} calls/s spawned to done ({:.2}x)",
+            d.spawn_committed_per_s,
+            d.spawn_committed_per_s / d.sync_per_s,
+            d.spawn_done_per_s,
+            d.spawn_done_per_s / d.sync_per_s
+        );
+        println!(
+            "map, 20,000 no-op items, one stream: {:.0} items/s ({:.2}x sync invokes)",
+            d.map_items_per_s,
+            d.map_items_per_s / d.sync_per_s
+        );
+        println!(
+            "peer in the same run: synchronous Invoke API, 4 clients, same instances: {:.0} calls/s",
+            d.sync_per_s
+        );
     }
 }

@@ -86,3 +86,90 @@ pub fn noop_throughput(instances: u32, concurrency: u32, clients: usize, secs: f
     });
     total as f64 / secs
 }
+
+/// Durable-call throughput with a no-op function on 2 instances of `concurrency`.
+#[derive(Debug)]
+pub struct Durable {
+    /// Spawns acknowledged (each committed to SQLite before its 202) per second.
+    pub spawn_committed_per_s: f64,
+    /// Spawned calls run to completion per second, from the first spawn to the last finish.
+    pub spawn_done_per_s: f64,
+    /// Items per second through one streaming map, input to last result line.
+    pub map_items_per_s: f64,
+    /// Synchronous Invoke API calls per second on the same function and instances: the peer.
+    pub sync_per_s: f64,
+}
+
+/// Spawns `spawns` calls from `clients` threads, then maps `items` inputs, then runs
+/// synchronous calls for `secs`, all on one thaw with the same two no-op instances.
+pub fn durable_throughput(
+    concurrency: u32,
+    spawns: usize,
+    clients: usize,
+    items: usize,
+    secs: f64,
+) -> Durable {
+    let s = Serve::start(&format!(
+        "[app]\nname = \"bench\"\n[function.noop]\nbinary = \"thaw-fault\"\nmin_containers = 2\nmax_containers = 2\nconcurrency = {concurrency}\n",
+    ));
+    s.wait_until(Duration::from_secs(10), |s| s.state("noop")["idle"] == 2);
+    let url = format!("{}/v1/functions/noop/spawn", s.base);
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for c in 0..clients {
+            let url = url.clone();
+            scope.spawn(move || {
+                let agent = ureq::AgentBuilder::new().build();
+                for _ in (c..spawns).step_by(clients) {
+                    let r = agent.post(&url).send_string("{}");
+                    assert!(r.is_ok(), "spawn failed: {r:?}");
+                }
+            });
+        }
+    });
+    let committed = t.elapsed().as_secs_f64();
+    let drained = |s: &Serve| {
+        let all = s.get("/v1/functions").json();
+        let d = &all["functions"][0]["durable"];
+        d["queued"] == 0 && d["running"] == 0
+    };
+    s.wait_until(Duration::from_secs(300), drained);
+    let done = t.elapsed().as_secs_f64();
+
+    let mut body = String::with_capacity(items * 3);
+    for _ in 0..items {
+        body.push_str("{}\n");
+    }
+    let t = Instant::now();
+    let r = s.post("/v1/functions/noop/map", body.as_bytes(), &[]);
+    let map_secs = t.elapsed().as_secs_f64();
+    let lines = r.body.iter().filter(|&&b| b == b'\n').count();
+    assert_eq!(lines, items, "map returned {lines} of {items} lines");
+
+    let invoke = format!("{}/2015-03-31/functions/noop/invocations", s.base);
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let sync: usize = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| {
+                let invoke = invoke.clone();
+                scope.spawn(move || {
+                    let agent = ureq::AgentBuilder::new().build();
+                    let mut n = 0usize;
+                    while Instant::now() < deadline {
+                        if agent.post(&invoke).send_string("{}").is_ok() {
+                            n += 1;
+                        }
+                    }
+                    n
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    Durable {
+        spawn_committed_per_s: spawns as f64 / committed,
+        spawn_done_per_s: spawns as f64 / done,
+        map_items_per_s: items as f64 / map_secs,
+        sync_per_s: sync as f64 / secs,
+    }
+}

@@ -90,17 +90,20 @@ pub async fn run(pool: Arc<FunctionPool>, store: CallStore, mut closing: watch::
     }
 }
 
-/// One attempt of one call; the permit is released once its outcome is committed.
+/// One attempt of one call. The permit is released as soon as the instance is done with
+/// the call, so the next claim shares a commit with this call's outcome.
 async fn attempt(
     pool: Arc<FunctionPool>,
     store: CallStore,
     call: Claimed,
-    _permit: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
     closing: watch::Receiver<bool>,
 ) {
     let spec = &pool.plan().spec;
     let id = call.call_id.as_str();
-    let failure = match pool.invoke(call.input.clone()).await {
+    let outcome = pool.invoke(call.input.clone()).await;
+    drop(permit);
+    let failure = match outcome {
         Ok(Outcome::Response(bytes)) => {
             record(store.finish(id, Finish::Succeeded(bytes)).await, id);
             return;
