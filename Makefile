@@ -84,6 +84,7 @@ run: snapshots
 	@echo "try, in another terminal:"
 	@echo "  curl -s http://$(LISTEN)/fn/embed/ -H 'content-type: application/json' -d '{\"texts\": [\"hello world\"]}'"
 	@echo "  curl -s http://$(LISTEN)/2015-03-31/functions/embed/invocations -d '{\"text\": \"hello\"}'"
+	@echo "  curl -s http://$(LISTEN)/v1/functions/embed/spawn -d '{\"text\": \"hello\"}'   # then GET /v1/calls/<id>?wait=30"
 	@echo "  curl -s http://$(LISTEN)/v1/functions"
 	@echo "  curl -s http://$(LISTEN)/metrics"
 	@echo "  target/release/thaw invoke embed '{\"text\": \"hello\"}'"

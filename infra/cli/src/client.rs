@@ -86,14 +86,19 @@ fn get_json(endpoint: &Endpoint, path: &str) -> Result<Value> {
 pub(crate) fn status(endpoint: &Endpoint) -> Result<()> {
     let v = get_json(endpoint, "/v1/functions")?;
     println!(
-        "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}",
-        "FUNCTION", "MIN", "MAX", "CONC", "STARTING", "IDLE", "BUSY", "QUEUE"
+        "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5} {:>15}",
+        "FUNCTION", "MIN", "MAX", "CONC", "STARTING", "IDLE", "BUSY", "QUEUE", "DURABLE Q/RUN"
     );
     for f in v["functions"].as_array().into_iter().flatten() {
         let (c, s) = (&f["config"], &f["state"]);
         let n = |v: &Value| v.as_u64().map_or_else(|| "?".to_owned(), |n| n.to_string());
+        let durable = format!(
+            "{}/{}",
+            n(&f["durable"]["queued"]),
+            n(&f["durable"]["running"])
+        );
         println!(
-            "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5}",
+            "{:<12} {:>5} {:>5} {:>5} {:>8} {:>6} {:>6} {:>5} {:>15}",
             f["name"].as_str().unwrap_or("?"),
             n(&c["min_containers"]),
             n(&c["max_containers"]),
@@ -101,7 +106,8 @@ pub(crate) fn status(endpoint: &Endpoint) -> Result<()> {
             n(&s["starting"]),
             n(&s["idle"]),
             n(&s["busy"]),
-            n(&s["queue_depth"])
+            n(&s["queue_depth"]),
+            durable
         );
         for i in s["instances"].as_array().into_iter().flatten() {
             println!(

@@ -65,6 +65,7 @@ pub enum CallStatus {
 }
 
 impl CallStatus {
+    /// The status on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",

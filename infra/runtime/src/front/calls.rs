@@ -180,7 +180,10 @@ pub(super) async fn cancel(State(rt): State<Shared>, Path(id): Path<String>) -> 
             _ => error(
                 StatusCode::CONFLICT,
                 "CallFinished",
-                format!("call {id} has already finished ({:?})", record.status),
+                format!(
+                    "call {id} has already finished ({})",
+                    record.status.as_str()
+                ),
             ),
         },
         Err(e) => store_error(&e),
