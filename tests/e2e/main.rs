@@ -6,5 +6,6 @@
 mod durable;
 mod embed_function;
 mod parity;
+mod rerank;
 mod runtime;
 mod snapshot_faults;

@@ -8,6 +8,7 @@ use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use thaw_snapshot::{Architecture, Pooling, RestoredSnapshot};
 use tokenizers::{Encoding, Tokenizer};
 
+use crate::batch::bert_inputs;
 use crate::tokenize::load_tokenizer;
 use crate::ModelError;
 
@@ -236,20 +237,7 @@ impl SentenceEncoder {
 
     /// One forward pass over encodings padded to the longest of them.
     fn forward(&self, batch: &[&Encoding], normalize: bool) -> Result<Vec<Vec<f32>>, ModelError> {
-        let rows = batch.len();
-        let cols = batch.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let mut ids = vec![self.pad_id; rows * cols];
-        let mut type_ids = vec![0u32; rows * cols];
-        let mut mask = vec![0u32; rows * cols];
-        for (r, enc) in batch.iter().enumerate() {
-            let n = enc.get_ids().len();
-            ids[r * cols..r * cols + n].copy_from_slice(enc.get_ids());
-            type_ids[r * cols..r * cols + n].copy_from_slice(enc.get_type_ids());
-            mask[r * cols..r * cols + n].fill(1);
-        }
-        let ids = Tensor::from_vec(ids, (rows, cols), &self.device)?;
-        let type_ids = Tensor::from_vec(type_ids, (rows, cols), &self.device)?;
-        let mask = Tensor::from_vec(mask, (rows, cols), &self.device)?;
+        let (ids, type_ids, mask) = bert_inputs(batch, self.pad_id, &self.device)?;
         let hidden = self
             .model
             .forward(&ids, &type_ids, Some(&mask))?
@@ -280,7 +268,7 @@ fn l2_normalize(x: &Tensor) -> Result<Tensor, ModelError> {
 }
 
 /// f32 on CPU, where half precision is slower; f16 on GPUs.
-fn compute_dtype(device: &Device) -> DType {
+pub(crate) fn compute_dtype(device: &Device) -> DType {
     if device.is_cpu() {
         DType::F32
     } else {

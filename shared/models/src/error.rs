@@ -49,3 +49,11 @@ pub enum ModelError {
     #[error("model error: {0}")]
     Candle(#[from] candle_core::Error),
 }
+
+impl ModelError {
+    /// Whether the caller's input caused this (too long, untokenizable), as opposed to the
+    /// model or its snapshot.
+    pub fn is_input_error(&self) -> bool {
+        matches!(self, Self::InputTooLong { .. } | Self::Tokenize(_))
+    }
+}

@@ -2,16 +2,21 @@
 //!
 //! - [`SentenceEncoder`]: BERT with attention-masked pooling and optional L2 normalisation,
 //!   the model behind `embed` and the bi-encoder `rerank`.
+//! - [`CrossEncoder`]: BertForSequenceClassification over (query, passage) pairs, the
+//!   model behind the cross-encoder `rerank`.
 //! - [`device`]: which candle device an instance computes on.
 //!
 //! Every model here is blocking CPU (or GPU) work. Functions run it on the dedicated
 //! inference thread that `thaw-fn` owns, never on the async executor.
 
+mod batch;
+mod cross_encoder;
 pub mod device;
 mod encoder;
 mod error;
 mod tokenize;
 
+pub use cross_encoder::CrossEncoder;
 pub use encoder::{EncodeOptions, Encoded, LoadTimings, SentenceEncoder};
 pub use error::ModelError;
-pub use tokenize::load_tokenizer;
+pub use tokenize::{load_tokenizer, load_tokenizer_truncating};

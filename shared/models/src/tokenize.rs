@@ -14,6 +14,16 @@ use crate::ModelError;
 /// short text never pays for a long neighbour. Truncation is at `max_seq_length`: MiniLM's tokenizer.json says 128, but the model was
 /// trained to 256, and keeping the file's value would silently drop tokens 129 to 256.
 pub fn load_tokenizer(path: &Path, max_seq_length: usize) -> Result<(Tokenizer, u32), ModelError> {
+    load_tokenizer_truncating(path, max_seq_length, TruncationStrategy::LongestFirst)
+}
+
+/// As [`load_tokenizer`], with a truncation strategy: a cross-encoder cuts only the
+/// passage of a (query, passage) pair (`OnlySecond`).
+pub fn load_tokenizer_truncating(
+    path: &Path,
+    max_seq_length: usize,
+    strategy: TruncationStrategy,
+) -> Result<(Tokenizer, u32), ModelError> {
     let err = |reason: String| ModelError::Tokenizer {
         path: path.to_owned(),
         reason,
@@ -31,7 +41,7 @@ pub fn load_tokenizer(path: &Path, max_seq_length: usize) -> Result<(Tokenizer, 
     tokenizer
         .with_truncation(Some(TruncationParams {
             max_length: max_seq_length,
-            strategy: TruncationStrategy::LongestFirst,
+            strategy,
             stride: 0,
             ..TruncationParams::default()
         }))

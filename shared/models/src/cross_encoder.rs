@@ -1,0 +1,163 @@
+//! The BERT cross-encoder (`BertForSequenceClassification`): a (query, passage) pair in,
+//! one relevance logit out.
+//!
+//! The pair is tokenized together, `[CLS] query [SEP] passage [SEP]`, with token type 0 for
+//! the query and 1 for the passage, and only the passage is truncated. BERT's pooler
+//! (dense + tanh over the `[CLS]` state) feeds the classifier, whose single output is the
+//! raw logit that transformers reports.
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{Linear, Module, VarBuilder};
+use candle_transformers::models::bert::{BertModel, Config as BertConfig};
+use thaw_snapshot::Architecture;
+use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationStrategy};
+
+use crate::batch::bert_inputs;
+use crate::encoder::compute_dtype;
+use crate::tokenize::load_tokenizer_truncating;
+use crate::ModelError;
+
+/// A cross-encoder restored from a snapshot.
+pub struct CrossEncoder {
+    bert: BertModel,
+    pooler: Linear,
+    classifier: Linear,
+    tokenizer: Tokenizer,
+    pad_id: u32,
+    max_seq_length: usize,
+    name: String,
+    device: Device,
+}
+
+impl std::fmt::Debug for CrossEncoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CrossEncoder")
+            .field("name", &self.name)
+            .field("max_seq_length", &self.max_seq_length)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Loads a linear layer under the first prefix that has it: Hugging Face checkpoints put
+/// the pooler under `bert.pooler.dense` or, saved from a bare BertModel, `pooler.dense`.
+fn linear_at(
+    vb: &VarBuilder<'_>,
+    prefixes: &[&str],
+    in_dim: usize,
+    out_dim: usize,
+) -> Result<Linear, ModelError> {
+    for p in prefixes {
+        if vb.contains_tensor(&format!("{p}.weight")) {
+            return Ok(candle_nn::linear(in_dim, out_dim, vb.pp(*p))?);
+        }
+    }
+    Err(ModelError::InvalidConfig {
+        name: String::new(),
+        reason: format!("no weights for any of {prefixes:?}"),
+    })
+}
+
+impl CrossEncoder {
+    /// Restores the snapshot at `dir`.
+    pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
+        let snapshot = thaw_snapshot::restore(dir)?;
+        let meta = &snapshot.meta;
+        if meta.architecture != Architecture::BertCrossEncoder {
+            return Err(ModelError::WrongArchitecture {
+                name: meta.name.clone(),
+                found: meta.architecture,
+                expected: "bert-cross-encoder",
+            });
+        }
+        let invalid = |reason: String| ModelError::InvalidConfig {
+            name: meta.name.clone(),
+            reason,
+        };
+        let config: BertConfig = serde_json::from_value(meta.model_config.clone())
+            .map_err(|e| invalid(e.to_string()))?;
+        let labels = meta
+            .model_config
+            .get("id2label")
+            .and_then(|m| m.as_object())
+            .map_or(1, |m| m.len());
+        if labels != 1 {
+            return Err(invalid(format!(
+                "a reranking cross-encoder has one output label; this one has {labels}"
+            )));
+        }
+        let tokenizer_path =
+            snapshot
+                .tokenizer_path()
+                .ok_or_else(|| thaw_snapshot::SnapshotError::MissingFile {
+                    path: dir.join(thaw_snapshot::TOKENIZER_FILE),
+                })?;
+        let (tokenizer, pad_id) = load_tokenizer_truncating(
+            &tokenizer_path,
+            meta.max_seq_length,
+            TruncationStrategy::OnlySecond,
+        )?;
+        let vb =
+            VarBuilder::from_slice_safetensors(snapshot.weights(), compute_dtype(device), device)?;
+        let bert = BertModel::load(vb.clone(), &config)?;
+        let h = config.hidden_size;
+        let pooler = linear_at(&vb, &["bert.pooler.dense", "pooler.dense"], h, h)
+            .map_err(|e| invalid(e.to_string()))?;
+        let classifier =
+            linear_at(&vb, &["classifier"], h, 1).map_err(|e| invalid(e.to_string()))?;
+        Ok(Self {
+            bert,
+            pooler,
+            classifier,
+            tokenizer,
+            pad_id,
+            max_seq_length: meta.max_seq_length,
+            name: meta.name.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// The snapshot's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Raw logits for `(query, passage)` pairs, in passage order. Pairs are sorted by
+    /// length and scored `batch_size` at a time, each chunk padded to its own longest.
+    pub fn score(
+        &self,
+        query: &str,
+        passages: &[&str],
+        batch_size: usize,
+    ) -> Result<Vec<f32>, ModelError> {
+        let inputs: Vec<EncodeInput<'_>> = passages
+            .iter()
+            .map(|p| EncodeInput::Dual(query.into(), (*p).into()))
+            .collect();
+        let encodings = self.tokenizer.encode_batch(inputs, true).map_err(|e| {
+            // tokenizers refuses when the query alone leaves no room for the passage.
+            ModelError::Tokenize(format!(
+                "{e} (the query must leave room for the passage within {} tokens)",
+                self.max_seq_length
+            ))
+        })?;
+        let mut order: Vec<usize> = (0..encodings.len()).collect();
+        order.sort_by_key(|&i| encodings[i].get_ids().len());
+        let mut scores = vec![0f32; encodings.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&Encoding> = chunk.iter().map(|&i| &encodings[i]).collect();
+            for (&i, s) in chunk.iter().zip(self.forward(&batch)?) {
+                scores[i] = s;
+            }
+        }
+        Ok(scores)
+    }
+
+    fn forward(&self, batch: &[&Encoding]) -> Result<Vec<f32>, ModelError> {
+        let (ids, type_ids, mask) = bert_inputs(batch, self.pad_id, &self.device)?;
+        let hidden = self.bert.forward(&ids, &type_ids, Some(&mask))?;
+        let cls: Tensor = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        let logits = self.classifier.forward(&pooled)?.to_dtype(DType::F32)?;
+        Ok(logits.squeeze(1)?.to_vec1::<f32>()?)
+    }
+}
