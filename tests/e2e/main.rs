@@ -3,6 +3,7 @@
 //! Run through `make test`, which fetches the models and builds the snapshots and
 //! binaries these tests use.
 
+mod analyze;
 mod durable;
 mod embed_function;
 mod parity;

@@ -38,6 +38,8 @@ pub struct FunctionPlan {
     pub binary_path: PathBuf,
     /// Its snapshot's directory in the cache.
     pub snapshot_dir: Option<PathBuf>,
+    /// Its further snapshots' directories, by role.
+    pub snapshot_dirs: BTreeMap<String, PathBuf>,
     /// The declared settings.
     pub spec: FunctionSpec,
 }
@@ -68,12 +70,21 @@ impl Manifest {
                 })?),
                 None => None,
             };
+            let mut snapshot_dirs = BTreeMap::new();
+            for (role, s) in &spec.snapshots {
+                let dir = cache.resolve(s).map_err(|source| ManifestError::Snapshot {
+                    function: name.to_string(),
+                    source,
+                })?;
+                snapshot_dirs.insert(role.clone(), dir);
+            }
             functions.insert(
                 name.clone(),
                 FunctionPlan {
                     name: name.clone(),
                     binary_path,
                     snapshot_dir,
+                    snapshot_dirs,
                     spec: spec.clone(),
                 },
             );

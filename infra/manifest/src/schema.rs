@@ -74,9 +74,13 @@ impl<'de> Deserialize<'de> for FunctionName {
 pub struct FunctionSpec {
     /// The cargo bin name of the function.
     pub binary: String,
-    /// The snapshot the function restores, by name.
+    /// The snapshot the function restores, by name (`THAW_SNAPSHOT_DIR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+    /// Further snapshots by role, for functions with several models: role `llm` reaches
+    /// the function as `THAW_SNAPSHOT_DIR_LLM`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub snapshots: BTreeMap<String, String>,
     /// Instances kept warm; 0 scales to zero.
     #[serde(default)]
     pub min_containers: u32,
@@ -278,6 +282,18 @@ impl Manifest {
                 return Err(invalid(
                     "timeout and startup_timeout must be greater than zero".into(),
                 ));
+            }
+            for role in f.snapshots.keys() {
+                let ok = !role.is_empty()
+                    && role.len() <= 32
+                    && role
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    return Err(invalid(format!(
+                        "snapshot role {role:?} must be a-z, 0-9 and '_', at most 32"
+                    )));
+                }
             }
             if f.result_ttl.0 < std::time::Duration::from_secs(1) {
                 return Err(invalid("result_ttl must be at least 1s".into()));

@@ -49,6 +49,9 @@ impl ExecLauncher {
         if let Some(dir) = &plan.snapshot_dir {
             cmd.env(env::SNAPSHOT_DIR, dir);
         }
+        for (role, dir) in &plan.snapshot_dirs {
+            cmd.env(env::snapshot_dir_for(role), dir);
+        }
         let parent = std::process::id() as libc::pid_t;
         die_with_parent(&mut cmd, parent);
         let mut child = cmd.spawn()?;

@@ -104,3 +104,12 @@ pub fn snapshot_dir() -> Result<std::path::PathBuf, FnError> {
         .map(std::path::PathBuf::from)
         .ok_or_else(|| FnError::new(ErrorType::InitError, format!("{key} is not set")))
 }
+
+/// The directory of the snapshot with `role` (`THAW_SNAPSHOT_DIR_<ROLE>`, from the
+/// manifest's `snapshots = { role = "name" }`).
+pub fn snapshot_dir_for(role: &str) -> Result<std::path::PathBuf, FnError> {
+    let key = thaw_protocol::runtime_api::env::snapshot_dir_for(role);
+    std::env::var_os(&key)
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| FnError::new(ErrorType::InitError, format!("{key} is not set")))
+}

@@ -4,19 +4,26 @@
 //!   the model behind `embed` and the bi-encoder `rerank`.
 //! - [`CrossEncoder`]: BertForSequenceClassification over (query, passage) pairs, the
 //!   model behind the cross-encoder `rerank`.
+//! - [`ChatModel`]: a quantized Llama-family chat model (SmolLM2 in GGUF Q8_0) for short,
+//!   seeded, bounded generations.
+//! - [`WordFrequencies`]: English word rarity (Zipf) from a `word-frequencies` snapshot.
 //! - [`device`]: which candle device an instance computes on.
 //!
 //! Every model here is blocking CPU (or GPU) work. Functions run it on the dedicated
 //! inference thread that `thaw-fn` owns, never on the async executor.
 
 mod batch;
+mod chat;
 mod cross_encoder;
 pub mod device;
 mod encoder;
 mod error;
 mod tokenize;
+mod words;
 
+pub use chat::{ChatModel, GenerateOptions, Generated, StopReason};
 pub use cross_encoder::CrossEncoder;
 pub use encoder::{EncodeOptions, Encoded, LoadTimings, SentenceEncoder};
 pub use error::ModelError;
 pub use tokenize::{load_tokenizer, load_tokenizer_truncating};
+pub use words::WordFrequencies;

@@ -56,6 +56,12 @@ pub mod env {
     pub const MAX_CONCURRENCY: &str = "AWS_LAMBDA_MAX_CONCURRENCY";
     /// thaw: the directory of the function's snapshot.
     pub const SNAPSHOT_DIR: &str = "THAW_SNAPSHOT_DIR";
+
+    /// The variable naming the directory of the snapshot with `role` (manifest
+    /// `snapshots = { role = "name" }`): `THAW_SNAPSHOT_DIR_<ROLE>`.
+    pub fn snapshot_dir_for(role: &str) -> String {
+        format!("{SNAPSHOT_DIR}_{}", role.to_ascii_uppercase())
+    }
     /// thaw: the instance id, for logs and tests.
     pub const INSTANCE_ID: &str = "THAW_INSTANCE_ID";
 }

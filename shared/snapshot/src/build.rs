@@ -37,6 +37,9 @@ pub struct BuildOptions {
     pub normalize: Option<bool>,
     /// Provenance to record.
     pub source: Source,
+    /// The source file inside the model folder, for GGUF and word-frequency builds
+    /// (default: the folder's only `.gguf`, or `large_en.msgpack.gz`).
+    pub file: Option<String>,
 }
 
 /// Builds a snapshot of `model_dir` at `out_dir`, atomically: the directory appears
@@ -70,16 +73,26 @@ fn write_snapshot(
     opts: &BuildOptions,
 ) -> Result<SnapshotMeta, SnapshotError> {
     let config_path = model_dir.join("config.json");
+    let gguf = opts.architecture == Some(Architecture::LlamaGguf)
+        || (opts.architecture.is_none()
+            && !config_path.exists()
+            && find_file(model_dir, opts, ".gguf").is_ok());
+    if gguf {
+        let src = find_file(model_dir, opts, ".gguf")?;
+        return crate::gguf::write_snapshot(&src, dir, opts);
+    }
+    if opts.architecture == Some(Architecture::WordFrequencies) {
+        let src = match &opts.file {
+            Some(f) => model_dir.join(f),
+            None => model_dir.join("large_en.msgpack.gz"),
+        };
+        return crate::wordfreq::write_snapshot(&src, dir, opts);
+    }
     let model_config = read_json(&config_path)?;
     let architecture = match opts.architecture {
         Some(a) => a,
         None => infer_architecture(&model_config, &config_path)?,
     };
-    if architecture == Architecture::LlamaGguf {
-        return Err(SnapshotError::InvalidBuild(
-            "llama-gguf snapshots are built from a GGUF file, not a Hugging Face folder".into(),
-        ));
-    }
     let (pooling, normalize) = match architecture {
         Architecture::BertSentenceEncoder => (
             Some(opts.pooling.map_or_else(|| read_pooling(model_dir), Ok)?),
@@ -111,15 +124,6 @@ fn write_snapshot(
     std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE))
         .map_err(|e| SnapshotError::io(&tokenizer, e))?;
 
-    let mut files = Vec::new();
-    for name in [SAFETENSORS_FILE, TOKENIZER_FILE] {
-        let (sha256, bytes) = sha256_file(&dir.join(name))?;
-        files.push(FileEntry {
-            path: name.to_owned(),
-            bytes,
-            sha256,
-        });
-    }
     let meta = SnapshotMeta {
         format_version: FORMAT_VERSION,
         name: opts.name.clone(),
@@ -130,10 +134,57 @@ fn write_snapshot(
         normalize,
         max_seq_length,
         source: opts.source.clone(),
-        files,
+        files: Vec::new(),
     };
+    finish(dir, meta, &[SAFETENSORS_FILE, TOKENIZER_FILE])
+}
+
+/// Records the size and sha256 of each of `names` (already written into `dir`) in `meta`,
+/// then writes `snapshot.json` last.
+pub(crate) fn finish(
+    dir: &Path,
+    mut meta: SnapshotMeta,
+    names: &[&str],
+) -> Result<SnapshotMeta, SnapshotError> {
+    for name in names {
+        let (sha256, bytes) = sha256_file(&dir.join(name))?;
+        meta.files.push(FileEntry {
+            path: (*name).to_owned(),
+            bytes,
+            sha256,
+        });
+    }
     write_file_atomic(&dir.join(META_FILE), &meta.to_json())?;
     Ok(meta)
+}
+
+/// The build's source file: `opts.file` inside `model_dir`, or the folder's only file
+/// ending in `suffix`.
+fn find_file(
+    model_dir: &Path,
+    opts: &BuildOptions,
+    suffix: &str,
+) -> Result<PathBuf, SnapshotError> {
+    if let Some(f) = &opts.file {
+        return Ok(model_dir.join(f));
+    }
+    let entries = std::fs::read_dir(model_dir).map_err(|e| SnapshotError::io(model_dir, e))?;
+    let found: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(suffix))
+        .collect();
+    match found.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => Err(SnapshotError::InvalidBuild(format!(
+            "no {suffix} file in {}",
+            model_dir.display()
+        ))),
+        _ => Err(SnapshotError::InvalidBuild(format!(
+            "several {suffix} files in {}; name one with `model_file`",
+            model_dir.display()
+        ))),
+    }
 }
 
 fn infer_architecture(config: &Value, path: &Path) -> Result<Architecture, SnapshotError> {

@@ -15,9 +15,11 @@ pub mod build;
 pub mod cache;
 mod digest;
 mod error;
+mod gguf;
 pub mod meta;
 pub mod recipe;
 pub mod restore;
+mod wordfreq;
 
 pub use error::SnapshotError;
 pub use meta::{Architecture, FileEntry, Pooling, SnapshotMeta, Source, WeightDtype};
@@ -29,6 +31,8 @@ pub const META_FILE: &str = "snapshot.json";
 pub const SAFETENSORS_FILE: &str = "model.safetensors";
 /// The GGUF weights file's name.
 pub const GGUF_FILE: &str = "model.gguf";
+/// The word-frequency table's name.
+pub const WORDS_FILE: &str = "words.tsv";
 /// The tokenizer file's name.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
 

@@ -22,14 +22,18 @@ pub enum Architecture {
     /// A Llama-family causal LM in GGUF, quantized.
     #[serde(rename = "llama-gguf")]
     LlamaGguf,
+    /// A word -> Zipf frequency table (`words.tsv`), from wordfreq's data.
+    #[serde(rename = "word-frequencies")]
+    WordFrequencies,
 }
 
 impl Architecture {
     /// Every architecture this build knows, by wire name.
-    pub const ALL: [(&'static str, Architecture); 3] = [
+    pub const ALL: [(&'static str, Architecture); 4] = [
         ("bert-sentence-encoder", Self::BertSentenceEncoder),
         ("bert-cross-encoder", Self::BertCrossEncoder),
         ("llama-gguf", Self::LlamaGguf),
+        ("word-frequencies", Self::WordFrequencies),
     ];
 
     /// Looks a wire name up.

@@ -27,8 +27,12 @@ use crate::{Architecture, Pooling, SnapshotError, Source, WeightDtype};
 pub struct Recipe {
     /// Snapshot name.
     pub name: String,
-    /// The Hugging Face model folder to build from.
+    /// The Hugging Face model folder to build from (or the folder holding the GGUF or
+    /// word-list file).
     pub model_dir: PathBuf,
+    /// The file inside `model_dir`, for GGUF and word-frequency builds.
+    #[serde(default)]
+    pub model_file: Option<String>,
     /// Architecture override.
     #[serde(default)]
     pub architecture: Option<Architecture>,
@@ -67,6 +71,7 @@ impl Recipe {
             pooling: self.pooling,
             normalize: self.normalize,
             source: self.source.clone(),
+            file: self.model_file.clone(),
         }
     }
 }

@@ -11,6 +11,7 @@ use memmap2::Mmap;
 use crate::meta::WeightDtype;
 use crate::{
     Architecture, SnapshotError, SnapshotMeta, GGUF_FILE, SAFETENSORS_FILE, TOKENIZER_FILE,
+    WORDS_FILE,
 };
 
 /// A snapshot ready to build a model from: metadata plus the weights mapped into memory.
@@ -51,6 +52,7 @@ impl RestoredSnapshot {
 /// The weights file an architecture uses.
 pub fn weights_file(meta: &SnapshotMeta) -> &'static str {
     match (meta.architecture, meta.dtype) {
+        (Architecture::WordFrequencies, _) => WORDS_FILE,
         (Architecture::LlamaGguf, _) | (_, WeightDtype::Q8_0) => GGUF_FILE,
         _ => SAFETENSORS_FILE,
     }
