@@ -44,6 +44,10 @@ fn main() -> anyhow_free::Result {
             report_llm();
             return Ok(());
         }
+        Some("functions") => {
+            rt_functions()?;
+            return Ok(());
+        }
         _ => {}
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -56,7 +60,121 @@ fn main() -> anyhow_free::Result {
     report(&cold, &warm, peer.as_ref());
     report_platform();
     report_durable();
+    report_llm();
+    rt_functions()?;
     Ok(())
+}
+
+fn rt_functions() -> anyhow_free::Result {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(report_functions());
+    let rate = platform::analytics_map(10_000);
+    println!("analytics: one streaming map of 10,000 generated sessions, 2 instances x concurrency 8: {rate:.0} items/s");
+    Ok(())
+}
+
+async fn invoke(h: &thaw_tests::Harness, body: Value) -> Value {
+    match h.invoke(&body).await {
+        Outcome::Response(b) => serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
+        Outcome::Error(d) => panic!("function error: {d:?}"),
+    }
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+/// rerank over 100 passages, analyze with and without its question, analytics per call:
+/// each through its real binary and thaw's Runtime API, warm.
+async fn report_functions() {
+    println!("== functions (warm, one instance, one core) ==");
+    let minilm = snapshot_dir("minilm-l6");
+    let rerank = thaw_tests::Harness::start(&binary("rerank"), Some(&minilm), &[]).await;
+    let passages: Vec<String> = (0..100)
+        .map(|i| format!("Passage {i}: {}", PARAGRAPH.split(". ").nth(i % 3).unwrap_or(PARAGRAPH)))
+        .collect();
+    let body = json!({"query": "What dominates a cold start for machine learning functions?", "documents": passages, "top_k": 5});
+    let _ = invoke(&rerank, body.clone()).await;
+    let mut lat = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let _ = invoke(&rerank, body.clone()).await;
+        lat.push(ms_since(t));
+    }
+    println!(
+        "rerank, bi-encoder (minilm-l6), 1 query x 100 passages of ~35 tokens: p50 {:.1} ms (min {:.1})",
+        median(&lat),
+        lat.iter().copied().fold(f64::MAX, f64::min)
+    );
+    let tiny = snapshot_dir("tiny-cross-encoder");
+    let cross = thaw_tests::Harness::start(&binary("rerank"), Some(&tiny), &[]).await;
+    let _ = invoke(&cross, body.clone()).await;
+    let mut lat = Vec::new();
+    for _ in 0..10 {
+        let t = Instant::now();
+        let _ = invoke(&cross, body.clone()).await;
+        lat.push(ms_since(t));
+    }
+    println!(
+        "rerank, cross-encoder path (the 2-layer, 32-wide test model), same 100 passages: p50 {:.1} ms",
+        median(&lat)
+    );
+
+    let env = [
+        ("THAW_SNAPSHOT_DIR_ENCODER", minilm.display().to_string()),
+        ("THAW_SNAPSHOT_DIR_WORDS", snapshot_dir("wordfreq-en").display().to_string()),
+        ("THAW_SNAPSHOT_DIR_LLM", snapshot_dir("smollm2-135m").display().to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let t = Instant::now();
+    let analyze = thaw_tests::Harness::start(&binary("analyze"), None, &env).await;
+    println!("analyze: exec -> first next (MiniLM + 321k-word table + SmolLM2 Q8_0): {:.0} ms", ms_since(t));
+    let set: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/analyze-labelled.json")).unwrap_or_default(),
+    )
+    .unwrap_or(Value::Null);
+    let mut requests = Vec::new();
+    for topic in set["topics"].as_array().into_iter().flatten() {
+        for v in ["clear", "hedged", "jargon"] {
+            requests.push(json!({"explanation": topic[v], "topic": topic["topic"], "key_concepts": topic["key_concepts"]}));
+        }
+    }
+    for ask in [false, true] {
+        let mut lat = Vec::new();
+        let mut model = 0;
+        for r in &requests {
+            let mut r = r.clone();
+            r["ask"] = json!(ask);
+            let t = Instant::now();
+            let reply = invoke(&analyze, r).await;
+            lat.push(ms_since(t));
+            if reply["question_source"] == "model" {
+                model += 1;
+            }
+        }
+        println!(
+            "analyze {} the question: p50 {:.1} ms, p95 {:.1} ms over {} explanations{}",
+            if ask { "with" } else { "without" },
+            median(&lat),
+            percentile(&lat, 0.95),
+            lat.len(),
+            if ask { format!(" ({model} questions from the model)") } else { String::new() }
+        );
+    }
+
+    let analytics = thaw_tests::Harness::start(&binary("analytics"), None, &[]).await;
+    let session = json!({"turns": (0..6).map(|t| json!({"analysis": {"confidence_score": 0.1 * t as f64, "clarity_score": 0.5, "knowledge_gaps": ["a", "b"]}})).collect::<Vec<_>>()});
+    let t = Instant::now();
+    let n = 2000;
+    for _ in 0..n {
+        let _ = invoke(&analytics, session.clone()).await;
+    }
+    println!(
+        "analytics, sequential calls through the Runtime API (6-turn sessions): {:.0} items/s",
+        n as f64 / t.elapsed().as_secs_f64()
+    );
 }
 
 /// No anyhow in a test crate's bin: a boxed error is enough.
