@@ -93,7 +93,12 @@ async fn report_functions() {
     let minilm = snapshot_dir("minilm-l6");
     let rerank = thaw_tests::Harness::start(&binary("rerank"), Some(&minilm), &[]).await;
     let passages: Vec<String> = (0..100)
-        .map(|i| format!("Passage {i}: {}", PARAGRAPH.split(". ").nth(i % 3).unwrap_or(PARAGRAPH)))
+        .map(|i| {
+            format!(
+                "Passage {i}: {}",
+                PARAGRAPH.split(". ").nth(i % 3).unwrap_or(PARAGRAPH)
+            )
+        })
         .collect();
     let body = json!({"query": "What dominates a cold start for machine learning functions?", "documents": passages, "top_k": 5});
     let _ = invoke(&rerank, body.clone()).await;
@@ -124,15 +129,25 @@ async fn report_functions() {
 
     let env = [
         ("THAW_SNAPSHOT_DIR_ENCODER", minilm.display().to_string()),
-        ("THAW_SNAPSHOT_DIR_WORDS", snapshot_dir("wordfreq-en").display().to_string()),
-        ("THAW_SNAPSHOT_DIR_LLM", snapshot_dir("smollm2-135m").display().to_string()),
+        (
+            "THAW_SNAPSHOT_DIR_WORDS",
+            snapshot_dir("wordfreq-en").display().to_string(),
+        ),
+        (
+            "THAW_SNAPSHOT_DIR_LLM",
+            snapshot_dir("smollm2-135m").display().to_string(),
+        ),
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let t = Instant::now();
     let analyze = thaw_tests::Harness::start(&binary("analyze"), None, &env).await;
-    println!("analyze: exec -> first next (MiniLM + 321k-word table + SmolLM2 Q8_0): {:.0} ms", ms_since(t));
+    println!(
+        "analyze: exec -> first next (MiniLM + 321k-word table + SmolLM2 Q8_0): {:.0} ms",
+        ms_since(t)
+    );
     let set: Value = serde_json::from_str(
-        &std::fs::read_to_string(repo_root().join("tests/fixtures/analyze-labelled.json")).unwrap_or_default(),
+        &std::fs::read_to_string(repo_root().join("tests/fixtures/analyze-labelled.json"))
+            .unwrap_or_default(),
     )
     .unwrap_or(Value::Null);
     let mut requests = Vec::new();
@@ -160,7 +175,11 @@ async fn report_functions() {
             median(&lat),
             percentile(&lat, 0.95),
             lat.len(),
-            if ask { format!(" ({model} questions from the model)") } else { String::new() }
+            if ask {
+                format!(" ({model} questions from the model)")
+            } else {
+                String::new()
+            }
         );
     }
 

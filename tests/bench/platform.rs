@@ -179,13 +179,17 @@ pub fn analytics_map(n: usize) -> f64 {
     let s = Serve::start(
         "[app]\nname = \"bench\"\n[function.analytics]\nbinary = \"analytics\"\nmin_containers = 2\nmax_containers = 2\nconcurrency = 8\n",
     );
-    s.wait_until(Duration::from_secs(10), |s| s.state("analytics")["idle"] == 2);
+    s.wait_until(Duration::from_secs(10), |s| {
+        s.state("analytics")["idle"] == 2
+    });
     let mut body = String::new();
     for i in 0..n {
         let turns: Vec<serde_json::Value> = (0..(i % 7))
             .map(|t| serde_json::json!({"analysis": {"confidence_score": (t as f64 / 10.0), "clarity_score": 0.5, "knowledge_gaps": ["recursion"]}}))
             .collect();
-        body.push_str(&serde_json::json!({"session_id": format!("s{i}"), "turns": turns}).to_string());
+        body.push_str(
+            &serde_json::json!({"session_id": format!("s{i}"), "turns": turns}).to_string(),
+        );
         body.push('\n');
     }
     let t = Instant::now();

@@ -127,17 +127,17 @@ pub struct Details {
     /// Assertive phrases found.
     pub assertions: Vec<String>,
     /// Mean words per sentence.
-    pub words_per_sentence: f32,
+    pub words_per_sentence: f64,
     /// Clarity's parts, each 0..1.
-    pub length_score: f32,
+    pub length_score: f64,
     /// Clarity's parts, each 0..1.
-    pub jargon_score: f32,
+    pub jargon_score: f64,
     /// Mean cosine of the sentences to the topic.
-    pub topic_similarity: f32,
+    pub topic_similarity: f64,
     /// Clarity's parts, each 0..1.
-    pub coherence_score: f32,
+    pub coherence_score: f64,
     /// Clarity's parts, each 0..1.
-    pub precision_score: f32,
+    pub precision_score: f64,
     /// Vague words found.
     pub vague_words: Vec<String>,
     /// The key concepts checked, and whether they were given or derived.
@@ -155,9 +155,9 @@ pub struct Details {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AnalyzeResponse {
     /// 0..1.
-    pub confidence_score: f32,
+    pub confidence_score: f64,
     /// 0..1.
-    pub clarity_score: f32,
+    pub clarity_score: f64,
     /// Key concepts not covered, least covered first.
     pub knowledge_gaps: Vec<String>,
     /// Rare words never defined.
@@ -205,8 +205,9 @@ fn clamp01(x: f32) -> f32 {
     x.clamp(0.0, 1.0)
 }
 
-fn round3(x: f32) -> f32 {
-    (x * 1000.0).round() / 1000.0
+/// Three decimals, in f64 so the JSON shows `0.15` rather than f32's `0.15000000596`.
+fn round3(x: f32) -> f64 {
+    (f64::from(x) * 1000.0).round() / 1000.0
 }
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
