@@ -52,18 +52,8 @@ async fn scores_order_the_labelled_set_find_planted_jargon_and_ask_a_question() 
             );
             explanations += 1;
             let q = reply["question"].as_str().unwrap_or("");
-            let gaps: Vec<String> = reply["knowledge_gaps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str().map(str::to_lowercase))
-                .collect();
-            let jargon: Vec<String> = reply["unexplained_jargon"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|g| g.as_str().map(str::to_lowercase))
-                .collect();
+            let gaps = lower_strings(&reply["knowledge_gaps"]);
+            let jargon = lower_strings(&reply["unexplained_jargon"]);
             eprintln!(
                 "{:<18} {:<8} {:<9} clarity {:.3} confidence {:.3} gaps {:?} jargon {:?}\n    [{}] {q}",
                 topic["topic"].as_str().unwrap_or(""),

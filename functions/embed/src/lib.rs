@@ -62,17 +62,10 @@ impl Default for Limits {
 impl Limits {
     /// Defaults, overridden by the environment where set and valid.
     pub fn from_env() -> Self {
-        let get = |key: &str, default: usize| {
-            std::env::var(key)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&n| n > 0)
-                .unwrap_or(default)
-        };
         let d = Self::default();
         Self {
-            max_texts: get("THAW_EMBED_MAX_TEXTS", d.max_texts),
-            max_chars: get("THAW_EMBED_MAX_CHARS", d.max_chars),
+            max_texts: thaw_fn::env_limit("THAW_EMBED_MAX_TEXTS", d.max_texts),
+            max_chars: thaw_fn::env_limit("THAW_EMBED_MAX_CHARS", d.max_chars),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! on AWS Lambda (as `bootstrap`) or in a Knative container.
 
 use mimalloc::MiMalloc;
-use thaw_fn::{ErrorType, FnError};
+use thaw_fn::FnError;
 
 // mimalloc: +45 to 55% on 256-token passages against glibc malloc, which churns page faults.
 #[global_allocator]
@@ -10,11 +10,9 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> Result<(), thaw_fn::Error> {
     thaw_fn::run(|| {
-        let init_error =
-            |e: &dyn std::fmt::Display| FnError::new(ErrorType::InitError, e.to_string());
         let device = thaw_models::device::default_device();
         let encoder = thaw_models::SentenceEncoder::restore(&thaw_fn::snapshot_dir()?, &device)
-            .map_err(|e| init_error(&e))?;
+            .map_err(FnError::init)?;
         let t = encoder.load_timings();
         tracing::info!(
             target: "thaw::startup",

@@ -3,7 +3,7 @@
 //! compares embeddings.
 
 use mimalloc::MiMalloc;
-use thaw_fn::{ErrorType, FnError};
+use thaw_fn::FnError;
 use thaw_snapshot::Architecture;
 
 #[global_allocator]
@@ -11,21 +11,19 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> Result<(), thaw_fn::Error> {
     thaw_fn::run(|| {
-        let init_error =
-            |e: &dyn std::fmt::Display| FnError::new(ErrorType::InitError, e.to_string());
         let dir = thaw_fn::snapshot_dir()?;
         let device = thaw_models::device::default_device();
-        let meta = thaw_snapshot::SnapshotMeta::read(&dir).map_err(|e| init_error(&e))?;
+        let meta = thaw_snapshot::SnapshotMeta::read(&dir).map_err(FnError::init)?;
         let scorer = match meta.architecture {
             Architecture::BertCrossEncoder => rerank::Scorer::Cross(
-                thaw_models::CrossEncoder::restore(&dir, &device).map_err(|e| init_error(&e))?,
+                thaw_models::CrossEncoder::restore(&dir, &device).map_err(FnError::init)?,
             ),
             Architecture::BertSentenceEncoder => rerank::Scorer::Bi(
                 thaw_models::SentenceEncoder::restore(&dir, &device)
-                    .map_err(|e| init_error(&e))?,
+                    .map_err(FnError::init)?,
             ),
             other => {
-                return Err(init_error(&format!(
+                return Err(FnError::init(format!(
                     "snapshot {:?} is a {other:?} model; rerank needs a BERT cross-encoder or sentence encoder",
                     meta.name
                 )))

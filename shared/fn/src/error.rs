@@ -19,6 +19,11 @@ impl FnError {
         }
     }
 
+    /// The function could not initialise (its model or snapshot would not load).
+    pub fn init(message: impl std::fmt::Display) -> Self {
+        Self::new(ErrorType::InitError, message.to_string())
+    }
+
     /// Bad input: 400.
     pub fn invalid_input(message: impl Into<String>) -> Self {
         Self::new(ErrorType::InvalidInput, message)

@@ -113,3 +113,13 @@ pub fn snapshot_dir_for(role: &str) -> Result<std::path::PathBuf, FnError> {
         .map(std::path::PathBuf::from)
         .ok_or_else(|| FnError::new(ErrorType::InitError, format!("{key} is not set")))
 }
+
+/// A positive number from the environment, or `default` when unset or invalid: how
+/// functions read their request limits (`THAW_EMBED_MAX_TEXTS`, ...).
+pub fn env_limit(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(default)
+}

@@ -15,6 +15,7 @@ use candle_transformers::utils::apply_repeat_penalty;
 use thaw_snapshot::Architecture;
 use tokenizers::Tokenizer;
 
+use crate::error::{expect_architecture, tokenizer_path};
 use crate::ModelError;
 
 /// How a generation is bounded and sampled.
@@ -105,19 +106,8 @@ impl ChatModel {
     pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
         let snapshot = thaw_snapshot::restore(dir)?;
         let meta = &snapshot.meta;
-        if meta.architecture != Architecture::LlamaGguf {
-            return Err(ModelError::WrongArchitecture {
-                name: meta.name.clone(),
-                found: meta.architecture,
-                expected: "llama-gguf",
-            });
-        }
-        let tokenizer_path =
-            snapshot
-                .tokenizer_path()
-                .ok_or_else(|| thaw_snapshot::SnapshotError::MissingFile {
-                    path: dir.join(thaw_snapshot::TOKENIZER_FILE),
-                })?;
+        expect_architecture(meta, Architecture::LlamaGguf, "llama-gguf")?;
+        let tokenizer_path = tokenizer_path(&snapshot)?;
         let tokenizer =
             Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::Tokenizer {
                 path: tokenizer_path.clone(),

@@ -14,6 +14,7 @@ use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationStrategy};
 
 use crate::batch::bert_inputs;
 use crate::encoder::compute_dtype;
+use crate::error::{expect_architecture, tokenizer_path};
 use crate::tokenize::load_tokenizer_truncating;
 use crate::ModelError;
 
@@ -62,13 +63,7 @@ impl CrossEncoder {
     pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
         let snapshot = thaw_snapshot::restore(dir)?;
         let meta = &snapshot.meta;
-        if meta.architecture != Architecture::BertCrossEncoder {
-            return Err(ModelError::WrongArchitecture {
-                name: meta.name.clone(),
-                found: meta.architecture,
-                expected: "bert-cross-encoder",
-            });
-        }
+        expect_architecture(meta, Architecture::BertCrossEncoder, "bert-cross-encoder")?;
         let invalid = |reason: String| ModelError::InvalidConfig {
             name: meta.name.clone(),
             reason,
@@ -85,12 +80,7 @@ impl CrossEncoder {
                 "a reranking cross-encoder has one output label; this one has {labels}"
             )));
         }
-        let tokenizer_path =
-            snapshot
-                .tokenizer_path()
-                .ok_or_else(|| thaw_snapshot::SnapshotError::MissingFile {
-                    path: dir.join(thaw_snapshot::TOKENIZER_FILE),
-                })?;
+        let tokenizer_path = tokenizer_path(&snapshot)?;
         let (tokenizer, pad_id) = load_tokenizer_truncating(
             &tokenizer_path,
             meta.max_seq_length,

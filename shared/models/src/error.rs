@@ -57,3 +57,30 @@ impl ModelError {
         matches!(self, Self::InputTooLong { .. } | Self::Tokenize(_))
     }
 }
+
+/// Refuses a snapshot of another architecture than `expected`.
+pub(crate) fn expect_architecture(
+    meta: &thaw_snapshot::SnapshotMeta,
+    expected: thaw_snapshot::Architecture,
+    expected_name: &'static str,
+) -> Result<(), ModelError> {
+    if meta.architecture == expected {
+        return Ok(());
+    }
+    Err(ModelError::WrongArchitecture {
+        name: meta.name.clone(),
+        found: meta.architecture,
+        expected: expected_name,
+    })
+}
+
+/// The snapshot's `tokenizer.json`, or the error naming where it should be.
+pub(crate) fn tokenizer_path(
+    snapshot: &thaw_snapshot::RestoredSnapshot,
+) -> Result<std::path::PathBuf, ModelError> {
+    snapshot.tokenizer_path().ok_or_else(|| {
+        ModelError::Snapshot(thaw_snapshot::SnapshotError::MissingFile {
+            path: snapshot.dir.join(thaw_snapshot::TOKENIZER_FILE),
+        })
+    })
+}

@@ -17,7 +17,7 @@ mod chat;
 mod cross_encoder;
 pub mod device;
 mod encoder;
-mod error;
+pub(crate) mod error;
 mod tokenize;
 mod words;
 

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use thaw_snapshot::Architecture;
 
+use crate::error::expect_architecture;
 use crate::ModelError;
 
 /// A word -> Zipf table restored from a `word-frequencies` snapshot.
@@ -19,13 +20,7 @@ impl WordFrequencies {
     pub fn restore(dir: &std::path::Path) -> Result<Self, ModelError> {
         let snapshot = thaw_snapshot::restore(dir)?;
         let meta = &snapshot.meta;
-        if meta.architecture != Architecture::WordFrequencies {
-            return Err(ModelError::WrongArchitecture {
-                name: meta.name.clone(),
-                found: meta.architecture,
-                expected: "word-frequencies",
-            });
-        }
+        expect_architecture(meta, Architecture::WordFrequencies, "word-frequencies")?;
         let text =
             std::str::from_utf8(snapshot.weights()).map_err(|e| ModelError::InvalidConfig {
                 name: meta.name.clone(),

@@ -139,6 +139,11 @@ fn write_snapshot(
     finish(dir, meta, &[SAFETENSORS_FILE, TOKENIZER_FILE])
 }
 
+/// A build input that cannot be used, named with its path.
+pub(crate) fn invalid_input(path: &Path, e: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::InvalidBuild(format!("{}: {e}", path.display()))
+}
+
 /// Records the size and sha256 of each of `names` (already written into `dir`) in `meta`,
 /// then writes `snapshot.json` last.
 pub(crate) fn finish(

@@ -27,16 +27,12 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
-use crate::build::{finish, BuildOptions};
+use crate::build::{finish, invalid_input as invalid, BuildOptions};
 use crate::meta::FORMAT_VERSION;
 use crate::{Architecture, SnapshotError, SnapshotMeta, WeightDtype, GGUF_FILE, TOKENIZER_FILE};
 
 /// `general.file_type` for "mostly Q8_0".
 const FILE_TYPE_Q8_0: u32 = 7;
-
-fn invalid(path: &Path, e: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::InvalidBuild(format!("{}: {e}", path.display()))
-}
 
 /// Writes `model.gguf`, `tokenizer.json` and `snapshot.json` into `dir`.
 pub(crate) fn write_snapshot(

@@ -12,13 +12,9 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::build::{finish, BuildOptions};
+use crate::build::{finish, invalid_input as invalid, BuildOptions};
 use crate::meta::FORMAT_VERSION;
 use crate::{Architecture, SnapshotError, SnapshotMeta, WeightDtype, WORDS_FILE};
-
-fn invalid(path: &Path, e: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::InvalidBuild(format!("{}: {e}", path.display()))
-}
 
 /// Writes `words.tsv` and `snapshot.json` into `dir`.
 pub(crate) fn write_snapshot(
