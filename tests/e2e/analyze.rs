@@ -6,28 +6,33 @@ use thaw_tests::{binary, fixture, ok_json, snapshot_dir, Harness, Serve};
 
 const VARIANTS: [&str; 4] = ["clear", "muddled", "hedged", "jargon"];
 
-async fn analyze() -> Harness {
-    let encoder = snapshot_dir("minilm-l6");
-    let words = snapshot_dir("wordfreq-en");
-    let llm = snapshot_dir("smollm2-135m");
-    Harness::start(
-        &binary("analyze"),
-        None,
-        &[
-            (
-                "THAW_SNAPSHOT_DIR_ENCODER",
-                encoder.to_str().expect("utf-8"),
-            ),
-            ("THAW_SNAPSHOT_DIR_WORDS", words.to_str().expect("utf-8")),
-            ("THAW_SNAPSHOT_DIR_LLM", llm.to_str().expect("utf-8")),
-        ],
-    )
-    .await
+/// A JSON array of strings, lower-cased.
+fn lower_strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|g| g.as_str().map(str::to_lowercase))
+        .collect()
+}
+
+/// The analyze binary with its three snapshots, plus `extra` environment.
+async fn analyze_with(extra: &[(&str, &str)]) -> Harness {
+    let dirs = [
+        ("THAW_SNAPSHOT_DIR_ENCODER", snapshot_dir("minilm-l6")),
+        ("THAW_SNAPSHOT_DIR_WORDS", snapshot_dir("wordfreq-en")),
+        ("THAW_SNAPSHOT_DIR_LLM", snapshot_dir("smollm2-135m")),
+    ];
+    let mut env: Vec<(&str, &str)> = dirs
+        .iter()
+        .map(|(k, d)| (*k, d.to_str().expect("utf-8")))
+        .collect();
+    env.extend_from_slice(extra);
+    Harness::start(&binary("analyze"), None, &env).await
 }
 
 #[tokio::test]
 async fn scores_order_the_labelled_set_find_planted_jargon_and_ask_a_question() {
-    let h = analyze().await;
+    let h = analyze_with(&[]).await;
     let set: Value = serde_json::from_str(
         &std::fs::read_to_string(fixture("analyze-labelled.json")).expect("fixture"),
     )
@@ -147,23 +152,7 @@ async fn scores_order_the_labelled_set_find_planted_jargon_and_ask_a_question() 
 
 #[tokio::test]
 async fn a_zero_budget_falls_back_to_the_template() {
-    let encoder = snapshot_dir("minilm-l6");
-    let words = snapshot_dir("wordfreq-en");
-    let llm = snapshot_dir("smollm2-135m");
-    let h = Harness::start(
-        &binary("analyze"),
-        None,
-        &[
-            (
-                "THAW_SNAPSHOT_DIR_ENCODER",
-                encoder.to_str().expect("utf-8"),
-            ),
-            ("THAW_SNAPSHOT_DIR_WORDS", words.to_str().expect("utf-8")),
-            ("THAW_SNAPSHOT_DIR_LLM", llm.to_str().expect("utf-8")),
-            ("THAW_ANALYZE_QUESTION_BUDGET_MS", "0"),
-        ],
-    )
-    .await;
+    let h = analyze_with(&[("THAW_ANALYZE_QUESTION_BUDGET_MS", "0")]).await;
     let r = ok_json(
         h.invoke(
             &json!({"explanation": "A function calls itself.", "topic": "recursion",
