@@ -206,7 +206,7 @@ fn bad_analyze_input_is_a_typed_400_through_the_function_url() {
         ),
         (
             json!({"explanation": "x", "topic": "t", "key_concepts": many}),
-            413,
+            400,
         ),
         (
             json!({"explanation": "x", "topic": "t", "conversation_history": [{"role": "cat", "text": "x"}]}),

@@ -208,7 +208,7 @@ impl Analytics {
     /// Analyses one session.
     pub fn analyse(&self, r: AnalyticsRequest) -> Result<AnalyticsResponse, FnError> {
         if r.turns.len() > MAX_TURNS {
-            return Err(FnError::payload_too_large(format!(
+            return Err(FnError::invalid_input(format!(
                 "{} turns; the limit is {MAX_TURNS}",
                 r.turns.len()
             )));

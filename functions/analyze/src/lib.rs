@@ -262,7 +262,7 @@ impl Analyze {
         }
         if let Some(c) = &r.key_concepts {
             if c.len() > MAX_CONCEPTS {
-                return Err(FnError::payload_too_large(format!(
+                return Err(FnError::invalid_input(format!(
                     "{} key concepts; the limit is {MAX_CONCEPTS}",
                     c.len()
                 )));
@@ -276,7 +276,7 @@ impl Analyze {
             }
         }
         if r.conversation_history.len() > MAX_HISTORY {
-            return Err(FnError::payload_too_large(format!(
+            return Err(FnError::invalid_input(format!(
                 "{} history turns; the limit is {MAX_HISTORY}",
                 r.conversation_history.len()
             )));

@@ -180,7 +180,9 @@ impl Rerank {
             return Err(FnError::invalid_input("\"documents\" is empty"));
         }
         if n > self.limits.max_documents {
-            return Err(FnError::payload_too_large(format!(
+            // A list over its documented length is a malformed request (400); only text
+            // over its length is a payload problem (413).
+            return Err(FnError::invalid_input(format!(
                 "{n} documents in one request; the limit is {}",
                 self.limits.max_documents
             )));
