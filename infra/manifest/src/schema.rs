@@ -118,6 +118,9 @@ pub struct FunctionSpec {
     /// GPU type and count.
     #[serde(default)]
     pub gpu: Gpu,
+    /// Refuse to start on a machine without the GPU, rather than fall back to the CPU.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gpu_required: bool,
     /// Base image for deploy targets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -294,6 +297,9 @@ impl Manifest {
                         "snapshot role {role:?} must be a-z, 0-9 and '_', at most 32"
                     )));
                 }
+            }
+            if f.gpu_required && f.gpu.kind.is_none() {
+                return Err(invalid("gpu_required = true needs a gpu".into()));
             }
             if f.result_ttl.0 < std::time::Duration::from_secs(1) {
                 return Err(invalid("result_ttl must be at least 1s".into()));

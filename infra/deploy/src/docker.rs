@@ -1,0 +1,109 @@
+//! Dockerfiles: one per function, built from the repository root after `make build` and
+//! `make snapshots`:
+//!
+//! ```sh
+//! docker build -f deploy/docker/embed/Dockerfile -t registry/app-embed .
+//! ```
+//!
+//! A GPU function starts from a CUDA runtime image (its binaries built with
+//! `--features cuda`), any other from Debian slim, unless the manifest names an `image`.
+//! The function's snapshots are baked in, content-addressed as in thaw's cache, and the
+//! entrypoint is `thaw serve --single <function>` on `$PORT` (8080).
+
+use std::fmt::Write as _;
+
+use thaw_manifest::{FunctionPlan, Plan};
+
+use crate::knative::PORT;
+use crate::{snapshot_names, File, RenderOptions, Rendered};
+
+/// The default base image of GPU functions.
+pub const CUDA_BASE: &str = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+/// The default base image of CPU functions.
+pub const SLIM_BASE: &str = "debian:bookworm-slim";
+
+/// Renders a Dockerfile per function.
+pub fn render(plan: &Plan, _opts: &RenderOptions) -> Rendered {
+    let mut out = Rendered::default();
+    for f in plan.functions.values() {
+        out.files.push(File {
+            path: format!("docker/{}/Dockerfile", f.name).into(),
+            text: dockerfile(plan, f),
+        });
+    }
+    out
+}
+
+/// The snapshot object directory of a resolved snapshot path (`…/objects/<digest>`).
+fn object_of(dir: Option<&std::path::PathBuf>) -> Option<String> {
+    dir.and_then(|d| d.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+fn dockerfile(plan: &Plan, f: &FunctionPlan) -> String {
+    let spec = &f.spec;
+    let gpu = spec.gpu.kind.is_some();
+    let base = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| if gpu { CUDA_BASE } else { SLIM_BASE }.to_owned());
+    let mut d = String::new();
+    let _ = writeln!(
+        d,
+        "# thaw function {} of app {}, rendered by `thaw deploy render --target docker`.",
+        f.name, plan.app
+    );
+    let _ = writeln!(
+        d,
+        "# Build from the repository root after `make build` and `make snapshots`{}:",
+        if gpu { " (with `--features cuda`)" } else { "" }
+    );
+    let _ = writeln!(
+        d,
+        "#   docker build -f <out>/docker/{}/Dockerfile .",
+        f.name
+    );
+    let _ = writeln!(d, "FROM {base}");
+    let _ = writeln!(d, "RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*");
+    let _ = writeln!(
+        d,
+        "COPY target/release/thaw target/release/{} /opt/thaw/bin/",
+        spec.binary
+    );
+    let _ = writeln!(d, "COPY infra/functions.toml /opt/thaw/functions.toml");
+    // In the order snapshot_names gives: the main snapshot, then the roles.
+    let mut dirs: Vec<Option<&std::path::PathBuf>> = Vec::new();
+    if spec.snapshot.is_some() {
+        dirs.push(f.snapshot_dir.as_ref());
+    }
+    dirs.extend(f.snapshot_dirs.values().map(Some));
+    for ((_, name), dir) in snapshot_names(f).into_iter().zip(dirs) {
+        let _ = writeln!(
+            d,
+            "COPY .cache/snapshots/names/{name} /opt/thaw/snapshots/names/{name}"
+        );
+        if let Some(object) = object_of(dir) {
+            let _ = writeln!(
+                d,
+                "COPY .cache/snapshots/objects/{object}/ /opt/thaw/snapshots/objects/{object}/"
+            );
+        }
+    }
+    if gpu {
+        let _ = writeln!(
+            d,
+            "ENV NVIDIA_VISIBLE_DEVICES=all NVIDIA_DRIVER_CAPABILITIES=compute,utility"
+        );
+    }
+    let _ = writeln!(
+        d,
+        "ENV THAW_SNAPSHOTS=/opt/thaw/snapshots THAW_STATE_DIR=/tmp/thaw-state PORT={PORT}"
+    );
+    let _ = writeln!(d, "EXPOSE {PORT}");
+    let _ = writeln!(
+        d,
+        "ENTRYPOINT [\"/opt/thaw/bin/thaw\", \"serve\", \"--single\", \"{}\", \"--manifest\", \"/opt/thaw/functions.toml\", \"--bin-dir\", \"/opt/thaw/bin\"]",
+        f.name
+    );
+    d
+}

@@ -1,0 +1,289 @@
+//! Golden tests: `golden/functions.toml` rendered for every target must equal the files
+//! under `golden/<target>/`. `UPDATE_GOLDEN=1 cargo test -p thaw-deploy` rewrites them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use thaw_manifest::{FunctionPlan, Manifest, Plan};
+
+use crate::{render, RenderOptions, Target};
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("golden")
+}
+
+/// The golden manifest as a Plan, with stand-in snapshot objects (no cache needed).
+fn plan() -> Plan {
+    let text = std::fs::read_to_string(golden_dir().join("functions.toml")).expect("manifest");
+    let manifest = Manifest::parse(&text).expect("parse");
+    manifest.validate().expect("valid");
+    let object = |name: &str| PathBuf::from(format!("/cache/objects/{name}-0123456789abcdef"));
+    let functions = manifest
+        .function
+        .iter()
+        .map(|(name, spec)| {
+            let f = FunctionPlan {
+                name: name.clone(),
+                binary_path: PathBuf::from("/bin").join(&spec.binary),
+                snapshot_dir: spec.snapshot.as_deref().map(object),
+                snapshot_dirs: spec
+                    .snapshots
+                    .iter()
+                    .map(|(role, s)| (role.clone(), object(s)))
+                    .collect::<BTreeMap<_, _>>(),
+                spec: spec.clone(),
+            };
+            (name.clone(), f)
+        })
+        .collect();
+    Plan {
+        app: manifest.app.name.clone(),
+        regions: manifest.app.regions.clone(),
+        functions,
+    }
+}
+
+#[test]
+fn every_target_matches_its_golden_files() {
+    let plan = plan();
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    for (target, dir) in [
+        (Target::AwsSam, "aws-sam"),
+        (Target::Knative, "knative"),
+        (Target::Docker, "docker"),
+    ] {
+        let rendered = render(&plan, target, &RenderOptions::default());
+        assert!(!rendered.files.is_empty(), "{dir} rendered nothing");
+        if update {
+            let _ = std::fs::remove_dir_all(golden_dir().join(dir));
+            rendered.write(&golden_dir()).expect("write goldens");
+            continue;
+        }
+        for f in &rendered.files {
+            let want = std::fs::read_to_string(golden_dir().join(&f.path)).unwrap_or_else(|e| {
+                panic!("{}: {e} (UPDATE_GOLDEN=1 to create)", f.path.display())
+            });
+            assert_eq!(f.text, want, "golden mismatch for {}", f.path.display());
+        }
+    }
+}
+
+#[test]
+fn sam_leaves_gpu_functions_out_and_caps_retries_with_warnings() {
+    let rendered = render(&plan(), Target::AwsSam, &RenderOptions::default());
+    assert!(rendered
+        .warnings
+        .iter()
+        .any(|w| w.contains("embed-gpu") && w.contains("knative")));
+    assert!(rendered.warnings.iter().any(|w| w.contains("retries = 3")));
+    assert!(rendered
+        .files
+        .iter()
+        .all(|f| !f.text.contains("EmbedGpuFunction")));
+}
+
+#[test]
+fn knative_services_carry_scaling_gpu_and_probe() {
+    let rendered = render(&plan(), Target::Knative, &RenderOptions::default());
+    let gpu = rendered
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("us-east-1/embed-gpu.json"))
+        .expect("gpu service in us-east-1");
+    let v: serde_json::Value = serde_json::from_str(&gpu.text).expect("json");
+    let tpl = &v["spec"]["template"];
+    assert_eq!(
+        tpl["metadata"]["annotations"]
+            ["autoscaling.knative.dev/scale-to-zero-pod-retention-period"],
+        "300s"
+    );
+    assert_eq!(
+        tpl["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
+        "2"
+    );
+    assert_eq!(
+        tpl["spec"]["nodeSelector"]["nvidia.com/gpu.product"],
+        "NVIDIA-L4"
+    );
+    assert_eq!(tpl["spec"]["containerConcurrency"], 8);
+    // Region-scoped: no GPU service in eu-west-1.
+    assert!(!rendered
+        .files
+        .iter()
+        .any(|f| f.path.ends_with("eu-west-1/embed-gpu.json")));
+}
+
+/// The part of Knative's `serving.knative.dev/v1` Service schema thaw renders, as types
+/// that refuse unknown fields: a rendered Service that does not fit fails to parse.
+mod knative_schema {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Service {
+        pub api_version: String,
+        pub kind: String,
+        pub metadata: ObjectMeta,
+        pub spec: ServiceSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ObjectMeta {
+        #[serde(default)]
+        pub name: Option<String>,
+        #[serde(default)]
+        pub namespace: Option<String>,
+        #[serde(default)]
+        pub labels: BTreeMap<String, String>,
+        #[serde(default)]
+        pub annotations: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ServiceSpec {
+        pub template: RevisionTemplate,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct RevisionTemplate {
+        pub metadata: ObjectMeta,
+        pub spec: RevisionSpec,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct RevisionSpec {
+        pub container_concurrency: u32,
+        pub timeout_seconds: u32,
+        pub containers: Vec<Container>,
+        #[serde(default)]
+        pub node_selector: BTreeMap<String, String>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Container {
+        pub name: String,
+        pub image: String,
+        pub ports: Vec<Port>,
+        #[serde(default)]
+        pub env: Vec<EnvVar>,
+        pub readiness_probe: Probe,
+        pub resources: Resources,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Port {
+        pub name: String,
+        pub container_port: u16,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct EnvVar {
+        pub name: String,
+        pub value: String,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct Probe {
+        pub http_get: HttpGet,
+        pub period_seconds: u32,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct HttpGet {
+        pub path: String,
+        pub port: u16,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Resources {
+        pub requests: BTreeMap<String, String>,
+        pub limits: BTreeMap<String, String>,
+    }
+}
+
+#[test]
+fn knative_services_fit_the_serving_v1_schema() {
+    let rendered = render(&plan(), Target::Knative, &RenderOptions::default());
+    let known = [
+        "autoscaling.knative.dev/min-scale",
+        "autoscaling.knative.dev/max-scale",
+        "autoscaling.knative.dev/target",
+        "autoscaling.knative.dev/scale-to-zero-pod-retention-period",
+    ];
+    let dns = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 63
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !s.starts_with('-')
+            && !s.ends_with('-')
+    };
+    let mut services = 0;
+    for f in rendered
+        .files
+        .iter()
+        .filter(|f| !f.path.ends_with("namespace.json"))
+    {
+        let s: knative_schema::Service = serde_json::from_str(&f.text)
+            .unwrap_or_else(|e| panic!("{}: not a Knative Service: {e}", f.path.display()));
+        services += 1;
+        assert_eq!(s.api_version, "serving.knative.dev/v1");
+        assert_eq!(s.kind, "Service");
+        assert!(
+            s.metadata.name.as_deref().is_some_and(dns),
+            "{:?}",
+            s.metadata.name
+        );
+        assert!(s.metadata.namespace.as_deref().is_some_and(dns));
+        let annotations = &s.spec.template.metadata.annotations;
+        for (k, v) in annotations {
+            assert!(known.contains(&k.as_str()), "unknown annotation {k}");
+            if k.ends_with("retention-period") {
+                assert!(
+                    v.ends_with('s') && v[..v.len() - 1].parse::<u64>().is_ok(),
+                    "{v}"
+                );
+            } else {
+                assert!(v.parse::<u32>().is_ok(), "{k}: {v}");
+            }
+        }
+        let min: u32 = annotations["autoscaling.knative.dev/min-scale"]
+            .parse()
+            .unwrap_or(u32::MAX);
+        let max: u32 = annotations["autoscaling.knative.dev/max-scale"]
+            .parse()
+            .unwrap_or(0);
+        assert!(min <= max);
+        let spec = &s.spec.template.spec;
+        assert!(spec.timeout_seconds >= 1);
+        assert_eq!(
+            spec.containers.len(),
+            1,
+            "Knative runs one serving container"
+        );
+        let c = &spec.containers[0];
+        assert_eq!(c.ports.len(), 1);
+        assert_eq!(c.readiness_probe.http_get.port, c.ports[0].container_port);
+        assert!(c.image.contains(':'), "{}", c.image);
+        assert!(c.resources.limits.contains_key("memory"));
+        let gpus = c.resources.limits.get("nvidia.com/gpu");
+        assert_eq!(
+            gpus.is_some(),
+            spec.node_selector.contains_key("nvidia.com/gpu.product")
+        );
+        assert!(c.name.len() <= 63 && c.env.iter().all(|e| !e.name.is_empty()));
+    }
+    assert_eq!(services, 5);
+}

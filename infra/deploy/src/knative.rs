@@ -1,0 +1,125 @@
+//! Knative: one `serving.knative.dev/v1` Service per function and region, in a namespace
+//! named after the app.
+//!
+//! | manifest | Knative |
+//! |---|---|
+//! | min_containers, max_containers | `autoscaling.knative.dev/min-scale`, `max-scale` |
+//! | idle_timeout | `autoscaling.knative.dev/scale-to-zero-pod-retention-period` |
+//! | concurrency | `containerConcurrency` (and the autoscaler's `target`) |
+//! | timeout | `timeoutSeconds` |
+//! | memory | memory request and limit |
+//! | gpu = "L4:2" | `nvidia.com/gpu: 2` limit, node selector `nvidia.com/gpu.product` |
+//!
+//! The container runs `thaw serve --single <function>` on port 8080, with `/healthz` as
+//! its readiness probe: ready once the function has loaded its model.
+
+use serde_json::{json, Map, Value};
+use thaw_manifest::{FunctionPlan, Plan};
+
+use crate::{json_text, stacks, File, RenderOptions, Rendered};
+
+/// The container port `thaw serve --single` listens on.
+pub const PORT: u16 = 8080;
+
+/// The `nvidia.com/gpu.product` label (NVIDIA GPU feature discovery) of a GPU type.
+pub fn gpu_product(kind: &str) -> &'static str {
+    match kind {
+        "T4" => "Tesla-T4",
+        "L4" => "NVIDIA-L4",
+        "A10G" => "NVIDIA-A10G",
+        "A100" => "NVIDIA-A100-SXM4-80GB",
+        _ => "NVIDIA-H100-80GB-HBM3",
+    }
+}
+
+/// A DNS-1123 label from any name.
+pub fn dns_label(name: &str) -> String {
+    let s: String = name
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    s.trim_matches('-').chars().take(63).collect()
+}
+
+/// The image of a function.
+pub fn image(plan: &Plan, f: &FunctionPlan, opts: &RenderOptions) -> String {
+    format!(
+        "{}/{}-{}:{}",
+        opts.registry.trim_end_matches('/'),
+        dns_label(&plan.app),
+        f.name,
+        opts.tag
+    )
+}
+
+/// Renders the namespace and the Services of each region.
+pub fn render(plan: &Plan, opts: &RenderOptions) -> Rendered {
+    let mut out = Rendered::default();
+    let namespace = dns_label(&plan.app);
+    for (region, functions) in stacks(plan) {
+        out.files.push(File {
+            path: format!("knative/{region}/namespace.json").into(),
+            text: json_text(&json!({
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": namespace}},
+            })),
+        });
+        for f in functions {
+            out.files.push(File {
+                path: format!("knative/{region}/{}.json", f.name).into(),
+                text: json_text(&service(plan, f, &namespace, opts)),
+            });
+        }
+    }
+    out
+}
+
+/// One function's Service.
+pub fn service(plan: &Plan, f: &FunctionPlan, namespace: &str, opts: &RenderOptions) -> Value {
+    let spec = &f.spec;
+    let memory = format!("{}Mi", (spec.memory.0 / (1024 * 1024)).max(1));
+    let mut limits = Map::new();
+    limits.insert("memory".into(), json!(memory));
+    let mut pod = json!({
+        "containerConcurrency": spec.concurrency,
+        "timeoutSeconds": spec.timeout.0.as_secs().max(1),
+        "containers": [{
+            "name": "function",
+            "image": image(plan, f, opts),
+            "ports": [{"name": "http1", "containerPort": PORT}],
+            "env": spec.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 1},
+            "resources": {"requests": {"memory": memory}, "limits": {}},
+        }],
+    });
+    if let Some(kind) = &spec.gpu.kind {
+        limits.insert("nvidia.com/gpu".into(), json!(spec.gpu.count.to_string()));
+        pod["nodeSelector"] = json!({"nvidia.com/gpu.product": gpu_product(kind)});
+    }
+    pod["containers"][0]["resources"]["limits"] = Value::Object(limits);
+    json!({
+        "apiVersion": "serving.knative.dev/v1",
+        "kind": "Service",
+        "metadata": {
+            "name": f.name.as_str(),
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": namespace, "app.kubernetes.io/name": f.name.as_str()},
+        },
+        "spec": {
+            "template": {
+                "metadata": {
+                    "annotations": {
+                        "autoscaling.knative.dev/min-scale": spec.min_containers.to_string(),
+                        "autoscaling.knative.dev/max-scale": spec.max_containers.to_string(),
+                        "autoscaling.knative.dev/target": spec.concurrency.to_string(),
+                        "autoscaling.knative.dev/scale-to-zero-pod-retention-period":
+                            format!("{}s", spec.idle_timeout.0.as_secs().max(1)),
+                    }
+                },
+                "spec": pod,
+            }
+        }
+    })
+}

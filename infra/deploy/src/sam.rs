@@ -1,0 +1,111 @@
+//! AWS SAM: one template per region; each CPU function an `AWS::Serverless::Function`.
+//!
+//! | manifest | SAM |
+//! |---|---|
+//! | binary | `bootstrap` in `CodeUri: build/<function>/`, runtime `provided.al2023` |
+//! | memory, timeout | `MemorySize` (MB, 128 to 10,240), `Timeout` (s, at most 900) |
+//! | max_containers | `ReservedConcurrentExecutions` |
+//! | min_containers > 0 | `AutoPublishAlias: live` + `ProvisionedConcurrencyConfig` |
+//! | url.auth none / token | `FunctionUrlConfig.AuthType` `NONE` / `AWS_IAM` |
+//! | retries, result_ttl | `EventInvokeConfig` `MaximumRetryAttempts` (at most 2), `MaximumEventAgeInSeconds` (60 to 21,600) |
+//! | snapshot(s), env | `Environment.Variables`, snapshots under `/var/task/snapshots/<name>` |
+
+use serde_json::{json, Map, Value};
+use thaw_manifest::{FunctionPlan, Plan, UrlAuth};
+
+use crate::{json_text, pascal, snapshot_env, snapshot_names, stacks, File, Rendered};
+
+/// Renders one template per region.
+pub fn render(plan: &Plan) -> Rendered {
+    let mut out = Rendered::default();
+    for (region, functions) in stacks(plan) {
+        let mut resources = Map::new();
+        let mut outputs = Map::new();
+        for f in functions {
+            if let Some(kind) = &f.spec.gpu.kind {
+                out.warnings.push(format!(
+                    "{}: needs a {kind} GPU, which AWS Lambda does not offer; deploy it with --target knative",
+                    f.name
+                ));
+                continue;
+            }
+            let id = format!("{}Function", pascal(f.name.as_str()));
+            resources.insert(id.clone(), function(plan, f, &mut out.warnings));
+            outputs.insert(
+                format!("{}Url", pascal(f.name.as_str())),
+                json!({
+                    "Description": format!("Function URL of {}", f.name),
+                    "Value": {"Fn::GetAtt": [format!("{id}Url"), "FunctionUrl"]}
+                }),
+            );
+        }
+        if resources.is_empty() {
+            continue;
+        }
+        let template = json!({
+            "AWSTemplateFormatVersion": "2010-09-09",
+            "Transform": "AWS::Serverless-2016-10-31",
+            "Description": format!("thaw app {} ({region}), rendered by thaw deploy render", plan.app),
+            "Resources": resources,
+            "Outputs": outputs,
+        });
+        out.files.push(File {
+            path: format!("aws-sam/{region}/template.json").into(),
+            text: json_text(&template),
+        });
+    }
+    out
+}
+
+fn function(plan: &Plan, f: &FunctionPlan, warnings: &mut Vec<String>) -> Value {
+    let spec = &f.spec;
+    let mut env: Map<String, Value> = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    for (role, name) in snapshot_names(f) {
+        env.insert(
+            snapshot_env(role.as_deref()),
+            Value::String(format!("/var/task/snapshots/{name}")),
+        );
+    }
+    let memory_mb = (spec.memory.0 / (1024 * 1024)).clamp(128, 10_240);
+    let timeout = spec.timeout.0.as_secs().clamp(1, 900);
+    if spec.timeout.0.as_secs() > 900 {
+        warnings.push(format!("{}: timeout cut to Lambda's 900 s", f.name));
+    }
+    if spec.retries > 2 {
+        warnings.push(format!(
+            "{}: retries = {} cut to Lambda's maximum of 2 for async invocations",
+            f.name, spec.retries
+        ));
+    }
+    let mut props = json!({
+        "FunctionName": format!("{}-{}", plan.app, f.name),
+        "Description": format!("thaw function {}", f.name),
+        "Runtime": "provided.al2023",
+        "Handler": "bootstrap",
+        "CodeUri": format!("build/{}/", f.name),
+        "Architectures": ["x86_64"],
+        "MemorySize": memory_mb,
+        "Timeout": timeout,
+        "ReservedConcurrentExecutions": spec.max_containers,
+        "FunctionUrlConfig": {
+            "AuthType": match spec.url.auth { UrlAuth::None => "NONE", UrlAuth::Token => "AWS_IAM" }
+        },
+        "EventInvokeConfig": {
+            "MaximumRetryAttempts": spec.retries.min(2),
+            "MaximumEventAgeInSeconds": spec.result_ttl.0.as_secs().clamp(60, 21_600),
+        },
+    });
+    if !env.is_empty() {
+        props["Environment"] = json!({ "Variables": env });
+    }
+    if spec.min_containers > 0 {
+        props["AutoPublishAlias"] = json!("live");
+        props["ProvisionedConcurrencyConfig"] =
+            json!({ "ProvisionedConcurrentExecutions": spec.min_containers });
+    }
+    json!({ "Type": "AWS::Serverless::Function", "Properties": props })
+}
