@@ -154,16 +154,33 @@ impl Serve {
     pub fn start(manifest: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
-        Self::start_in(dir, manifest, &state)
+        Self::start_in(dir, manifest, &state, &[])
     }
 
     /// As [`Serve::start`], with the call store in `state_dir`: a second thaw on the same
     /// directory picks up where a first one stopped.
     pub fn start_with_state(manifest: &str, state_dir: &std::path::Path) -> Self {
-        Self::start_in(tempfile::tempdir().expect("tempdir"), manifest, state_dir)
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            manifest,
+            state_dir,
+            &[],
+        )
     }
 
-    fn start_in(dir: tempfile::TempDir, manifest: &str, state_dir: &std::path::Path) -> Self {
+    /// As [`Serve::start`], with more `thaw serve` arguments (`--single f`).
+    pub fn start_with_args(manifest: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let state = dir.path().join("state");
+        Self::start_in(dir, manifest, &state, args)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        manifest: &str,
+        state_dir: &std::path::Path,
+        args: &[&str],
+    ) -> Self {
         use std::io::BufRead as _;
         let path = dir.path().join("functions.toml");
         std::fs::write(&path, manifest).expect("write manifest");
@@ -184,6 +201,7 @@ impl Serve {
             .arg(thaw.parent().expect("bin dir"))
             .arg("--state-dir")
             .arg(state_dir)
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

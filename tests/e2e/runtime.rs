@@ -400,3 +400,50 @@ fn sigkill_of_thaw_leaves_no_child() {
         "children outlived a SIGKILLed thaw"
     );
 }
+
+#[test]
+fn single_mode_serves_one_function_over_plain_http_with_readiness() {
+    let m = "[app]\nname = \"test\"\n\
+             [function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n\
+             [function.broken]\nbinary = \"thaw-fault\"\nenv = { THAW_FAULT_INIT = \"fail\" }\n";
+    let s = Serve::start_with_args(m, &["--single", "embed"]);
+    // Ready once the instance has loaded its model (min_containers is forced to 1).
+    assert!(s.wait_until(Duration::from_secs(30), |s| s.get("/healthz").status == 200));
+    let ready = s.get("/healthz").json();
+    assert_eq!(ready["status"], "ready");
+    assert_eq!(ready["state"]["idle"], 1);
+    // Any path is the function's URL: plain JSON in, the function's reply out.
+    for path in ["/", "/embed", "/v1/anything"] {
+        let r = s.post(
+            path,
+            br#"{"texts": ["A man is eating food."]}"#,
+            &[("content-type", "application/json")],
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let v = r.json();
+        assert_eq!(v["dims"], 384);
+        assert_eq!(v["embeddings"][0].as_array().map(Vec::len), Some(384));
+    }
+    let r = s.post("/", b"{not json", &[("content-type", "application/json")]);
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["type"], "InvalidInput");
+    // Only this function is served: even /v1/functions reaches embed, which wants texts.
+    let r = s.get("/v1/functions");
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["type"], "InvalidInput");
+    drop(s);
+
+    // A function that cannot initialise is never ready, and says why.
+    let s = Serve::start_with_args(m, &["--single", "broken"]);
+    assert!(s.wait_until(Duration::from_secs(30), |s| {
+        s.get("/healthz").json()["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("init failed on purpose"))
+    }));
+    assert_eq!(s.get("/healthz").status, 503);
+}

@@ -21,6 +21,13 @@ pub(crate) struct ServeArgs {
     /// Directory of the function binaries [default: the directory of this thaw binary].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Serve only this function, over plain HTTP: every path is its URL, `/healthz` is
+    /// the readiness probe. The container entrypoint on Knative.
+    #[arg(long, value_name = "FUNCTION")]
+    single: Option<String>,
+    /// With --single: listen on 0.0.0.0:PORT (Knative sets $PORT).
+    #[arg(long, env = "PORT")]
+    port: Option<u16>,
     /// Where durable calls live (calls.db) [default: $THAW_STATE_DIR or .cache/state].
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -52,7 +59,21 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         bin_dir,
         snapshots: args.snapshots.unwrap_or_else(crate::default_cache),
     };
-    let plan = manifest.resolve(&resolver)?;
+    let mut plan = manifest.resolve(&resolver)?;
+    let mut listen = args.listen.clone();
+    if let Some(single) = &args.single {
+        let name = thaw_manifest::FunctionName::new(single).map_err(anyhow::Error::msg)?;
+        let mut f = plan
+            .functions
+            .remove(&name)
+            .with_context(|| format!("--single {single}: the manifest has no such function"))?;
+        // One instance from boot: readiness means the model is loaded.
+        f.spec.min_containers = f.spec.min_containers.max(1);
+        plan.functions = std::iter::once((name, f)).collect();
+        if let Some(port) = args.port {
+            listen = format!("0.0.0.0:{port}");
+        }
+    }
     let state_dir = args.state_dir.unwrap_or_else(|| {
         std::env::var_os("THAW_STATE_DIR")
             .map_or_else(|| PathBuf::from(".cache/state"), PathBuf::from)
@@ -69,19 +90,34 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&args.listen)
+        let listener = tokio::net::TcpListener::bind(&listen)
             .await
-            .with_context(|| format!("bind {}", args.listen))?;
+            .with_context(|| format!("bind {listen}"))?;
         let addr = listener.local_addr()?;
         let rt = thaw_runtime::Runtime::start(&plan, std::env::var("THAW_URL_TOKEN").ok(), store);
         // Whoever started us may stop reading stdout; that must never take thaw down.
         let mut banner = format!("thaw serve listening on http://{addr}\n");
         for name in plan.functions.keys() {
+            if args.single.is_some() {
+                banner.push_str(&format!(
+                    "  function {name}: http://{addr}/ (readiness: /healthz)\n"
+                ));
+                continue;
+            }
             banner.push_str(&format!("  function {name}: http://{addr}/fn/{name}/\n"));
         }
         say(&banner);
         tracing::info!(%addr, functions = plan.functions.len(), "ready");
-        thaw_runtime::serve(listener, rt, shutdown_signal(), args.grace).await?;
+        match &args.single {
+            Some(function) => {
+                let app = thaw_runtime::front::single_router(
+                    std::sync::Arc::clone(&rt),
+                    function.clone(),
+                );
+                thaw_runtime::serve_app(listener, rt, app, shutdown_signal(), args.grace).await?;
+            }
+            None => thaw_runtime::serve(listener, rt, shutdown_signal(), args.grace).await?,
+        }
         say("thaw serve stopped; no instance left running\n");
         Ok(())
     })

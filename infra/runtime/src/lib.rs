@@ -152,10 +152,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
+    let app = front::router(Arc::clone(&runtime));
+    serve_app(listener, runtime, app, shutdown, grace).await
+}
+
+/// [`serve`] with other routes: `thaw serve --single` serves [`front::single_router`].
+pub async fn serve_app(
+    listener: tokio::net::TcpListener,
+    runtime: Arc<Runtime>,
+    app: axum::Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    grace: Duration,
+) -> std::io::Result<()> {
     let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
     let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
     let closing = Arc::clone(&runtime);
-    let app = front::router(Arc::clone(&runtime));
     let server = axum::serve(listener, app).with_graceful_shutdown(async move {
         shutdown.await;
         tracing::info!("shutting down: no new calls, waiting for in-flight ones");

@@ -74,6 +74,56 @@ pub fn router(runtime: Shared) -> Router {
         .with_state(runtime)
 }
 
+/// The routes of `thaw serve --single <function>`, the container entrypoint on Knative:
+/// every path is the function's URL (plain HTTP in, its response out), and `/healthz` is
+/// the readiness probe: 200 once an instance has loaded its model, 503 until then (with
+/// the init error if it failed).
+pub fn single_router(runtime: Shared, function: String) -> Router {
+    let f1 = function.clone();
+    let f2 = function.clone();
+    Router::new()
+        .route(
+            "/healthz",
+            get(move |State(rt): State<Shared>| readiness(rt, function.clone())),
+        )
+        .route("/metrics", get(metrics))
+        .route(
+            "/",
+            any(move |State(rt): State<Shared>, req: Request| {
+                url_call(rt, f1.clone(), String::new(), req)
+            }),
+        )
+        .route(
+            "/{*path}",
+            any(
+                move |State(rt): State<Shared>, Path(path): Path<String>, req: Request| {
+                    url_call(rt, f2.clone(), path, req)
+                },
+            ),
+        )
+        .with_state(runtime)
+}
+
+async fn readiness(rt: Shared, function: String) -> Response {
+    let Some(pool) = rt.pools.get(&function) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "FunctionNotFound",
+            format!("no function {function:?}"),
+        );
+    };
+    let state = pool.status();
+    if rt.accepting() && state.idle + state.busy > 0 {
+        return Json(json!({"status": "ready", "function": function, "state": state}))
+            .into_response();
+    }
+    let message = match &state.init_error {
+        Some(e) => format!("{function} failed to initialise: {e}"),
+        None => format!("{function} is starting"),
+    };
+    error(StatusCode::SERVICE_UNAVAILABLE, "NotReady", message)
+}
+
 /// A platform error response.
 pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
     (status, Json(ApiErrorBody::new(kind, message))).into_response()
