@@ -447,3 +447,34 @@ fn single_mode_serves_one_function_over_plain_http_with_readiness() {
     }));
     assert_eq!(s.get("/healthz").status, 503);
 }
+
+#[test]
+fn a_gpu_function_falls_back_to_the_cpu_unless_the_gpu_is_required() {
+    // This machine has no GPU, and the test binaries are built without `cuda`.
+    let s = Serve::start(&manifest(&[
+        "[function.soft]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\ngpu = \"L4\"\n".to_owned(),
+        "[function.hard]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\ngpu = \"H100:2\"\ngpu_required = true\n".to_owned(),
+    ]));
+    let r = call(&s, "soft", json!({"text": "runs on the CPU"}));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["dims"], 384);
+    let r = call(&s, "hard", json!({"text": "refused"}));
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    let e = r.json();
+    assert_eq!(e["error"]["type"], "InitError");
+    let msg = e["error"]["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains("needs a H100:2 GPU") && msg.contains("cuda"),
+        "{msg}"
+    );
+    // The fallback is logged where thaw logs shows it.
+    let logs = s.get("/v1/functions/soft/logs?tail=200").json();
+    assert!(logs["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|l| l["line"]
+            .as_str()
+            .unwrap_or("")
+            .contains("running on the CPU instead")));
+}

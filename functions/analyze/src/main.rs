@@ -10,7 +10,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> Result<(), thaw_fn::Error> {
     thaw_fn::run(|| {
-        let device = thaw_models::device::default_device();
+        let device = thaw_models::device::from_env().map_err(FnError::init)?;
         let t = std::time::Instant::now();
         let encoder =
             thaw_models::SentenceEncoder::restore(&thaw_fn::snapshot_dir_for("encoder")?, &device)

@@ -12,7 +12,7 @@ static GLOBAL: MiMalloc = MiMalloc;
 fn main() -> Result<(), thaw_fn::Error> {
     thaw_fn::run(|| {
         let dir = thaw_fn::snapshot_dir()?;
-        let device = thaw_models::device::default_device();
+        let device = thaw_models::device::from_env().map_err(FnError::init)?;
         let meta = thaw_snapshot::SnapshotMeta::read(&dir).map_err(FnError::init)?;
         let scorer = match meta.architecture {
             Architecture::BertCrossEncoder => rerank::Scorer::Cross(

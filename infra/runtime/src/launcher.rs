@@ -52,6 +52,16 @@ impl ExecLauncher {
         for (role, dir) in &plan.snapshot_dirs {
             cmd.env(env::snapshot_dir_for(role), dir);
         }
+        if let Some(kind) = &spec.gpu.kind {
+            cmd.env("THAW_GPU", format!("{kind}:{}", spec.gpu.count));
+            cmd.env(
+                "THAW_GPU_REQUIRED",
+                if spec.gpu_required { "1" } else { "0" },
+            );
+            if let Some(devices) = gpu_devices(instance_number(instance), spec.gpu.count) {
+                cmd.env("CUDA_VISIBLE_DEVICES", devices);
+            }
+        }
         let parent = std::process::id() as libc::pid_t;
         die_with_parent(&mut cmd, parent);
         let mut child = cmd.spawn()?;
@@ -123,6 +133,37 @@ pub fn signal_group(pid: u32, signal: libc::c_int) {
     unsafe {
         libc::kill(-pid, signal);
     }
+}
+
+/// The number at the end of an instance name (`embed-3` -> 3).
+fn instance_number(instance: &str) -> usize {
+    instance
+        .rsplit('-')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The GPUs of instance `n` of a function that wants `count`: the machine's GPUs
+/// (`THAW_GPUS`, else thaw's own `CUDA_VISIBLE_DEVICES`) cut into groups of `count`,
+/// handed out round-robin. `None` when thaw does not know the machine's GPUs: the
+/// instance then sees them all.
+fn gpu_devices(n: usize, count: u32) -> Option<String> {
+    let all = std::env::var("THAW_GPUS")
+        .or_else(|_| std::env::var("CUDA_VISIBLE_DEVICES"))
+        .ok()?;
+    let ids: Vec<&str> = all
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let count = (count as usize).max(1);
+    if ids.len() < count {
+        return Some(ids.join(","));
+    }
+    let groups = ids.len() / count;
+    let g = n % groups;
+    Some(ids[g * count..(g + 1) * count].join(","))
 }
 
 /// Raises this process's soft open-file limit to its hard limit: each long-poll, map

@@ -45,6 +45,14 @@ pub enum ModelError {
         /// The limit.
         max: usize,
     },
+    /// The manifest requires a GPU this instance cannot use.
+    #[error("the function needs a {wanted} GPU (gpu_required = true), but {reason}")]
+    NoGpu {
+        /// What the manifest asked for.
+        wanted: String,
+        /// Why it is not available.
+        reason: String,
+    },
     /// candle failed while building or running the model.
     #[error("model error: {0}")]
     Candle(#[from] candle_core::Error),
