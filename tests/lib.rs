@@ -154,7 +154,7 @@ impl Serve {
     pub fn start(manifest: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
-        Self::start_in(dir, manifest, &state, &[])
+        Self::start_in(dir, manifest, &state, &[], &[])
     }
 
     /// As [`Serve::start`], with the call store in `state_dir`: a second thaw on the same
@@ -165,14 +165,20 @@ impl Serve {
             manifest,
             state_dir,
             &[],
+            &[],
         )
     }
 
     /// As [`Serve::start`], with more `thaw serve` arguments (`--single f`).
     pub fn start_with_args(manifest: &str, args: &[&str]) -> Self {
+        Self::start_with_env(manifest, args, &[])
+    }
+
+    /// As [`Serve::start_with_args`], with extra environment for thaw.
+    pub fn start_with_env(manifest: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let state = dir.path().join("state");
-        Self::start_in(dir, manifest, &state, args)
+        Self::start_in(dir, manifest, &state, args, env)
     }
 
     fn start_in(
@@ -180,6 +186,7 @@ impl Serve {
         manifest: &str,
         state_dir: &std::path::Path,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> Self {
         use std::io::BufRead as _;
         let path = dir.path().join("functions.toml");
@@ -195,13 +202,17 @@ impl Serve {
                 "--manifest",
             ])
             .arg(&path)
-            .arg("--snapshots")
-            .arg(snapshot_cache())
+            .args(if args.contains(&"--snapshots") {
+                Vec::new()
+            } else {
+                vec!["--snapshots".into(), snapshot_cache().into_os_string()]
+            })
             .arg("--bin-dir")
             .arg(thaw.parent().expect("bin dir"))
             .arg("--state-dir")
             .arg(state_dir)
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -393,5 +404,83 @@ pub fn alive(pid: u64) -> bool {
                 != Some("Z")
         }
         Err(_) => false,
+    }
+}
+
+/// A real S3 server on loopback: s3s-fs 0.14.1, which `make test` installs into
+/// `.cache/tools`, serving a fresh directory with SigV4 credentials.
+#[derive(Debug)]
+pub struct S3Server {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`.
+    pub endpoint: String,
+    /// The directory behind the buckets: `root/<bucket>/<key>` is each object.
+    pub root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// The access key the test server accepts.
+pub const S3_ACCESS_KEY: &str = "thaw-test-access";
+/// The secret key the test server accepts.
+pub const S3_SECRET_KEY: &str = "thaw-test-secret";
+
+impl S3Server {
+    /// Starts s3s-fs with one bucket, `bucket`, and waits until it accepts connections.
+    pub fn start(bucket: &str) -> Self {
+        let bin = std::env::var_os("THAW_S3S_FS").map_or_else(
+            || repo_root().join(".cache/tools/bin/s3s-fs"),
+            PathBuf::from,
+        );
+        assert!(
+            bin.exists(),
+            "{} is missing: `make test` installs s3s-fs",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join(bucket)).expect("bucket dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let child = std::process::Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn s3s-fs");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+            _dir: dir,
+        }
+    }
+
+    /// The credentials, as environment for a `thaw` process.
+    pub fn env(&self) -> [(&'static str, &'static str); 2] {
+        [
+            ("AWS_ACCESS_KEY_ID", S3_ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", S3_SECRET_KEY),
+        ]
+    }
+
+    /// Stops the server (the store becomes unreachable).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

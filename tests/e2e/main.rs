@@ -9,4 +9,5 @@ mod embed_function;
 mod parity;
 mod rerank;
 mod runtime;
+mod s3;
 mod snapshot_faults;

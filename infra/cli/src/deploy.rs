@@ -52,6 +52,7 @@ pub(crate) fn run(cmd: DeployCommand) -> Result<()> {
     let plan = manifest.resolve(&Resolver {
         bin_dir,
         snapshots: args.snapshots.unwrap_or_else(crate::default_cache),
+        allow_missing_snapshots: false,
     })?;
     let targets: Vec<Target> = if args.target == "all" {
         vec![Target::AwsSam, Target::Knative, Target::Docker]

@@ -28,6 +28,16 @@ pub(crate) struct ServeArgs {
     /// With --single: listen on 0.0.0.0:PORT (Knative sets $PORT).
     #[arg(long, env = "PORT")]
     port: Option<u16>,
+    /// Pull snapshots missing from the cache from this store (`s3://bucket/prefix`),
+    /// overriding the manifest's `[app] snapshot_store`.
+    #[arg(long)]
+    snapshot_store: Option<String>,
+    /// The snapshot store's S3-compatible endpoint.
+    #[arg(long)]
+    s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing.
+    #[arg(long)]
+    s3_force_path_style: bool,
     /// Where durable calls live (calls.db) [default: $THAW_STATE_DIR or .cache/state].
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -55,9 +65,29 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             .map(PathBuf::from)
             .context("no binary directory")?,
     };
+    let store_config = match (&args.snapshot_store, &manifest.app.snapshot_store) {
+        (Some(url), _) => Some(thaw_snapshot::s3::S3Config {
+            url: url.clone(),
+            endpoint_url: args.s3_endpoint_url.clone(),
+            force_path_style: args.s3_force_path_style,
+            region: None,
+        }),
+        (None, Some(s)) => Some(thaw_snapshot::s3::S3Config {
+            url: s.url.clone(),
+            endpoint_url: args
+                .s3_endpoint_url
+                .clone()
+                .or_else(|| s.endpoint_url.clone()),
+            force_path_style: args.s3_force_path_style || s.force_path_style,
+            region: s.region.clone(),
+        }),
+        (None, None) => None,
+    };
+    let cache_dir = args.snapshots.clone().unwrap_or_else(crate::default_cache);
     let resolver = Resolver {
         bin_dir,
-        snapshots: args.snapshots.unwrap_or_else(crate::default_cache),
+        snapshots: cache_dir.clone(),
+        allow_missing_snapshots: store_config.is_some(),
     };
     let mut plan = manifest.resolve(&resolver)?;
     let mut listen = args.listen.clone();
@@ -84,7 +114,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .map(|(name, f)| (name.to_string(), f.spec.result_ttl.0))
         .collect();
     // Opened before serving: it locks the directory and recovers interrupted calls.
-    let store =
+    let calls =
         thaw_runtime::calls::store::CallStore::open(&state_dir, ttl, std::sync::Arc::default())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -94,7 +124,20 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("bind {listen}"))?;
         let addr = listener.local_addr()?;
-        let rt = thaw_runtime::Runtime::start(&plan, std::env::var("THAW_URL_TOKEN").ok(), store);
+        let fetcher: Option<std::sync::Arc<dyn thaw_runtime::fetch::SnapshotFetcher>> =
+            match store_config {
+                Some(config) => Some(std::sync::Arc::new(S3Fetcher {
+                    store: thaw_snapshot::s3::S3Store::connect(&config).await?,
+                    cache: thaw_snapshot::cache::SnapshotCache::open(&cache_dir)?,
+                })),
+                None => None,
+            };
+        let rt = thaw_runtime::Runtime::start(
+            &plan,
+            std::env::var("THAW_URL_TOKEN").ok(),
+            calls,
+            fetcher,
+        );
         // Whoever started us may stop reading stdout; that must never take thaw down.
         let mut banner = format!("thaw serve listening on http://{addr}\n");
         for name in plan.functions.keys() {
@@ -142,4 +185,29 @@ fn say(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+}
+
+/// Pulls missing snapshots from S3 into the local cache.
+#[derive(Debug)]
+struct S3Fetcher {
+    store: thaw_snapshot::s3::S3Store,
+    cache: thaw_snapshot::cache::SnapshotCache,
+}
+
+impl thaw_runtime::fetch::SnapshotFetcher for S3Fetcher {
+    fn fetch<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> thaw_runtime::fetch::BoxFuture<'a, Result<PathBuf, String>> {
+        Box::pin(async move {
+            if let Ok(dir) = self.cache.resolve(name) {
+                return Ok(dir);
+            }
+            self.store
+                .pull(name, &self.cache, thaw_snapshot::s3::PullOptions::default())
+                .await
+                .map(|(entry, _)| entry.dir)
+                .map_err(|e| e.to_string())
+        })
+    }
 }

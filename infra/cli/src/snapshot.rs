@@ -32,6 +32,27 @@ pub(crate) enum SnapshotCommand {
         #[command(flatten)]
         cache: CacheArg,
     },
+    /// Upload a snapshot to an S3 store (files, then snapshot.json, then the name).
+    Push {
+        /// A snapshot directory, or a name in the cache.
+        target: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
+    /// Download a snapshot from an S3 store into the cache (parallel ranged GETs, verified).
+    Pull {
+        /// The snapshot name.
+        name: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Ranged GETs in flight per file (1 = one plain GET per file).
+        #[arg(long, default_value_t = thaw_snapshot::s3::PARALLEL)]
+        parallel: usize,
+        #[command(flatten)]
+        cache: CacheArg,
+    },
     /// Print the directory of a cached snapshot.
     Path {
         /// The snapshot name.
@@ -39,6 +60,37 @@ pub(crate) enum SnapshotCommand {
         #[command(flatten)]
         cache: CacheArg,
     },
+}
+
+/// Where an S3 snapshot store is.
+#[derive(Debug, Args, Clone)]
+pub(crate) struct StoreArgs {
+    /// `s3://bucket/prefix`.
+    pub(crate) url: String,
+    /// An S3-compatible endpoint, such as http://127.0.0.1:9000 [default: AWS].
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub(crate) endpoint_url: Option<String>,
+    /// Path-style addressing, which most S3-compatible stores need.
+    #[arg(long)]
+    pub(crate) force_path_style: bool,
+    /// The region [default: from the AWS chain, else us-east-1].
+    #[arg(long)]
+    pub(crate) region: Option<String>,
+}
+
+impl StoreArgs {
+    pub(crate) fn config(&self) -> thaw_snapshot::s3::S3Config {
+        thaw_snapshot::s3::S3Config {
+            url: self.url.clone(),
+            endpoint_url: self.endpoint_url.clone(),
+            force_path_style: self.force_path_style,
+            region: self.region.clone(),
+        }
+    }
+}
+
+fn mb_per_s(bytes: u64, elapsed: std::time::Duration) -> f64 {
+    bytes as f64 / 1e6 / elapsed.as_secs_f64().max(1e-9)
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +147,59 @@ fn parse_pooling(s: &str) -> Result<Pooling, String> {
 pub(crate) fn run(cmd: SnapshotCommand) -> Result<()> {
     match cmd {
         SnapshotCommand::Build(args) => build(args),
+        SnapshotCommand::Push {
+            target,
+            store,
+            cache,
+        } => {
+            let dir = locate(&target, &cache)?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let t = rt.block_on(async {
+                let s3 = thaw_snapshot::s3::S3Store::connect(&store.config()).await?;
+                s3.push(&dir).await
+            })?;
+            println!(
+                "pushed {} ({}) to {}: {} bytes in {:.2} s ({:.0} MB/s)",
+                t.name,
+                &t.digest[..12],
+                store.url,
+                t.bytes,
+                t.elapsed.as_secs_f64(),
+                mb_per_s(t.bytes, t.elapsed)
+            );
+            Ok(())
+        }
+        SnapshotCommand::Pull {
+            name,
+            store,
+            parallel,
+            cache,
+        } => {
+            let cache = cache.open()?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let opts = thaw_snapshot::s3::PullOptions {
+                parallel,
+                ..Default::default()
+            };
+            let (entry, t) = rt.block_on(async {
+                let s3 = thaw_snapshot::s3::S3Store::connect(&store.config()).await?;
+                s3.pull(&name, &cache, opts).await
+            })?;
+            println!(
+                "pulled {} ({}) into {}: {} bytes in {:.2} s ({:.0} MB/s)",
+                entry.name,
+                &entry.digest[..12],
+                entry.dir.display(),
+                t.bytes,
+                t.elapsed.as_secs_f64(),
+                mb_per_s(t.bytes, t.elapsed)
+            );
+            Ok(())
+        }
         SnapshotCommand::Verify { target, cache } => {
             let dir = locate(&target, &cache)?;
             let meta = thaw_snapshot::verify(&dir)?;

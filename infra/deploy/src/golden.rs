@@ -31,6 +31,7 @@ fn plan() -> Plan {
                     .iter()
                     .map(|(role, s)| (role.clone(), object(s)))
                     .collect::<BTreeMap<_, _>>(),
+                missing_snapshots: Vec::new(),
                 spec: spec.clone(),
             };
             (name.clone(), f)

@@ -13,7 +13,9 @@ mod units;
 
 pub use error::ManifestError;
 pub use plan::{FunctionPlan, Plan, Resolver};
-pub use schema::{App, Batch, FunctionName, FunctionSpec, Gpu, Manifest, UrlAuth, UrlConfig};
+pub use schema::{
+    App, Batch, FunctionName, FunctionSpec, Gpu, Manifest, SnapshotStore, UrlAuth, UrlConfig,
+};
 pub use units::{ByteSize, Duration};
 
 #[cfg(test)]

@@ -16,6 +16,9 @@ pub struct Resolver {
     pub bin_dir: PathBuf,
     /// The snapshot cache.
     pub snapshots: PathBuf,
+    /// Snapshots missing from the cache are left for the runtime to pull (a snapshot
+    /// store is configured) rather than refused.
+    pub allow_missing_snapshots: bool,
 }
 
 /// What the runtime runs: the manifest, validated and resolved.
@@ -40,6 +43,10 @@ pub struct FunctionPlan {
     pub snapshot_dir: Option<PathBuf>,
     /// Its further snapshots' directories, by role.
     pub snapshot_dirs: BTreeMap<String, PathBuf>,
+    /// Snapshots not in the cache yet, `(role, name)` (`None` is the main `snapshot`):
+    /// the runtime pulls them from the snapshot store before the first cold start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_snapshots: Vec<(Option<String>, String)>,
     /// The declared settings.
     pub spec: FunctionSpec,
 }
@@ -63,20 +70,27 @@ impl Manifest {
                     path: binary_path,
                 });
             }
-            let snapshot_dir = match &spec.snapshot {
-                Some(s) => Some(cache.resolve(s).map_err(|source| ManifestError::Snapshot {
+            let mut missing_snapshots = Vec::new();
+            let mut find = |role: Option<&String>, s: &String| match cache.resolve(s) {
+                Ok(dir) => Ok(Some(dir)),
+                Err(_) if resolver.allow_missing_snapshots => {
+                    missing_snapshots.push((role.cloned(), s.clone()));
+                    Ok(None)
+                }
+                Err(source) => Err(ManifestError::Snapshot {
                     function: name.to_string(),
                     source,
-                })?),
+                }),
+            };
+            let snapshot_dir = match &spec.snapshot {
+                Some(s) => find(None, s)?,
                 None => None,
             };
             let mut snapshot_dirs = BTreeMap::new();
             for (role, s) in &spec.snapshots {
-                let dir = cache.resolve(s).map_err(|source| ManifestError::Snapshot {
-                    function: name.to_string(),
-                    source,
-                })?;
-                snapshot_dirs.insert(role.clone(), dir);
+                if let Some(dir) = find(Some(role), s)? {
+                    snapshot_dirs.insert(role.clone(), dir);
+                }
             }
             functions.insert(
                 name.clone(),
@@ -85,6 +99,7 @@ impl Manifest {
                     binary_path,
                     snapshot_dir,
                     snapshot_dirs,
+                    missing_snapshots,
                     spec: spec.clone(),
                 },
             );

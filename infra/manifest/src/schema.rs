@@ -28,6 +28,26 @@ pub struct App {
     /// Regions to render one stack each for; functions may override.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub regions: Vec<String>,
+    /// Where snapshots missing from the local cache are pulled from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_store: Option<SnapshotStore>,
+}
+
+/// `[app] snapshot_store = { url = "s3://bucket/prefix", ... }`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotStore {
+    /// `s3://bucket/prefix`.
+    pub url: String,
+    /// An S3-compatible endpoint; AWS when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Path-style addressing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force_path_style: bool,
+    /// The region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
 }
 
 /// A validated function name: lower-case letters, digits and '-', starting with a letter.

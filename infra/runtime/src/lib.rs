@@ -14,6 +14,7 @@
 //! [`serve`] ties them together as `run(listener, shutdown)`.
 
 pub mod calls;
+pub mod fetch;
 pub mod front;
 pub mod launcher;
 pub mod logs;
@@ -55,7 +56,12 @@ pub struct Runtime {
 impl Runtime {
     /// Creates a pool per function, starts their `min_containers`, and starts running
     /// the durable calls `store` holds (those recovered from a previous run included).
-    pub fn start(plan: &Plan, url_token: Option<String>, store: CallStore) -> Arc<Self> {
+    pub fn start(
+        plan: &Plan,
+        url_token: Option<String>,
+        store: CallStore,
+        fetcher: Option<Arc<dyn fetch::SnapshotFetcher>>,
+    ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let (stop_background, stopped) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
@@ -65,7 +71,12 @@ impl Runtime {
             .map(|(name, f)| {
                 (
                     name.to_string(),
-                    FunctionPool::start(f.clone(), Arc::clone(&metrics), stopped.clone()),
+                    FunctionPool::start(
+                        f.clone(),
+                        Arc::clone(&metrics),
+                        stopped.clone(),
+                        fetcher.clone(),
+                    ),
                 )
             })
             .collect();

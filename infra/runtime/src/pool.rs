@@ -24,6 +24,7 @@ use bytes::Bytes;
 use thaw_manifest::FunctionPlan;
 use tokio::sync::{oneshot, watch};
 
+use crate::fetch::SnapshotFetcher;
 use crate::launcher::{signal_group, ExecLauncher};
 use crate::logs::LogRing;
 use crate::metrics::Metrics;
@@ -150,6 +151,10 @@ pub struct FunctionPool {
     metrics: Arc<Metrics>,
     closing: AtomicBool,
     me: Weak<FunctionPool>,
+    /// Pulls snapshots missing from the local cache.
+    fetcher: Option<Arc<dyn SnapshotFetcher>>,
+    /// The plan with every snapshot local, once they have been pulled.
+    local_plan: tokio::sync::Mutex<Option<FunctionPlan>>,
 }
 
 impl FunctionPool {
@@ -158,6 +163,7 @@ impl FunctionPool {
         plan: FunctionPlan,
         metrics: Arc<Metrics>,
         shutdown: watch::Receiver<bool>,
+        fetcher: Option<Arc<dyn SnapshotFetcher>>,
     ) -> Arc<Self> {
         let pool = Arc::new_cyclic(|me| Self {
             plan,
@@ -167,6 +173,8 @@ impl FunctionPool {
             metrics,
             closing: AtomicBool::new(false),
             me: me.clone(),
+            fetcher,
+            local_plan: tokio::sync::Mutex::new(None),
         });
         pool.pump();
         tokio::spawn(reaper(Arc::downgrade(&pool), shutdown));
@@ -357,18 +365,53 @@ impl FunctionPool {
         self.pump();
     }
 
+    /// The plan to launch with: every snapshot in the local cache. Snapshots the cache
+    /// lacked at boot are pulled from the snapshot store here, once, by the first cold
+    /// start; later starts reuse the result.
+    async fn launch_plan(&self) -> Result<FunctionPlan, String> {
+        if self.plan.missing_snapshots.is_empty() {
+            return Ok(self.plan.clone());
+        }
+        let mut local = self.local_plan.lock().await;
+        if let Some(p) = local.as_ref() {
+            return Ok(p.clone());
+        }
+        let Some(fetcher) = &self.fetcher else {
+            return Err(format!(
+                "snapshots {:?} are not in the local cache and no snapshot store is configured",
+                self.plan.missing_snapshots
+            ));
+        };
+        let mut plan = self.plan.clone();
+        for (role, snapshot) in &self.plan.missing_snapshots {
+            let t = Instant::now();
+            let dir = fetcher.fetch(snapshot).await?;
+            tracing::info!(function = self.name(), snapshot, pull_ms = t.elapsed().as_millis() as u64, dir = %dir.display(), "snapshot pulled from the store");
+            match role {
+                None => plan.snapshot_dir = Some(dir),
+                Some(r) => {
+                    plan.snapshot_dirs.insert(r.clone(), dir);
+                }
+            }
+        }
+        plan.missing_snapshots.clear();
+        *local = Some(plan.clone());
+        Ok(plan)
+    }
+
     /// Starts instance `id`, waits for it to be ready, then watches it until it exits.
     async fn run_instance(self: Arc<Self>, id: u64) {
         let name = self.instance_name(id);
         let started = Instant::now();
+        let plan = match self.launch_plan().await {
+            Ok(p) => p,
+            Err(msg) => return self.init_failed(id, msg),
+        };
         let api = match InstanceApi::bind().await {
             Ok(api) => Arc::new(api),
             Err(e) => return self.init_failed(id, format!("cannot bind a Runtime API port: {e}")),
         };
-        let mut child = match self
-            .launcher
-            .spawn(&self.plan, api.addr(), &name, &self.logs)
-        {
+        let mut child = match self.launcher.spawn(&plan, api.addr(), &name, &self.logs) {
             Ok(child) => child,
             Err(e) => {
                 return self.init_failed(

@@ -120,6 +120,47 @@ impl SnapshotCache {
         })
     }
 
+    /// A fresh staging directory inside the cache (`.tmp-…`, swept if this process dies),
+    /// for writing a snapshot in place before [`Self::adopt`].
+    pub fn staging(&self, prefix: &str) -> Result<tempfile::TempDir, SnapshotError> {
+        tempfile::Builder::new()
+            .prefix(&format!(".tmp-{prefix}-"))
+            .tempdir_in(self.objects())
+            .map_err(|e| SnapshotError::io(self.objects(), e))
+    }
+
+    /// Verifies a staged snapshot in place (every size and sha256) and renames it into
+    /// the cache under the sha256 of its snapshot.json, then points its name at it.
+    /// On any error the staging directory is removed: nothing partial stays behind.
+    pub fn adopt(&self, staged: tempfile::TempDir) -> Result<CacheEntry, SnapshotError> {
+        let meta_path = staged.path().join(META_FILE);
+        let meta_bytes = std::fs::read(&meta_path).map_err(|e| SnapshotError::io(&meta_path, e))?;
+        let meta = SnapshotMeta::parse(&meta_bytes, &meta_path)?;
+        validate_name(&meta.name)?;
+        verify(staged.path())?;
+        let digest = sha256_bytes(&meta_bytes);
+        let dir = self.objects().join(&digest);
+        if !dir.exists() {
+            let path = staged.keep();
+            if let Err(e) = std::fs::rename(&path, &dir) {
+                let _ = std::fs::remove_dir_all(&path);
+                if !dir.exists() {
+                    return Err(SnapshotError::io(&dir, e));
+                }
+            }
+        }
+        write_file_atomic(
+            &self.name_file(&meta.name),
+            format!("{digest}\n").as_bytes(),
+        )?;
+        Ok(CacheEntry {
+            name: meta.name.clone(),
+            digest,
+            dir,
+            meta,
+        })
+    }
+
     /// The directory of the snapshot a name points at.
     pub fn resolve(&self, name: &str) -> Result<PathBuf, SnapshotError> {
         validate_name(name)?;

@@ -19,6 +19,14 @@ pub enum SnapshotError {
         /// The digest of the bytes on disk.
         actual: String,
     },
+    /// The snapshot store (S3) failed or could not be reached.
+    #[error("snapshot store {url}: {reason}")]
+    Store {
+        /// The object or store URL.
+        url: String,
+        /// What went wrong, after the retries.
+        reason: String,
+    },
     /// A file is shorter or longer than snapshot.json records.
     #[error(
         "size mismatch for {path}: snapshot.json records {expected} bytes, the file has {actual}"

@@ -19,6 +19,7 @@ mod gguf;
 pub mod meta;
 pub mod recipe;
 pub mod restore;
+pub mod s3;
 mod wordfreq;
 
 pub use error::SnapshotError;
