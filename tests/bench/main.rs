@@ -44,6 +44,10 @@ fn main() -> anyhow_free::Result {
             report_llm();
             return Ok(());
         }
+        Some("s3") => {
+            report_s3()?;
+            return Ok(());
+        }
         Some("functions") => {
             rt_functions()?;
             return Ok(());
@@ -62,6 +66,7 @@ fn main() -> anyhow_free::Result {
     report_durable();
     report_llm();
     rt_functions()?;
+    report_s3()?;
     Ok(())
 }
 
@@ -640,4 +645,73 @@ fn report_llm() {
             );
         }
     }
+}
+
+/// S3 snapshot transport against a real S3 server on loopback (s3s-fs): one plain GET per
+/// file against parallel ranged GETs, and embed's cold start from S3 with an empty cache
+/// against a cold start from the local cache, in the same run.
+fn report_s3() -> anyhow_free::Result {
+    use thaw_snapshot::s3::{PullOptions, S3Config, S3Store};
+    println!("== snapshots over S3 (s3s-fs 0.14.1 on loopback) ==");
+    let s3 = thaw_tests::S3Server::start("snapshots");
+    for (k, v) in s3.env() {
+        std::env::set_var(k, v);
+    }
+    let config = S3Config {
+        url: "s3://snapshots/thaw".into(),
+        endpoint_url: Some(s3.endpoint.clone()),
+        force_path_style: true,
+        region: None,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let store = rt.block_on(S3Store::connect(&config))?;
+    for name in ["minilm-l6", "smollm2-135m"] {
+        let t = rt.block_on(store.push(&snapshot_dir(name)))?;
+        println!("push {name}: {:.1} MB in {:.2} s ({:.0} MB/s)", t.bytes as f64 / 1e6, t.elapsed.as_secs_f64(), t.bytes as f64 / 1e6 / t.elapsed.as_secs_f64());
+    }
+    let mut rates = Vec::new();
+    for (label, opts) in [
+        ("one GET per file", PullOptions { parallel: 1, part_size: u64::MAX }),
+        ("ranged GETs, 8 x 8 MiB in flight", PullOptions::default()),
+    ] {
+        let mut mbps = Vec::new();
+        for _ in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let cache = thaw_snapshot::cache::SnapshotCache::open(dir.path())?;
+            let (_, t) = rt.block_on(store.pull("smollm2-135m", &cache, opts))?;
+            mbps.push(t.bytes as f64 / 1e6 / t.elapsed.as_secs_f64());
+        }
+        println!("pull smollm2-135m (146 MB, verified), {label}: median {:.0} MB/s over 3", median(&mbps));
+        rates.push(median(&mbps));
+    }
+    println!("ranged / single GET: {:.2}x", rates[1] / rates[0]);
+
+    let manifest = "[app]\nname = \"bench\"\n[function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n";
+    let first_call = |s: &thaw_tests::Serve| {
+        let t = Instant::now();
+        let r = s.post("/fn/embed/", br#"{"text": "How do I reset my password?"}"#, &[("content-type", "application/json")]);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        ms_since(t)
+    };
+    let (mut from_s3, mut local) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let empty = tempfile::tempdir()?;
+        let cache = empty.path().join("snapshots");
+        let s = thaw_tests::Serve::start_with_env(
+            manifest,
+            &["--snapshots", cache.to_str().unwrap_or_default(), "--snapshot-store", "s3://snapshots/thaw",
+              "--s3-endpoint-url", &s3.endpoint, "--s3-force-path-style"],
+            &s3.env(),
+        );
+        from_s3.push(first_call(&s));
+        let s = thaw_tests::Serve::start(manifest);
+        local.push(first_call(&s));
+    }
+    println!(
+        "embed cold start, zero -> first URL response: empty cache, snapshot pulled from S3: median {:.0} ms; local cache: median {:.1} ms ({:.1}x)",
+        median(&from_s3),
+        median(&local),
+        median(&from_s3) / median(&local)
+    );
+    Ok(())
 }
