@@ -663,15 +663,29 @@ fn report_s3() -> anyhow_free::Result {
         force_path_style: true,
         region: None,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let store = rt.block_on(S3Store::connect(&config))?;
     for name in ["minilm-l6", "smollm2-135m"] {
         let t = rt.block_on(store.push(&snapshot_dir(name)))?;
-        println!("push {name}: {:.1} MB in {:.2} s ({:.0} MB/s)", t.bytes as f64 / 1e6, t.elapsed.as_secs_f64(), t.bytes as f64 / 1e6 / t.elapsed.as_secs_f64());
+        println!(
+            "push {name}: {:.1} MB in {:.2} s ({:.0} MB/s)",
+            t.bytes as f64 / 1e6,
+            t.elapsed.as_secs_f64(),
+            t.bytes as f64 / 1e6 / t.elapsed.as_secs_f64()
+        );
     }
     let mut rates = Vec::new();
     for (label, opts) in [
-        ("one GET per file", PullOptions { parallel: 1, part_size: u64::MAX }),
+        (
+            "one GET per file",
+            PullOptions {
+                parallel: 1,
+                part_size: u64::MAX,
+            },
+        ),
         ("ranged GETs, 8 x 8 MiB in flight", PullOptions::default()),
     ] {
         let mut mbps = Vec::new();
@@ -681,15 +695,23 @@ fn report_s3() -> anyhow_free::Result {
             let (_, t) = rt.block_on(store.pull("smollm2-135m", &cache, opts))?;
             mbps.push(t.bytes as f64 / 1e6 / t.elapsed.as_secs_f64());
         }
-        println!("pull smollm2-135m (146 MB, verified), {label}: median {:.0} MB/s over 3", median(&mbps));
+        println!(
+            "pull smollm2-135m (146 MB, verified), {label}: median {:.0} MB/s over 3",
+            median(&mbps)
+        );
         rates.push(median(&mbps));
     }
     println!("ranged / single GET: {:.2}x", rates[1] / rates[0]);
 
-    let manifest = "[app]\nname = \"bench\"\n[function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n";
+    let manifest =
+        "[app]\nname = \"bench\"\n[function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n";
     let first_call = |s: &thaw_tests::Serve| {
         let t = Instant::now();
-        let r = s.post("/fn/embed/", br#"{"text": "How do I reset my password?"}"#, &[("content-type", "application/json")]);
+        let r = s.post(
+            "/fn/embed/",
+            br#"{"text": "How do I reset my password?"}"#,
+            &[("content-type", "application/json")],
+        );
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         ms_since(t)
     };
@@ -699,8 +721,15 @@ fn report_s3() -> anyhow_free::Result {
         let cache = empty.path().join("snapshots");
         let s = thaw_tests::Serve::start_with_env(
             manifest,
-            &["--snapshots", cache.to_str().unwrap_or_default(), "--snapshot-store", "s3://snapshots/thaw",
-              "--s3-endpoint-url", &s3.endpoint, "--s3-force-path-style"],
+            &[
+                "--snapshots",
+                cache.to_str().unwrap_or_default(),
+                "--snapshot-store",
+                "s3://snapshots/thaw",
+                "--s3-endpoint-url",
+                &s3.endpoint,
+                "--s3-force-path-style",
+            ],
             &s3.env(),
         );
         from_s3.push(first_call(&s));

@@ -188,3 +188,20 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
     }
     Ok(lim.rlim_cur as u64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_get_their_own_group_of_gpus_round_robin() {
+        assert_eq!(instance_number("embed-gpu-3"), 3);
+        std::env::set_var("THAW_GPUS", "0,1,2,3");
+        assert_eq!(gpu_devices(1, 2).as_deref(), Some("2,3"));
+        assert_eq!(gpu_devices(2, 2).as_deref(), Some("0,1"));
+        assert_eq!(gpu_devices(3, 1).as_deref(), Some("3"));
+        // Asking for more than the machine has: all of them.
+        assert_eq!(gpu_devices(1, 8).as_deref(), Some("0,1,2,3"));
+        std::env::remove_var("THAW_GPUS");
+    }
+}
