@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Args, Subcommand};
 use thaw_deploy::{RenderOptions, Target};
 use thaw_manifest::{Manifest, Resolver};
@@ -42,13 +42,7 @@ pub(crate) struct RenderArgs {
 pub(crate) fn run(cmd: DeployCommand) -> Result<()> {
     let DeployCommand::Render(args) = cmd;
     let manifest = Manifest::load(&args.manifest)?;
-    let bin_dir = match args.bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .map(PathBuf::from)
-            .context("no binary directory")?,
-    };
+    let bin_dir = crate::bin_dir(args.bin_dir)?;
     let plan = manifest.resolve(&Resolver {
         bin_dir,
         snapshots: args.snapshots.unwrap_or_else(crate::default_cache),

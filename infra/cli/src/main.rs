@@ -100,6 +100,17 @@ pub(crate) fn default_cache() -> PathBuf {
         .map_or_else(|| PathBuf::from(".cache/snapshots"), PathBuf::from)
 }
 
+/// The function binaries: `--bin-dir`, else the directory of this thaw binary.
+pub(crate) fn bin_dir(given: Option<PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d),
+        None => std::env::current_exe()?
+            .parent()
+            .map(PathBuf::from)
+            .context("no binary directory"),
+    }
+}
+
 fn main() -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

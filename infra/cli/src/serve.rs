@@ -58,13 +58,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     if let Err(e) = thaw_runtime::launcher::raise_fd_limit() {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
     }
-    let bin_dir = match args.bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .map(PathBuf::from)
-            .context("no binary directory")?,
-    };
+    let bin_dir = crate::bin_dir(args.bin_dir)?;
     let store_config = match (&args.snapshot_store, &manifest.app.snapshot_store) {
         (Some(url), _) => Some(thaw_snapshot::s3::S3Config {
             url: url.clone(),

@@ -99,15 +99,38 @@ impl SnapshotCache {
             }
             // Verify what will be used, not what was copied from; errors name the source.
             verify(staging.path()).map_err(|e| rename_path(e, staging.path(), src))?;
+            return self.install(staging, digest, meta);
+        }
+        self.install_name(digest, dir, meta)
+    }
+
+    /// Renames a verified staging directory to `objects/<digest>` and points the name at
+    /// it. Another process may have installed the same content first; that is fine.
+    fn install(
+        &self,
+        staging: tempfile::TempDir,
+        digest: String,
+        meta: SnapshotMeta,
+    ) -> Result<CacheEntry, SnapshotError> {
+        let dir = self.objects().join(&digest);
+        if !dir.exists() {
             let staged = staging.keep();
             if let Err(e) = std::fs::rename(&staged, &dir) {
                 let _ = std::fs::remove_dir_all(&staged);
-                // Another process may have inserted the same content first; that is fine.
                 if !dir.exists() {
                     return Err(SnapshotError::io(&dir, e));
                 }
             }
         }
+        self.install_name(digest, dir, meta)
+    }
+
+    fn install_name(
+        &self,
+        digest: String,
+        dir: PathBuf,
+        meta: SnapshotMeta,
+    ) -> Result<CacheEntry, SnapshotError> {
         write_file_atomic(
             &self.name_file(&meta.name),
             format!("{digest}\n").as_bytes(),
@@ -139,26 +162,7 @@ impl SnapshotCache {
         validate_name(&meta.name)?;
         verify(staged.path())?;
         let digest = sha256_bytes(&meta_bytes);
-        let dir = self.objects().join(&digest);
-        if !dir.exists() {
-            let path = staged.keep();
-            if let Err(e) = std::fs::rename(&path, &dir) {
-                let _ = std::fs::remove_dir_all(&path);
-                if !dir.exists() {
-                    return Err(SnapshotError::io(&dir, e));
-                }
-            }
-        }
-        write_file_atomic(
-            &self.name_file(&meta.name),
-            format!("{digest}\n").as_bytes(),
-        )?;
-        Ok(CacheEntry {
-            name: meta.name.clone(),
-            digest,
-            dir,
-            meta,
-        })
+        self.install(staged, digest, meta)
     }
 
     /// The directory of the snapshot a name points at.
