@@ -201,6 +201,17 @@ impl MapSummary {
     }
 }
 
+/// How a map's results are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MapOrder {
+    /// Input order.
+    #[default]
+    Index,
+    /// Completion order.
+    Completion,
+}
+
 /// One finished item of a map.
 #[derive(Debug, Clone)]
 pub struct MapItem {
@@ -832,58 +843,43 @@ impl CallStore {
         .await
     }
 
-    /// Up to `limit` finished items in input order from `offset`, stopping at the first
-    /// item that is not finished, so a reader can page through in order.
-    pub async fn map_items_in_order(
+    /// Up to `limit` finished items of a map after position `from`:
+    /// - [`MapOrder::Index`]: input order from index `from`, stopping at the first item not
+    ///   yet finished, so a reader pages through in order;
+    /// - [`MapOrder::Completion`]: completion order, after completion number `from`.
+    pub async fn map_items(
         &self,
         map_id: &str,
-        offset: i64,
+        order: MapOrder,
+        from: i64,
         limit: usize,
     ) -> Result<Vec<MapItem>, StoreError> {
         let map_id = map_id.to_owned();
         self.run(
             move |w| {
-                let mut stmt = w.conn.prepare_cached(
-                    "SELECT map_index, status, result, error, done_seq, expired FROM calls \
-                     WHERE map_id = ?1 AND map_index >= ?2 ORDER BY map_index LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(params![map_id, offset, limit as i64], map_item_row)?;
-                let mut items = Vec::new();
-                let mut expect = offset;
-                for row in rows {
-                    let Some(item) = row? else { break };
-                    if item.index != expect {
-                        break;
+                let sql = match order {
+                    MapOrder::Index => {
+                        "SELECT map_index, status, result, error, done_seq, expired FROM calls \
+                         WHERE map_id = ?1 AND map_index >= ?2 ORDER BY map_index LIMIT ?3"
                     }
-                    expect += 1;
-                    items.push(item);
-                }
-                Ok(items)
-            },
-            |_, _| {},
-        )
-        .await
-    }
-
-    /// Up to `limit` finished items in completion order, after completion number `after`.
-    pub async fn map_items_by_completion(
-        &self,
-        map_id: &str,
-        after: i64,
-        limit: usize,
-    ) -> Result<Vec<MapItem>, StoreError> {
-        let map_id = map_id.to_owned();
-        self.run(
-            move |w| {
-                let mut stmt = w.conn.prepare_cached(
-                    "SELECT map_index, status, result, error, done_seq, expired FROM calls \
-                     WHERE map_id = ?1 AND done_seq > ?2 ORDER BY done_seq LIMIT ?3",
-                )?;
-                let rows = stmt.query_map(params![map_id, after, limit as i64], map_item_row)?;
+                    MapOrder::Completion => {
+                        "SELECT map_index, status, result, error, done_seq, expired FROM calls \
+                         WHERE map_id = ?1 AND done_seq > ?2 ORDER BY done_seq LIMIT ?3"
+                    }
+                };
+                let mut stmt = w.conn.prepare_cached(sql)?;
+                let rows = stmt.query_map(params![map_id, from, limit as i64], map_item_row)?;
                 let mut items = Vec::new();
                 for row in rows {
-                    if let Some(item) = row? {
-                        items.push(item);
+                    match (order, row?) {
+                        (MapOrder::Index, Some(item))
+                            if item.index == from + items.len() as i64 =>
+                        {
+                            items.push(item)
+                        }
+                        (MapOrder::Index, _) => break,
+                        (MapOrder::Completion, Some(item)) => items.push(item),
+                        (MapOrder::Completion, None) => {}
                     }
                 }
                 Ok(items)

@@ -33,7 +33,7 @@ use super::calls::{bad_query, wait_of};
 use super::{error, pool, store_error, Shared};
 use crate::calls::input::{Item, Splitter};
 use crate::calls::signals::Watch;
-use crate::calls::store::{CallStore, MapItem, StoreError};
+use crate::calls::store::{CallStore, MapItem, MapOrder as Order, StoreError};
 
 /// Items committed per transaction while reading a map's input.
 const INSERT_BATCH: usize = 512;
@@ -41,17 +41,6 @@ const INSERT_BATCH: usize = 512;
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Results read from the store per query.
 const PAGE: usize = 512;
-
-/// `?order=index|completion`.
-#[derive(Debug, Deserialize, Default, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum Order {
-    /// Input order.
-    #[default]
-    Index,
-    /// Completion order.
-    Completion,
-}
 
 #[derive(Debug, Deserialize)]
 pub(super) struct MapQuery {
@@ -240,14 +229,12 @@ async fn emit(
     let mut sent: i64 = 0;
     let mut after_seq: i64 = 0;
     loop {
-        let page = match order {
-            Order::Index => rt.store.map_items_in_order(&map_id, sent, PAGE).await,
-            Order::Completion => {
-                rt.store
-                    .map_items_by_completion(&map_id, after_seq, PAGE)
-                    .await
-            }
+        let from = if order == Order::Index {
+            sent
+        } else {
+            after_seq
         };
+        let page = rt.store.map_items(&map_id, order, from, PAGE).await;
         let items = match page {
             Ok(items) => items,
             Err(e) => {
@@ -339,14 +326,12 @@ pub(super) async fn get(
             }
             Err(e) => return store_error(&e),
         };
-        let items = match q.order {
-            Order::Index => rt.store.map_items_in_order(&map_id, offset, limit).await,
-            Order::Completion => {
-                rt.store
-                    .map_items_by_completion(&map_id, after, limit)
-                    .await
-            }
+        let from = if q.order == Order::Index {
+            offset
+        } else {
+            after
         };
+        let items = rt.store.map_items(&map_id, q.order, from, limit).await;
         let items = match items {
             Ok(i) => i,
             Err(e) => return store_error(&e),
