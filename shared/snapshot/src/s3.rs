@@ -333,7 +333,7 @@ impl S3Store {
         stream::iter(parts)
             .map(|(start, end)| {
                 let file = Arc::clone(&file);
-                async move { self.fetch_range(rel, start, end, &file, dst).await }
+                async move { self.fetch_range(rel, start, end, &file).await }
             })
             .buffer_unordered(opts.parallel.max(1))
             .try_collect::<Vec<()>>()
@@ -350,7 +350,6 @@ impl S3Store {
         start: u64,
         end: u64,
         file: &std::fs::File,
-        dst: &Path,
     ) -> Result<(), SnapshotError> {
         let mut at = start;
         let mut attempt = 0;
@@ -397,7 +396,6 @@ impl S3Store {
                 }
             }
         }
-        let _ = dst;
         Ok(())
     }
 }
