@@ -112,7 +112,7 @@ fn concurrency_caps_hold_and_a_full_queue_gets_429() {
         replies.iter().map(|r| r.status).collect::<Vec<_>>()
     );
     assert!(
-        ok <= 5 && ok >= 1,
+        (1..=5).contains(&ok),
         "{ok} succeeded; at most 1 running + 4 queued"
     );
     for r in &throttled {

@@ -6,5 +6,5 @@ use mimalloc::MiMalloc;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> Result<(), thaw_fn::Error> {
-    thaw_fn::run(|| Ok(analytics::Analytics::default()))
+    thaw_fn::run(|| Ok(analytics::Analytics))
 }

@@ -243,6 +243,37 @@ pub fn defines(text_lower: &str, term: &str) -> bool {
         .any(|re| re.is_match(text_lower))
 }
 
+/// Common prefixes that make a rare-looking word from a common one ("subproblem").
+const PREFIXES: &[&str] = &[
+    "sub", "re", "un", "over", "under", "non", "pre", "multi", "inter", "super", "self-",
+];
+/// Inflections to strip before looking a word up ("cools", "collided").
+const SUFFIXES: &[&str] = &["ies", "es", "s", "ed", "d", "ing", "ly"];
+
+/// The forms of a word worth looking up: itself, without an inflection, and the common
+/// word left after a common prefix.
+pub fn lookup_forms(w: &str) -> Vec<String> {
+    let mut forms = vec![w.to_owned()];
+    for suffix in SUFFIXES {
+        if let Some(stem) = w.strip_suffix(suffix) {
+            if stem.len() >= 3 {
+                forms.push(stem.to_owned());
+                if *suffix == "ies" {
+                    forms.push(format!("{stem}y"));
+                }
+            }
+        }
+    }
+    for prefix in PREFIXES {
+        if let Some(rest) = w.strip_prefix(prefix) {
+            if rest.len() >= 4 {
+                forms.push(rest.to_owned());
+            }
+        }
+    }
+    forms
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,35 +325,4 @@ mod tests {
             "glucose"
         ));
     }
-}
-
-/// Common prefixes that make a rare-looking word from a common one ("subproblem").
-const PREFIXES: &[&str] = &[
-    "sub", "re", "un", "over", "under", "non", "pre", "multi", "inter", "super", "self-",
-];
-/// Inflections to strip before looking a word up ("cools", "collided").
-const SUFFIXES: &[&str] = &["ies", "es", "s", "ed", "d", "ing", "ly"];
-
-/// The forms of a word worth looking up: itself, without an inflection, and the common
-/// word left after a common prefix.
-pub fn lookup_forms(w: &str) -> Vec<String> {
-    let mut forms = vec![w.to_owned()];
-    for suffix in SUFFIXES {
-        if let Some(stem) = w.strip_suffix(suffix) {
-            if stem.len() >= 3 {
-                forms.push(stem.to_owned());
-                if *suffix == "ies" {
-                    forms.push(format!("{stem}y"));
-                }
-            }
-        }
-    }
-    for prefix in PREFIXES {
-        if let Some(rest) = w.strip_prefix(prefix) {
-            if rest.len() >= 4 {
-                forms.push(rest.to_owned());
-            }
-        }
-    }
-    forms
 }

@@ -45,7 +45,7 @@ mod golden {
         v
     }
 
-    fn check(path: &PathBuf, ext: &str, actual: &str) {
+    fn check(path: &std::path::Path, ext: &str, actual: &str) {
         let expected_path = path.with_extension(ext);
         if std::env::var_os("UPDATE_GOLDEN").is_some() {
             std::fs::write(&expected_path, actual)

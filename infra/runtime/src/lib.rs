@@ -9,7 +9,8 @@
 //! - [`front`]: the HTTP front: function URLs, the AWS Invoke API, `/v1`, health, metrics.
 //! - [`calls`]: durable calls: the SQLite call store, the per-function executor that
 //!   runs spawned, mapped and Event calls with retries, and map input splitting.
-//! - [`metrics`]: Prometheus.
+//! - [`fetch`]: snapshots missing from the local cache, pulled on the first cold start.
+//! - [`metrics`], the Prometheus registry.
 //!
 //! [`serve`] ties them together as `run(listener, shutdown)`.
 

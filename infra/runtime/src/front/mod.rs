@@ -160,6 +160,8 @@ fn call_error(e: &CallError) -> Response {
     resp
 }
 
+// The error is the response itself, returned as is by the handlers.
+#[allow(clippy::result_large_err)]
 fn pool<'a>(rt: &'a Runtime, name: &str) -> Result<&'a Arc<FunctionPool>, Response> {
     if !rt.accepting() {
         return Err(error(
