@@ -129,6 +129,38 @@ pub(super) async fn spawn_map(
     }
 }
 
+/// Items read but not yet committed, and how many came before them.
+struct Batch<'a> {
+    map_id: &'a str,
+    function: &'a str,
+    committed: i64,
+    items: Vec<Item>,
+}
+
+impl Batch<'_> {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Commits the items, indexed after those committed before.
+    async fn commit(&mut self, store: &CallStore) -> Result<(), StoreError> {
+        let first = self.committed;
+        self.committed += self.items.len() as i64;
+        store
+            .add_map_items(
+                self.map_id,
+                self.function,
+                first,
+                std::mem::take(&mut self.items),
+            )
+            .await
+    }
+}
+
 /// Reads a map's input into the store, `INSERT_BATCH` items per commit. With a window,
 /// waits while `window` items are unfinished. Ends by recording the total.
 async fn ingest(
@@ -140,8 +172,12 @@ async fn ingest(
 ) -> Result<(i64, Option<String>), StoreError> {
     let mut splitter = Splitter::default();
     let mut chunks = body.into_data_stream();
-    let mut committed: i64 = 0;
-    let mut batch: Vec<Item> = Vec::new();
+    let mut batch = Batch {
+        map_id: &map_id,
+        function: &function,
+        committed: 0,
+        items: Vec::new(),
+    };
     let mut input_error: Option<String> = None;
     let mut ended = false;
     loop {
@@ -149,15 +185,11 @@ async fn ingest(
             if let Some((size, watch)) = window.as_mut() {
                 loop {
                     let finished = watch.receiver().map_or(0, |rx| *rx.borrow_and_update()) as i64;
-                    if committed + (batch.len() as i64) - finished < *size as i64 {
+                    if batch.committed + (batch.len() as i64) - finished < *size as i64 {
                         break;
                     }
                     if !batch.is_empty() {
-                        let first = committed;
-                        committed += batch.len() as i64;
-                        store
-                            .add_map_items(&map_id, &function, first, std::mem::take(&mut batch))
-                            .await?;
+                        batch.commit(&store).await?;
                         continue;
                     }
                     watch.changed().await;
@@ -165,13 +197,9 @@ async fn ingest(
             }
             match splitter.next_item() {
                 Ok(Some(item)) => {
-                    batch.push(item);
+                    batch.items.push(item);
                     if batch.len() >= INSERT_BATCH {
-                        let first = committed;
-                        committed += batch.len() as i64;
-                        store
-                            .add_map_items(&map_id, &function, first, std::mem::take(&mut batch))
-                            .await?;
+                        batch.commit(&store).await?;
                     }
                 }
                 Ok(None) => break,
@@ -183,11 +211,7 @@ async fn ingest(
             }
         }
         if !batch.is_empty() {
-            let first = committed;
-            committed += batch.len() as i64;
-            store
-                .add_map_items(&map_id, &function, first, std::mem::take(&mut batch))
-                .await?;
+            batch.commit(&store).await?;
         }
         if ended {
             break;
@@ -212,10 +236,9 @@ async fn ingest(
             }
         }
     }
-    store
-        .close_map(&map_id, committed, input_error.clone())
-        .await?;
-    Ok((committed, input_error))
+    let total = batch.committed;
+    store.close_map(&map_id, total, input_error.clone()).await?;
+    Ok((total, input_error))
 }
 
 /// Streams a map's results as NDJSON lines until every item has been sent.
