@@ -340,13 +340,7 @@ pub(super) async fn get(
     loop {
         let summary = match rt.store.map_summary(&map_id).await {
             Ok(Some(s)) => s,
-            Ok(None) => {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    "MapNotFound",
-                    format!("no map {map_id:?}"),
-                )
-            }
+            Ok(None) => return map_not_found(&map_id),
             Err(e) => return store_error(&e),
         };
         let from = if q.order == Order::Index {
@@ -397,16 +391,18 @@ pub(super) async fn get(
     }
 }
 
+fn map_not_found(map_id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        "MapNotFound",
+        format!("no map {map_id:?}"),
+    )
+}
+
 pub(super) async fn cancel(State(rt): State<Shared>, Path(map_id): Path<String>) -> Response {
     match rt.store.map_summary(&map_id).await {
         Ok(Some(_)) => {}
-        Ok(None) => {
-            return error(
-                StatusCode::NOT_FOUND,
-                "MapNotFound",
-                format!("no map {map_id:?}"),
-            )
-        }
+        Ok(None) => return map_not_found(&map_id),
         Err(e) => return store_error(&e),
     }
     match rt.store.cancel_map(&map_id).await {
