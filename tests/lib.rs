@@ -66,9 +66,12 @@ impl Harness {
         snapshot: Option<&std::path::Path>,
         extra_env: &[(&str, &str)],
     ) -> Self {
-        let api = InstanceApi::bind().await.expect("bind runtime api");
+        let api = InstanceApi::on_host_loopback()
+            .await
+            .expect("bind runtime api");
+        let addr = api.addr().expect("runtime api address");
         let mut cmd = Command::new(binary);
-        cmd.env(env::RUNTIME_API, api.addr().to_string())
+        cmd.env(env::RUNTIME_API, addr.to_string())
             .env(env::FUNCTION_NAME, "test")
             .env(env::MEMORY_SIZE, "1024")
             .env(env::FUNCTION_VERSION, "$LATEST")

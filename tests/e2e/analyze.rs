@@ -152,7 +152,7 @@ async fn scores_order_the_labelled_set_find_planted_jargon_and_ask_a_question() 
 
 #[tokio::test]
 async fn a_zero_budget_falls_back_to_the_template() {
-    let h = analyze_with(&[("THAW_ANALYZE_QUESTION_BUDGET_MS", "0")]).await;
+    let h = analyze_with(&[("ANALYZE_QUESTION_BUDGET_MS", "0")]).await;
     let r = ok_json(
         h.invoke(
             &json!({"explanation": "A function calls itself.", "topic": "recursion",

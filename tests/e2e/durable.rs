@@ -56,7 +56,7 @@ fn kill_9_mid_batch_loses_nothing_and_idempotency_keys_survive_the_restart() {
     let state = dir.path().join("state");
     let log = dir.path().join("executions.log");
     let m = manifest(&format!(
-        "[function.rec]\nbinary = \"thaw-fault\"\nmax_containers = 2\nconcurrency = 4\nenv = {{ THAW_FAULT_LOG = {:?} }}\n",
+        "[function.rec]\nbinary = \"thaw-fault\"\nmax_containers = 2\nconcurrency = 4\nenv = {{ FAULT_LOG = {:?} }}\n",
         log.display().to_string()
     ));
     let input = |i: usize| json!({"action": "record", "key": format!("k{i}"), "ms": 3});
@@ -350,7 +350,7 @@ fn maps_take_json_arrays_completion_order_spawn_map_paging_and_the_cli() {
 fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
     let dir = tempfile::tempdir().expect("tempdir");
     let env = format!(
-        "env = {{ THAW_FAULT_STATE = {:?} }}\nretry_backoff = \"50ms\"\n",
+        "env = {{ FAULT_STATE = {:?} }}\nretry_backoff = \"50ms\"\n",
         dir.path().display().to_string()
     );
     let s = Serve::start(&manifest(&format!(
@@ -428,7 +428,7 @@ fn a_cancelled_queued_call_never_runs_and_results_expire() {
     let log = dir.path().join("log");
     let s = Serve::start(&manifest(&format!(
         "[function.one]\nbinary = \"thaw-fault\"\nmax_containers = 1\nresult_ttl = \"1s\"\n\
-         env = {{ THAW_FAULT_LOG = {:?} }}\n",
+         env = {{ FAULT_LOG = {:?} }}\n",
         log.display().to_string()
     )));
     let busy = spawn(

@@ -10,7 +10,7 @@ async fn embed() -> Harness {
     Harness::start(
         &binary("embed"),
         Some(&snapshot_dir("minilm-l6")),
-        &[("THAW_EMBED_MAX_TEXTS", "8")],
+        &[("EMBED_MAX_TEXTS", "8")],
     )
     .await
 }

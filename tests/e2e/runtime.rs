@@ -159,7 +159,7 @@ fn faults_are_typed_the_instance_is_replaced_and_healthy_calls_are_unaffected() 
         fault_fn(
             "broken",
             &format!(
-                "env = {{ THAW_FAULT_INIT = \"fail\", THAW_FAULT_STARTS = \"{starts_path}\" }}"
+                "env = {{ FAULT_INIT = \"fail\", FAULT_STARTS = \"{starts_path}\" }}"
             ),
         ),
     ]));
@@ -295,7 +295,7 @@ fn invoke_api_speaks_aws() {
 fn function_urls_carry_json_binary_and_refuse_oversized_bodies() {
     let s = Serve::start(&manifest(&[
         fault_fn("f", ""),
-        fault_fn("raw", "env = { THAW_FAULT_MODE = \"raw\" }"),
+        fault_fn("raw", "env = { FAULT_MODE = \"raw\" }"),
     ]));
     let r = call(&s, "f", json!({"echo": [1, 2]}));
     assert_eq!(r.status, 200);
@@ -405,7 +405,7 @@ fn sigkill_of_thaw_leaves_no_child() {
 fn single_mode_serves_one_function_over_plain_http_with_readiness() {
     let m = "[app]\nname = \"test\"\n\
              [function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n\
-             [function.broken]\nbinary = \"thaw-fault\"\nenv = { THAW_FAULT_INIT = \"fail\" }\n";
+             [function.broken]\nbinary = \"thaw-fault\"\nenv = { FAULT_INIT = \"fail\" }\n";
     let s = Serve::start_with_args(m, &["--single", "embed"]);
     // Ready once the instance has loaded its model (min_containers is forced to 1).
     assert!(s.wait_until(Duration::from_secs(30), |s| s.get("/healthz").status == 200));

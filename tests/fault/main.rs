@@ -1,13 +1,46 @@
 //! `thaw-fault`: a test-only function that misbehaves on command.
 //!
-//! Request `{"action": ..}`: `echo` (default), `sleep` (`ms`), `panic`, `abort`, `exit`
-//! (`code`), `hang`, `flood` (`lines` of stderr), `fail` (a typed InvalidInput error),
-//! `record` (sleep `ms`, then append `key` to the file `THAW_FAULT_LOG`: a side channel
-//! that counts completed executions), and `flaky` (fail the first `fail` attempts of
-//! `key`, counted in `THAW_FAULT_STATE/<key>`, by `how`: `exit` or `error`).
-//! Every success answers `{"instance", "pid", "echo"}` so tests can count instances.
-//! `THAW_FAULT_INIT=fail` makes init fail with a recognisable message; `THAW_FAULT_STARTS`
-//! names a file that gets one line per process start.
+//! Request `{"action": ..}`:
+//! - `echo` (default): answers at once.
+//! - `sleep` (`ms`), `panic`, `abort`, `exit` (`code`), `hang`, `flood` (`lines` of stderr).
+//! - `fail`: a typed InvalidInput error.
+//! - `record`: sleep `ms`, then append `key` to the file `FAULT_LOG` (a side channel that
+//!   counts completed executions).
+//! - `flaky`: fail the first `fail` attempts of `key`, counted in `FAULT_STATE/<key>`, by
+//!   `how`: `exit` or `error`.
+//!
+//! Hostile actions, to prove a sandbox holds; each answers with a `report`:
+//! - `alloc`: allocate `mb` MiB (default 512), write every page, and hold it in the
+//!   instance until the next `alloc` (`mb: 0` frees it). `{"allocated_mb", "rss_mb"}`.
+//! - `read`: try each of `paths`: `{path: {"ok": true, "bytes", "head"} (first 64 bytes)
+//!   | {"ok": true, "dir": true, "entries"} | {"ok": false, "error": "<Kind>: <message>"}}`.
+//! - `environ`: this process's environment, as a map.
+//! - `proc_environ`: `{"self_pid", "visible_pids", "readable": {pid: first 200 bytes of
+//!   /proc/PID/environ, NULs as newlines}}`, other pids only.
+//! - `probe`: learn ports (environment values, LISTEN sockets in `/proc/net/tcp{,6}`, and,
+//!   unless `scan: false`, a connect scan of 127.0.0.1:1024-65535), send every open port
+//!   but our own Runtime API a `GET .../invocation/next`, and answer any invocation it
+//!   hands over with a forged `FORGED` response. `{"own_api", "learned", "open",
+//!   "answers": [{"port", "status", "request_id"}], "stolen": [{"port", "request_id",
+//!   "forged_status", ..}], "scan_ms"}`.
+//! - `spawn_tree`: start three processes that sleep forever with `marker` in their command
+//!   line: a plain child, a child in its own session (setsid), and a daemon orphaned by a
+//!   double fork. `{"spawned": 3, "marker", "child_pids"}`.
+//! - `forkbomb`: start up to `n` (default 2000) such processes, stopping at the first spawn
+//!   error, then kill and reap them. `{"started": n}`, or an Internal error
+//!   "process limit reached after N processes: <io error>".
+//!
+//! Every success answers `{"instance", "pid", "echo"}` (plus `report`, if any) so tests
+//! can count instances. `FAULT_INIT=fail` makes init fail with a recognisable message;
+//! `FAULT_STARTS` names a file that gets one line per process start; `FAULT_MODE=raw` runs
+//! a plain lambda_runtime echo instead.
+//!
+//! Argv modes, handled before anything else (the processes `spawn_tree` and `forkbomb`
+//! start): `--linger MARKER` sleeps forever; `--daemonize MARKER` starts `--linger MARKER`
+//! in a new session and exits at once.
+
+mod hostile;
+mod probe;
 
 use std::io::Write as _;
 use std::time::Duration;
@@ -33,6 +66,21 @@ struct Request {
     fail: Option<u32>,
     #[serde(default)]
     how: Option<String>,
+    /// `alloc`: MiB to allocate.
+    #[serde(default)]
+    mb: Option<usize>,
+    /// `read`: paths to try.
+    #[serde(default)]
+    paths: Option<Vec<String>>,
+    /// `probe`: whether to connect-scan 127.0.0.1:1024-65535 (default true).
+    #[serde(default)]
+    scan: Option<bool>,
+    /// `spawn_tree`, `forkbomb`: the string the lingering processes carry in argv.
+    #[serde(default)]
+    marker: Option<String>,
+    /// `forkbomb`: how many processes to try.
+    #[serde(default)]
+    n: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -40,11 +88,21 @@ struct Response {
     instance: String,
     pid: u32,
     echo: serde_json::Value,
+    /// What a hostile action found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<serde_json::Value>,
 }
+
+/// The marker lingering processes carry when the request names none.
+const DEFAULT_MARKER: &str = "thaw-fault-linger";
 
 #[derive(Debug)]
 struct Fault {
     instance: String,
+    /// The block `alloc` holds.
+    held: Vec<u8>,
+    /// `spawn_tree`'s direct children, reaped when they die.
+    children: Vec<std::process::Child>,
 }
 
 impl Function for Fault {
@@ -57,7 +115,10 @@ impl Function for Fault {
 }
 
 impl Fault {
-    fn handle(&self, r: Request) -> Result<Response, FnError> {
+    fn handle(&mut self, r: Request) -> Result<Response, FnError> {
+        self.children
+            .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
+        let mut report = None;
         match r.action.as_deref().unwrap_or("echo") {
             "echo" => {}
             "sleep" => std::thread::sleep(Duration::from_millis(r.ms.unwrap_or(100))),
@@ -95,19 +156,41 @@ impl Fault {
                     std::process::exit(3);
                 }
             }
+            "alloc" => {
+                let mb = r.mb.unwrap_or(512);
+                self.held = Vec::new(); // free the old block first
+                self.held = hostile::alloc(mb)?;
+                let rss_mb = hostile::rss_mb();
+                report = Some(serde_json::json!({"allocated_mb": mb, "rss_mb": rss_mb}));
+            }
+            "read" => report = Some(hostile::read(r.paths.as_deref().unwrap_or_default())),
+            "environ" => report = Some(hostile::environ()),
+            "proc_environ" => report = Some(hostile::proc_environ()),
+            "probe" => report = Some(probe::probe(r.scan.unwrap_or(true))),
+            "spawn_tree" => {
+                let marker = r.marker.as_deref().unwrap_or(DEFAULT_MARKER);
+                let (found, children) = hostile::spawn_tree(marker)?;
+                self.children.extend(children);
+                report = Some(found);
+            }
+            "forkbomb" => {
+                let marker = r.marker.as_deref().unwrap_or(DEFAULT_MARKER);
+                report = Some(hostile::forkbomb(r.n.unwrap_or(2000), marker)?);
+            }
             other => return Err(FnError::invalid_input(format!("unknown action {other:?}"))),
         }
         Ok(Response {
             instance: self.instance.clone(),
             pid: std::process::id(),
             echo: r.echo.unwrap_or_default(),
+            report,
         })
     }
 }
 
-/// Appends `key` to `THAW_FAULT_LOG` in one write, so concurrent instances never interleave.
+/// Appends `key` to `FAULT_LOG` in one write, so concurrent instances never interleave.
 fn record(key: &str) {
-    if let Some(path) = std::env::var_os("THAW_FAULT_LOG") {
+    if let Some(path) = std::env::var_os("FAULT_LOG") {
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -118,9 +201,9 @@ fn record(key: &str) {
     }
 }
 
-/// Counts an attempt of `key` in `THAW_FAULT_STATE/<key>`; returns this attempt's number.
+/// Counts an attempt of `key` in `FAULT_STATE/<key>`; returns this attempt's number.
 fn count_attempt(key: &str) -> u32 {
-    let Some(dir) = std::env::var_os("THAW_FAULT_STATE") else {
+    let Some(dir) = std::env::var_os("FAULT_STATE") else {
         return 1;
     };
     let path = std::path::Path::new(&dir).join(key);
@@ -133,7 +216,7 @@ fn count_attempt(key: &str) -> u32 {
     n
 }
 
-/// `THAW_FAULT_MODE=raw`: a plain lambda_runtime function (no thaw-fn) that echoes a
+/// `FAULT_MODE=raw`: a plain lambda_runtime function (no thaw-fn) that echoes a
 /// function URL event's body back byte for byte, base64 flag and all.
 fn raw_echo() -> Result<(), thaw_fn::Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -154,11 +237,17 @@ fn raw_echo() -> Result<(), thaw_fn::Error> {
 }
 
 fn main() -> Result<(), thaw_fn::Error> {
-    if std::env::var("THAW_FAULT_MODE").as_deref() == Ok("raw") {
+    let mut args = std::env::args().skip(1);
+    match args.next().as_deref() {
+        Some("--linger") => hostile::linger(),
+        Some("--daemonize") => hostile::daemonize(&args.next().unwrap_or_default()),
+        _ => {}
+    }
+    if std::env::var("FAULT_MODE").as_deref() == Ok("raw") {
         return raw_echo();
     }
     thaw_fn::run(|| {
-        if let Some(path) = std::env::var_os("THAW_FAULT_STARTS") {
+        if let Some(path) = std::env::var_os("FAULT_STARTS") {
             if let Ok(mut f) = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -167,13 +256,17 @@ fn main() -> Result<(), thaw_fn::Error> {
                 let _ = writeln!(f, "{}", std::process::id());
             }
         }
-        if std::env::var("THAW_FAULT_INIT").as_deref() == Ok("fail") {
+        if std::env::var("FAULT_INIT").as_deref() == Ok("fail") {
             return Err(FnError::new(
                 ErrorType::InitError,
                 "fault: init failed on purpose",
             ));
         }
         let instance = std::env::var("THAW_INSTANCE_ID").unwrap_or_default();
-        Ok(Fault { instance })
+        Ok(Fault {
+            instance,
+            held: Vec::new(),
+            children: Vec::new(),
+        })
     })
 }

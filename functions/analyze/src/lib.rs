@@ -175,14 +175,14 @@ pub struct AnalyzeResponse {
 /// Tunables, from the environment.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
-    /// The question's time budget (`THAW_ANALYZE_QUESTION_BUDGET_MS`, default 4000).
+    /// The question's time budget (`ANALYZE_QUESTION_BUDGET_MS`, default 4000).
     pub question_budget: Duration,
 }
 
 impl Settings {
     /// Defaults, overridden by the environment where set and valid.
     pub fn from_env() -> Self {
-        let ms = std::env::var("THAW_ANALYZE_QUESTION_BUDGET_MS")
+        let ms = std::env::var("ANALYZE_QUESTION_BUDGET_MS")
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(4000);

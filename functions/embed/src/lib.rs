@@ -44,9 +44,9 @@ pub struct EmbedResponse {
 /// Request limits; each can be set from the environment.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most texts in one request (`THAW_EMBED_MAX_TEXTS`, default 256).
+    /// Most texts in one request (`EMBED_MAX_TEXTS`, default 256).
     pub max_texts: usize,
-    /// Longest text in characters (`THAW_EMBED_MAX_CHARS`, default 100,000).
+    /// Longest text in characters (`EMBED_MAX_CHARS`, default 100,000).
     pub max_chars: usize,
 }
 
@@ -64,8 +64,8 @@ impl Limits {
     pub fn from_env() -> Self {
         let d = Self::default();
         Self {
-            max_texts: thaw_fn::env_limit("THAW_EMBED_MAX_TEXTS", d.max_texts),
-            max_chars: thaw_fn::env_limit("THAW_EMBED_MAX_CHARS", d.max_chars),
+            max_texts: thaw_fn::env_limit("EMBED_MAX_TEXTS", d.max_texts),
+            max_chars: thaw_fn::env_limit("EMBED_MAX_CHARS", d.max_chars),
         }
     }
 }

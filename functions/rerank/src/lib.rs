@@ -90,9 +90,9 @@ pub struct RerankResponse {
 /// Request limits; each can be set from the environment.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
-    /// Most documents (`THAW_RERANK_MAX_DOCUMENTS`, default 1,000).
+    /// Most documents (`RERANK_MAX_DOCUMENTS`, default 1,000).
     pub max_documents: usize,
-    /// Longest query or document in characters (`THAW_RERANK_MAX_CHARS`, default 100,000).
+    /// Longest query or document in characters (`RERANK_MAX_CHARS`, default 100,000).
     pub max_chars: usize,
 }
 
@@ -110,8 +110,8 @@ impl Limits {
     pub fn from_env() -> Self {
         let d = Self::default();
         Self {
-            max_documents: thaw_fn::env_limit("THAW_RERANK_MAX_DOCUMENTS", d.max_documents),
-            max_chars: thaw_fn::env_limit("THAW_RERANK_MAX_CHARS", d.max_chars),
+            max_documents: thaw_fn::env_limit("RERANK_MAX_DOCUMENTS", d.max_documents),
+            max_chars: thaw_fn::env_limit("RERANK_MAX_CHARS", d.max_chars),
         }
     }
 }

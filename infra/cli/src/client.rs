@@ -118,11 +118,36 @@ pub(crate) fn status(endpoint: &Endpoint) -> Result<()> {
                 i["in_flight"].as_u64().unwrap_or(0)
             );
         }
+        println!("  sandbox: {}", sandbox_line(&f["sandbox"]));
         if let Some(e) = s["init_error"].as_str() {
             println!("  init error: {e}");
         }
     }
     Ok(())
+}
+
+/// One line saying which sandbox parts a function's instances get.
+fn sandbox_line(s: &Value) -> String {
+    if s["enabled"] != Value::Bool(true) {
+        return "OFF (--no-sandbox): bare processes, no limits".to_owned();
+    }
+    let on = |b: &Value| if b.as_bool() == Some(true) { "on" } else { "OFF" };
+    let mib = |v: &Value| v.as_u64().map_or_else(|| "none".to_owned(), |b| format!("{} MiB", b >> 20));
+    let mut line = format!(
+        "pid ns {}, mount ns {}, user {}, network {}, cgroup {} (memory {}, pids {}, cpu {})",
+        on(&s["pid_namespace"]),
+        on(&s["mount_namespace"]),
+        s["user"].as_str().unwrap_or("?"),
+        s["network"].as_str().unwrap_or("?"),
+        s["cgroup"].as_str().unwrap_or("?"),
+        mib(&s["memory_limit"]),
+        s["pids_limit"].as_u64().map_or_else(|| "none".to_owned(), |n| n.to_string()),
+        s["cpu_limit"].as_f64().map_or_else(|| "none".to_owned(), |c| c.to_string()),
+    );
+    for m in s["missing"].as_array().into_iter().flatten() {
+        line.push_str(&format!("\n    missing: {}", m.as_str().unwrap_or("?")));
+    }
+    line
 }
 
 /// `thaw logs <fn> [--follow]`.

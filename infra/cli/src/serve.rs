@@ -41,6 +41,10 @@ pub(crate) struct ServeArgs {
     /// Where durable calls live (calls.db) [default: $THAW_STATE_DIR or .cache/state].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Run instances as bare processes: no namespaces, no network isolation, no limits.
+    /// For debugging and for measuring what the sandbox costs; thaw warns loudly.
+    #[arg(long)]
+    no_sandbox: bool,
     /// How long in-flight calls may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     grace: Duration,
@@ -110,6 +114,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     // Opened before serving: it locks the directory and recovers interrupted calls.
     let calls =
         thaw_runtime::calls::store::CallStore::open(&state_dir, ttl, std::sync::Arc::default())?;
+    let sandbox = std::sync::Arc::new(if args.no_sandbox {
+        thaw_runtime::sandbox::Sandbox::disabled()
+    } else {
+        thaw_runtime::sandbox::Sandbox::probe()
+    });
+    for warning in &sandbox.warnings {
+        tracing::warn!("sandbox: {warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -131,9 +143,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             std::env::var("THAW_URL_TOKEN").ok(),
             calls,
             fetcher,
+            std::sync::Arc::clone(&sandbox),
         );
         // Whoever started us may stop reading stdout; that must never take thaw down.
         let mut banner = format!("thaw serve listening on http://{addr}\n");
+        if !sandbox.enabled {
+            banner.push_str("  WARNING: --no-sandbox: instances run unisolated, as thaw's user, with no limits\n");
+        }
         for name in plan.functions.keys() {
             if args.single.is_some() {
                 banner.push_str(&format!(

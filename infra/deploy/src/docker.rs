@@ -26,6 +26,21 @@ pub const SLIM_BASE: &str = "debian:bookworm-slim";
 pub fn render(plan: &Plan, _opts: &RenderOptions) -> Rendered {
     let mut out = Rendered::default();
     for f in plan.functions.values() {
+        // thaw serve in the container mounts the volumes, but only from directories the
+        // container has: they must be bind-mounted at the same paths when it runs.
+        if !f.spec.volumes.is_empty() {
+            let binds: Vec<String> = f
+                .spec
+                .volumes
+                .values()
+                .map(|host| format!("-v {host}:{host}"))
+                .collect();
+            out.warnings.push(format!(
+                "{}: volumes are mounted by thaw serve only; run the container with {}",
+                f.name,
+                binds.join(" ")
+            ));
+        }
         out.files.push(File {
             path: format!("docker/{}/Dockerfile", f.name).into(),
             text: dockerfile(plan, f),

@@ -84,6 +84,55 @@ fn sam_leaves_gpu_functions_out_and_caps_retries_with_warnings() {
 }
 
 #[test]
+fn cpu_tmp_and_volumes_render_or_warn() {
+    let sam = render(&plan(), Target::AwsSam, &RenderOptions::default());
+    assert!(sam
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("analyze: tmp = 20480 MiB set to 10240 MiB")));
+    let volumes = |w: &Vec<String>| {
+        w.iter()
+            .filter(|w| w.contains("volumes are mounted by thaw serve only"))
+            .map(|w| w.split(':').next().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    // Once per function, not per region.
+    assert_eq!(volumes(&sam.warnings), ["analyze"]);
+    let template = sam
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("us-east-1/template.json"))
+        .expect("us-east-1 template");
+    let v: serde_json::Value = serde_json::from_str(&template.text).expect("json");
+    let props = |id: &str| v["Resources"][id]["Properties"].clone();
+    assert_eq!(props("EmbedFunction")["EphemeralStorage"]["Size"], 1024);
+    assert_eq!(props("AnalyzeFunction")["EphemeralStorage"]["Size"], 10_240);
+
+    let knative = render(&plan(), Target::Knative, &RenderOptions::default());
+    assert_eq!(volumes(&knative.warnings), ["analyze"]);
+    let resources = |name: &str| {
+        let f = knative
+            .files
+            .iter()
+            .find(|f| f.path.ends_with(format!("us-east-1/{name}.json")))
+            .expect("service");
+        let v: serde_json::Value = serde_json::from_str(&f.text).expect("json");
+        v["spec"]["template"]["spec"]["containers"][0]["resources"].clone()
+    };
+    let embed = resources("embed");
+    assert_eq!(embed["requests"]["cpu"], "500m");
+    assert_eq!(embed["limits"]["cpu"], "500m");
+    assert_eq!(embed["limits"]["ephemeral-storage"], "1024Mi");
+    let analyze = resources("analyze");
+    assert_eq!(analyze["limits"]["cpu"], "2");
+    assert_eq!(analyze["limits"]["ephemeral-storage"], "20480Mi");
+    let gpu = resources("embed-gpu");
+    assert!(gpu["limits"].get("cpu").is_none(), "no cpu unless set");
+    assert_eq!(crate::knative::cpu_quantity(1.5), "1500m");
+    assert_eq!(crate::knative::cpu_quantity(0.0001), "1m");
+}
+
+#[test]
 fn knative_services_carry_scaling_gpu_and_probe() {
     let rendered = render(&plan(), Target::Knative, &RenderOptions::default());
     let gpu = rendered

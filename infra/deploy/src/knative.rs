@@ -8,7 +8,14 @@
 //! | concurrency | `containerConcurrency` (and the autoscaler's `target`) |
 //! | timeout | `timeoutSeconds` |
 //! | memory | memory request and limit |
+//! | cpu = 0.5 | cpu request and limit (`"500m"`; whole cores as `"2"`) |
+//! | tmp | `ephemeral-storage` limit |
 //! | gpu = "L4:2" | `nvidia.com/gpu: 2` limit, node selector `nvidia.com/gpu.product` |
+//!
+//! `network` renders nothing: a Knative pod can always open outbound connections, so
+//! `none` is not enforced there. `pids` renders nothing either (Kubernetes sets the pid
+//! limit per node), and `volumes` cannot be rendered: each function with volumes gets a
+//! warning.
 //!
 //! The container runs `thaw serve --single <function>` on port 8080, with `/healthz` as
 //! its readiness probe: ready once the function has loaded its model.
@@ -16,7 +23,7 @@
 use serde_json::{json, Map, Value};
 use thaw_manifest::{FunctionPlan, Plan};
 
-use crate::{json_text, stacks, File, RenderOptions, Rendered};
+use crate::{json_text, stacks, volume_warnings, File, RenderOptions, Rendered};
 
 /// The container port `thaw serve --single` listens on.
 pub const PORT: u16 = 8080;
@@ -53,9 +60,20 @@ pub fn image(plan: &Plan, f: &FunctionPlan, opts: &RenderOptions) -> String {
     )
 }
 
+/// A CPU quantity from cores: whole cores as `"2"`, else millicores (`"500m"`, at least 1m).
+pub fn cpu_quantity(cores: f64) -> String {
+    let milli = (cores * 1000.0).round().max(1.0) as u64;
+    if milli % 1000 == 0 {
+        (milli / 1000).to_string()
+    } else {
+        format!("{milli}m")
+    }
+}
+
 /// Renders the namespace and the Services of each region.
 pub fn render(plan: &Plan, opts: &RenderOptions) -> Rendered {
     let mut out = Rendered::default();
+    volume_warnings(plan.functions.values(), &mut out.warnings);
     let namespace = dns_label(&plan.app);
     for (region, functions) in stacks(plan) {
         out.files.push(File {
@@ -80,8 +98,18 @@ pub fn render(plan: &Plan, opts: &RenderOptions) -> Rendered {
 pub fn service(plan: &Plan, f: &FunctionPlan, namespace: &str, opts: &RenderOptions) -> Value {
     let spec = &f.spec;
     let memory = format!("{}Mi", (spec.memory.0 / (1024 * 1024)).max(1));
+    let mut requests = Map::new();
     let mut limits = Map::new();
+    requests.insert("memory".into(), json!(memory));
     limits.insert("memory".into(), json!(memory));
+    if let Some(cores) = spec.cpu {
+        requests.insert("cpu".into(), json!(cpu_quantity(cores)));
+        limits.insert("cpu".into(), json!(cpu_quantity(cores)));
+    }
+    limits.insert(
+        "ephemeral-storage".into(),
+        json!(format!("{}Mi", spec.tmp.mebibytes().max(1))),
+    );
     let mut pod = json!({
         "containerConcurrency": spec.concurrency,
         "timeoutSeconds": spec.timeout.0.as_secs().max(1),
@@ -91,13 +119,14 @@ pub fn service(plan: &Plan, f: &FunctionPlan, namespace: &str, opts: &RenderOpti
             "ports": [{"name": "http1", "containerPort": PORT}],
             "env": spec.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 1},
-            "resources": {"requests": {"memory": memory}, "limits": {}},
+            "resources": {"requests": {}, "limits": {}},
         }],
     });
     if let Some(kind) = &spec.gpu.kind {
         limits.insert("nvidia.com/gpu".into(), json!(spec.gpu.count.to_string()));
         pod["nodeSelector"] = json!({"nvidia.com/gpu.product": gpu_product(kind)});
     }
+    pod["containers"][0]["resources"]["requests"] = Value::Object(requests);
     pod["containers"][0]["resources"]["limits"] = Value::Object(limits);
     json!({
         "apiVersion": "serving.knative.dev/v1",

@@ -191,6 +191,24 @@ pub fn snapshot_env(role: Option<&str>) -> String {
     }
 }
 
+/// One warning per function with `volumes`, which no deploy target can mount: host
+/// directories are mounted into instances by `thaw serve` only.
+pub(crate) fn volume_warnings<'a>(
+    functions: impl IntoIterator<Item = &'a FunctionPlan>,
+    warnings: &mut Vec<String>,
+) {
+    for f in functions {
+        if !f.spec.volumes.is_empty() {
+            let paths: Vec<&str> = f.spec.volumes.keys().map(String::as_str).collect();
+            warnings.push(format!(
+                "{}: volumes are mounted by thaw serve only; {} left out",
+                f.name,
+                paths.join(", ")
+            ));
+        }
+    }
+}
+
 /// Pretty JSON with a trailing newline.
 pub(crate) fn json_text(v: &serde_json::Value) -> String {
     let mut s = serde_json::to_string_pretty(v).unwrap_or_default();

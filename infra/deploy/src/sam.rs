@@ -4,20 +4,31 @@
 //! |---|---|
 //! | binary | `bootstrap` in `CodeUri: build/<function>/`, runtime `provided.al2023` |
 //! | memory, timeout | `MemorySize` (MB, 128 to 10,240), `Timeout` (s, at most 900) |
+//! | tmp | `EphemeralStorage.Size` (MB, 512 to 10,240) |
 //! | max_containers | `ReservedConcurrentExecutions` |
 //! | min_containers > 0 | `AutoPublishAlias: live` + `ProvisionedConcurrencyConfig` |
 //! | url.auth none / token | `FunctionUrlConfig.AuthType` `NONE` / `AWS_IAM` |
 //! | retries, result_ttl | `EventInvokeConfig` `MaximumRetryAttempts` (at most 2), `MaximumEventAgeInSeconds` (60 to 21,600) |
 //! | snapshot(s), env | `Environment.Variables`, snapshots under `/var/task/snapshots/<name>` |
+//!
+//! Not rendered: `cpu` (Lambda's CPU follows `MemorySize`), `pids`, and `network` (a
+//! Lambda function outside a VPC can always open outbound connections, so `none` is not
+//! enforced there). `volumes` cannot be rendered: each function with volumes gets a warning.
 
 use serde_json::{json, Map, Value};
 use thaw_manifest::{FunctionPlan, Plan, UrlAuth};
 
-use crate::{json_text, pascal, snapshot_env, snapshot_names, stacks, File, Rendered};
+use crate::{
+    json_text, pascal, snapshot_env, snapshot_names, stacks, volume_warnings, File, Rendered,
+};
 
 /// Renders one template per region.
 pub fn render(plan: &Plan) -> Rendered {
     let mut out = Rendered::default();
+    volume_warnings(
+        plan.functions.values().filter(|f| f.spec.gpu.kind.is_none()),
+        &mut out.warnings,
+    );
     for (region, functions) in stacks(plan) {
         let mut resources = Map::new();
         let mut outputs = Map::new();
@@ -62,7 +73,7 @@ fn function(plan: &Plan, f: &FunctionPlan, warnings: &mut Vec<String>) -> Value 
     let mut env: Map<String, Value> = spec
         .env
         .iter()
-        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .map(|(k, v)| (k.to_string(), Value::String(v.clone())))
         .collect();
     for (role, name) in snapshot_names(f) {
         env.insert(
@@ -74,6 +85,14 @@ fn function(plan: &Plan, f: &FunctionPlan, warnings: &mut Vec<String>) -> Value 
     let timeout = spec.timeout.0.as_secs().clamp(1, 900);
     if spec.timeout.0.as_secs() > 900 {
         warnings.push(format!("{}: timeout cut to Lambda's 900 s", f.name));
+    }
+    let tmp_mb = spec.tmp.mebibytes().clamp(512, 10_240);
+    if tmp_mb != spec.tmp.mebibytes() {
+        warnings.push(format!(
+            "{}: tmp = {} MiB set to {tmp_mb} MiB, within Lambda's ephemeral storage of 512 to 10,240 MiB",
+            f.name,
+            spec.tmp.mebibytes()
+        ));
     }
     if spec.retries > 2 {
         warnings.push(format!(
@@ -90,6 +109,7 @@ fn function(plan: &Plan, f: &FunctionPlan, warnings: &mut Vec<String>) -> Value 
         "Architectures": ["x86_64"],
         "MemorySize": memory_mb,
         "Timeout": timeout,
+        "EphemeralStorage": { "Size": tmp_mb },
         "ReservedConcurrentExecutions": spec.max_containers,
         "FunctionUrlConfig": {
             "AuthType": match spec.url.auth { UrlAuth::None => "NONE", UrlAuth::Token => "AWS_IAM" }

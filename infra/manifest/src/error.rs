@@ -37,6 +37,19 @@ pub enum ManifestError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A volume's host directory does not exist or is not a directory.
+    #[error(
+        "function {function:?}: volume {sandbox:?}: host path {} does not exist or is not a directory",
+        host.display()
+    )]
+    VolumeNotADirectory {
+        /// The function.
+        function: String,
+        /// The path inside the sandbox.
+        sandbox: String,
+        /// The host path.
+        host: PathBuf,
+    },
     /// A function's snapshot is not in the cache.
     #[error("function {function:?}: {source}")]
     Snapshot {

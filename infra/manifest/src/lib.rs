@@ -3,7 +3,7 @@
 //! Three stages, as in Spin: [`Manifest::parse`] reads TOML into the schema (unknown keys
 //! are errors that name the key and its line; durations and sizes are typed);
 //! [`Manifest::validate`] checks what the schema cannot (min ≤ max, concurrency ≥ 1, ...);
-//! [`Manifest::resolve`] finds each binary and snapshot on disk and yields a [`Plan`], the
+//! [`Manifest::resolve`] finds each binary, snapshot and volume on disk and yields a [`Plan`], the
 //! only thing the runtime consumes.
 
 mod error;
@@ -14,7 +14,8 @@ mod units;
 pub use error::ManifestError;
 pub use plan::{FunctionPlan, Plan, Resolver};
 pub use schema::{
-    App, Batch, FunctionName, FunctionSpec, Gpu, Manifest, SnapshotStore, UrlAuth, UrlConfig,
+    App, Batch, EnvName, FunctionName, FunctionSpec, Gpu, Manifest, Network, SnapshotStore,
+    UrlAuth, UrlConfig,
 };
 pub use units::{ByteSize, Duration};
 

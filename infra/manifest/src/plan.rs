@@ -1,4 +1,4 @@
-//! The resolved Plan: every function with its binary and snapshot found on disk.
+//! The resolved Plan: every function with its binary, snapshots and volumes found on disk.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,7 +52,7 @@ pub struct FunctionPlan {
 }
 
 impl Manifest {
-    /// Resolves every binary and snapshot. Errors name the function and the path.
+    /// Resolves every binary, snapshot and volume. Errors name the function and the path.
     pub fn resolve(&self, resolver: &Resolver) -> Result<Plan, ManifestError> {
         self.validate()?;
         let cache =
@@ -69,6 +69,15 @@ impl Manifest {
                     binary: spec.binary.clone(),
                     path: binary_path,
                 });
+            }
+            for (sandbox, host) in &spec.volumes {
+                if !std::path::Path::new(host).is_dir() {
+                    return Err(ManifestError::VolumeNotADirectory {
+                        function: name.to_string(),
+                        sandbox: sandbox.clone(),
+                        host: PathBuf::from(host),
+                    });
+                }
             }
             let mut missing_snapshots = Vec::new();
             let mut find = |role: Option<&String>, s: &String| match cache.resolve(s) {
@@ -109,5 +118,57 @@ impl Manifest {
             regions: self.app.regions.clone(),
             functions,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::Resolver;
+    use crate::{Manifest, ManifestError};
+
+    /// A fresh scratch directory under the system's temporary directory.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "thaw-manifest-{name}-{}-{:?}",
+            std::process::id(),
+            std::time::SystemTime::now()
+        ));
+        std::fs::create_dir_all(dir.join("bin")).expect("scratch dir");
+        std::fs::write(dir.join("bin/worker"), b"").expect("stand-in binary");
+        dir
+    }
+
+    fn resolve(dir: &std::path::Path, host: &std::path::Path) -> Result<(), ManifestError> {
+        let text = format!(
+            "[app]\nname = \"x\"\n[function.w]\nbinary = \"worker\"\nvolumes = {{ \"/mnt/data\" = {:?} }}\n",
+            host.display().to_string()
+        );
+        let resolver = Resolver {
+            bin_dir: dir.join("bin"),
+            snapshots: dir.join("snapshots"),
+            allow_missing_snapshots: false,
+        };
+        Manifest::parse(&text)?.resolve(&resolver).map(|plan| {
+            assert_eq!(plan.functions.len(), 1);
+        })
+    }
+
+    #[test]
+    fn volumes_need_an_existing_host_directory() {
+        let dir = scratch("volumes");
+        resolve(&dir, &dir.join("bin")).expect("an existing directory resolves");
+        for host in [dir.join("missing"), dir.join("bin/worker")] {
+            match resolve(&dir, &host) {
+                Err(e @ ManifestError::VolumeNotADirectory { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains("\"w\"") && msg.contains("/mnt/data"), "{msg}");
+                    assert!(msg.contains(&host.display().to_string()), "{msg}");
+                }
+                other => panic!("{}: expected VolumeNotADirectory, got {other:?}", host.display()),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

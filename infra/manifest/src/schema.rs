@@ -1,7 +1,8 @@
 //! The TOML schema. Every struct denies unknown fields.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::ffi::OsStr;
+use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -132,9 +133,28 @@ pub struct FunctionSpec {
     /// How long a spawned, mapped or Event call's result is kept; a later get says expired.
     #[serde(default = "defaults::result_ttl")]
     pub result_ttl: Duration,
-    /// Memory, enforced where cgroups allow and always rendered for deploys.
+    /// Memory plus swap for each instance, enforced by a cgroup; rendered for deploys.
     #[serde(default = "defaults::memory")]
     pub memory: ByteSize,
+    /// CPU cores each instance may use, enforced as a cgroup CPU quota (`0.5`, `1`, `2`);
+    /// unset, an instance may use every core. Rendered for Knative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// The most processes and threads each instance may have (the cgroup's `pids.max`).
+    #[serde(default = "defaults::pids")]
+    pub pids: u32,
+    /// Size of each instance's private writable `/tmp`, a tmpfs (which counts against
+    /// `memory`). Rendered as Lambda's ephemeral storage and Knative's
+    /// `ephemeral-storage` limit.
+    #[serde(default = "defaults::tmp")]
+    pub tmp: ByteSize,
+    /// What each instance may reach over the network.
+    #[serde(default)]
+    pub network: Network,
+    /// Host directories mounted read-write into each instance, by sandbox path:
+    /// `{ "/mnt/data" = "/srv/data" }`. Only `thaw serve` mounts them; deploys warn.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volumes: BTreeMap<String, String>,
     /// GPU type and count.
     #[serde(default)]
     pub gpu: Gpu,
@@ -153,9 +173,125 @@ pub struct FunctionSpec {
     /// Function URL settings.
     #[serde(default)]
     pub url: UrlConfig,
-    /// Extra environment for the function's processes.
+    /// Extra environment for the function's processes. Names thaw sets itself
+    /// (`AWS_LAMBDA_*`, `THAW_*`) and `LD_PRELOAD`/`LD_LIBRARY_PATH` are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub env: BTreeMap<String, String>,
+    pub env: BTreeMap<EnvName, String>,
+}
+
+/// `network = "none" | "outbound"`: what an instance may reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    /// The instance has its own network namespace with only loopback: it can reach
+    /// nothing outside itself (its Runtime API is handed to it by thaw).
+    #[default]
+    None,
+    /// The instance may also open outbound connections (to S3, a database, an API).
+    Outbound,
+}
+
+/// A validated `env` key: not empty, no `=` or NUL, and not one thaw reserves
+/// (`AWS_LAMBDA_*`, `THAW_*`, `LD_PRELOAD`, `LD_LIBRARY_PATH`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EnvName(String);
+
+impl EnvName {
+    /// Validates a name.
+    pub fn new(name: &str) -> Result<Self, String> {
+        if name.is_empty() || name.contains(['=', '\0']) {
+            return Err(format!(
+                "env key {name:?} is not a valid variable name: it may not be empty or contain '=' or NUL"
+            ));
+        }
+        let reserved = name == "LD_PRELOAD"
+            || name == "LD_LIBRARY_PATH"
+            || name.starts_with("AWS_LAMBDA_")
+            || name.starts_with("THAW_");
+        if reserved {
+            return Err(format!(
+                "env key {name:?} is reserved: thaw sets AWS_LAMBDA_* and THAW_* itself, \
+                 and LD_PRELOAD/LD_LIBRARY_PATH could change what the sandbox runs"
+            ));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for EnvName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for EnvName {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<OsStr> for EnvName {
+    fn as_ref(&self) -> &OsStr {
+        OsStr::new(&self.0)
+    }
+}
+
+impl std::borrow::Borrow<str> for EnvName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Self::new(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Top-level directories a volume may not be mounted over or under: the sandbox's own
+/// mounts and the system it runs.
+const RESERVED_MOUNTS: [&str; 12] = [
+    "proc", "dev", "sys", "usr", "etc", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "tmp",
+];
+
+/// Why a volume's paths are refused, if they are.
+fn volume_error(sandbox: &str, host: &str) -> Option<String> {
+    let clean = |p: &str| {
+        Path::new(p).is_absolute()
+            && !p.contains('\0')
+            && !Path::new(p).components().any(|c| c == Component::ParentDir)
+    };
+    if !clean(sandbox) {
+        return Some(format!(
+            "volume {sandbox:?}: the sandbox path must be absolute, without '..'"
+        ));
+    }
+    if !clean(host) {
+        return Some(format!(
+            "volume {sandbox:?}: the host path {host:?} must be absolute, without '..'"
+        ));
+    }
+    let first = Path::new(sandbox).components().find_map(|c| match c {
+        Component::Normal(n) => Some(n.to_string_lossy().into_owned()),
+        _ => None,
+    });
+    match first {
+        None => Some(format!(
+            "volume {sandbox:?}: cannot mount over the sandbox's /; use a path such as /mnt/data"
+        )),
+        Some(top) if RESERVED_MOUNTS.contains(&top.as_str()) => Some(format!(
+            "volume {sandbox:?}: the sandbox path may not be, nor lie under, /{top} (reserved: \
+             /proc, /dev, /sys, /usr, /etc, /bin, /sbin, /lib, /lib32, /lib64, /libx32, /tmp); use /mnt/... instead"
+        )),
+        Some(_) => None,
+    }
 }
 
 /// `gpu = "none" | "T4" | "L4" | "A10G" | "A100" | "H100"`, optionally `":N"`.
@@ -251,6 +387,12 @@ mod defaults {
     pub(super) fn memory() -> ByteSize {
         ByteSize(1 << 30)
     }
+    pub(super) fn tmp() -> ByteSize {
+        ByteSize(512 << 20)
+    }
+    pub(super) fn pids() -> u32 {
+        1024
+    }
     pub(super) fn retry_backoff() -> Duration {
         Duration::from_secs(1)
     }
@@ -336,6 +478,30 @@ impl Manifest {
             if let Some(b) = &f.batch {
                 if b.max_size == 0 {
                     return Err(invalid("batch.max_size must be at least 1".into()));
+                }
+            }
+            if let Some(cpu) = f.cpu {
+                if !(cpu.is_finite() && cpu > 0.0 && cpu <= 256.0) {
+                    return Err(invalid(format!(
+                        "cpu ({cpu}) must be greater than 0 and at most 256 (cores, e.g. 0.5 or 2)"
+                    )));
+                }
+            }
+            if f.pids < 8 {
+                return Err(invalid(format!("pids ({}) must be at least 8", f.pids)));
+            }
+            if f.tmp.0 < 1 << 20 {
+                return Err(invalid(format!("tmp ({} bytes) must be at least 1MiB", f.tmp.0)));
+            }
+            let mut mounts = std::collections::BTreeSet::new();
+            for (sandbox, host) in &f.volumes {
+                if let Some(message) = volume_error(sandbox, host) {
+                    return Err(invalid(message));
+                }
+                if !mounts.insert(Path::new(sandbox).components().collect::<Vec<_>>()) {
+                    return Err(invalid(format!(
+                        "volume {sandbox:?} names a sandbox path another volume already mounts"
+                    )));
                 }
             }
         }

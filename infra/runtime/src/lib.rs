@@ -3,8 +3,10 @@
 //! - [`runtime_api`]: the AWS Lambda Runtime API, one listener per instance on
 //!   127.0.0.1:0. `lambda_runtime` polls fixed paths, so the port is how thaw knows which
 //!   instance is asking for work.
-//! - [`launcher`]: how an instance process is started (exec today), in its own process
-//!   group, dying with thaw, its output captured into [`logs`].
+//! - [`launcher`]: the seam through which an instance comes to exist and is stopped;
+//!   [`launcher::ProcessLauncher`] execs the function inside the [`sandbox`].
+//! - [`sandbox`]: namespaces (bubblewrap), the Runtime API's network namespace, cgroup
+//!   limits; each part probed at startup and reported per function.
 //! - [`pool`]: one function's scheduler: queue, scale-up, dispatch, idle reaper, faults.
 //! - [`front`]: the HTTP front: function URLs, the AWS Invoke API, `/v1`, health, metrics.
 //! - [`calls`]: durable calls: the SQLite call store, the per-function executor that
@@ -22,6 +24,7 @@ pub mod logs;
 pub mod metrics;
 pub mod pool;
 pub mod runtime_api;
+pub mod sandbox;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,8 +36,10 @@ use thaw_manifest::Plan;
 use tokio::sync::watch;
 
 use crate::calls::store::CallStore;
+use crate::launcher::ProcessLauncher;
 use crate::metrics::Metrics;
 use crate::pool::FunctionPool;
+use crate::sandbox::Sandbox;
 
 /// Every function's pool, and what the front needs to serve them.
 #[derive(Debug)]
@@ -47,6 +52,8 @@ pub struct Runtime {
     pub url_token: Option<String>,
     /// Durable calls.
     pub store: CallStore,
+    /// The sandbox parts this machine has.
+    pub sandbox: Arc<Sandbox>,
     accepting: AtomicBool,
     /// Turns true when thaw stops accepting work: executors stop claiming calls.
     closing: watch::Sender<bool>,
@@ -62,6 +69,7 @@ impl Runtime {
         url_token: Option<String>,
         store: CallStore,
         fetcher: Option<Arc<dyn fetch::SnapshotFetcher>>,
+        sandbox: Arc<Sandbox>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let (stop_background, stopped) = watch::channel(false);
@@ -69,11 +77,16 @@ impl Runtime {
         let pools: BTreeMap<String, Arc<FunctionPool>> = plan
             .functions
             .iter()
-            .map(|(name, f)| {
+            .enumerate()
+            .map(|(index, (name, f))| {
+                let launcher = ProcessLauncher::new(Arc::clone(&sandbox), f, index);
+                let report = launcher.report().clone();
                 (
                     name.to_string(),
                     FunctionPool::start(
                         f.clone(),
+                        Arc::new(launcher),
+                        report,
                         Arc::clone(&metrics),
                         stopped.clone(),
                         fetcher.clone(),
@@ -101,6 +114,7 @@ impl Runtime {
             metrics,
             url_token,
             store,
+            sandbox,
             accepting: AtomicBool::new(true),
             closing,
             stop_background,
@@ -136,6 +150,9 @@ impl Runtime {
         let _ = self.stop_background.send(true);
         for pool in self.pools.values() {
             pool.stop_all(grace).await;
+        }
+        if let Some(cgroups) = &self.sandbox.cgroups {
+            cgroups.remove();
         }
     }
 }

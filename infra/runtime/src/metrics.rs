@@ -37,6 +37,7 @@ pub struct Metrics {
     invocation_seconds: Family<FnLabel, Histogram>,
     errors: Family<ErrLabel, Counter>,
     billed: Family<FnLabel, Counter<f64, AtomicU64>>,
+    oom_kills: Family<FnLabel, Counter>,
     instances: Family<StateLabel, Gauge>,
     queue_depth: Family<FnLabel, Gauge>,
 }
@@ -61,6 +62,7 @@ impl Default for Metrics {
             Family::<FnLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
         let errors = Family::<ErrLabel, Counter>::default();
         let billed = Family::<FnLabel, Counter<f64, AtomicU64>>::default();
+        let oom_kills = Family::<FnLabel, Counter>::default();
         let instances = Family::<StateLabel, Gauge>::default();
         let queue_depth = Family::<FnLabel, Gauge>::default();
         registry.register(
@@ -84,6 +86,11 @@ impl Default for Metrics {
             "Instance lifetime, start to exit",
             billed.clone(),
         );
+        registry.register(
+            "instance_oom_kills",
+            "Instances killed at their memory limit",
+            oom_kills.clone(),
+        );
         registry.register("instances", "Instances by state", instances.clone());
         registry.register(
             "queue_depth",
@@ -97,6 +104,7 @@ impl Default for Metrics {
             invocation_seconds,
             errors,
             billed,
+            oom_kills,
             instances,
             queue_depth,
         }
@@ -133,6 +141,11 @@ impl Metrics {
                 error_type: error_type.to_owned(),
             })
             .inc();
+    }
+
+    /// An instance was killed at its memory limit.
+    pub fn oom_kill(&self, function: &str) {
+        self.oom_kills.get_or_create(&label(function)).inc();
     }
 
     /// An instance lived this long.

@@ -1,6 +1,7 @@
 //! The Lambda Runtime API for one instance.
 //!
-//! [`InstanceApi::bind`] opens a listener on 127.0.0.1:0 and serves:
+//! [`InstanceApi::serve`] serves it on a listener the launcher made (inside the
+//! instance's network namespace where there is one):
 //!
 //! - `GET  /2018-06-01/runtime/invocation/next`: long-polls, with no timeout and never a
 //!   204, for the next [`Invocation`]; answers with the payload and the request-id and
@@ -72,11 +73,25 @@ struct Shared {
 /// The Runtime API of one instance, and the handle to give it work.
 #[derive(Debug)]
 pub struct InstanceApi {
-    addr: SocketAddr,
+    addr: Mutex<Option<SocketAddr>>,
     invocations: mpsc::Sender<Invocation>,
     lifecycle: watch::Receiver<Lifecycle>,
     shared: Arc<Shared>,
-    _stop: oneshot::Sender<()>,
+    /// Set on drop: the HTTP server stops.
+    stop: watch::Sender<bool>,
+    stopped: watch::Receiver<bool>,
+}
+
+impl Default for InstanceApi {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for InstanceApi {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -92,10 +107,9 @@ pub fn new_request_id() -> String {
 }
 
 impl InstanceApi {
-    /// Binds 127.0.0.1:0 and starts serving.
-    pub async fn bind() -> std::io::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let addr = listener.local_addr()?;
+    /// An API with nothing listening yet: the launcher decides where it listens
+    /// ([`InstanceApi::serve`]); tests may drive it in-process instead.
+    pub fn new() -> Self {
         let (invocations, rx) = mpsc::channel(1024);
         let (lifecycle_tx, lifecycle) = watch::channel(Lifecycle::Initialising);
         let shared = Arc::new(Shared {
@@ -103,6 +117,22 @@ impl InstanceApi {
             in_flight: Mutex::new(HashMap::new()),
             lifecycle: lifecycle_tx,
         });
+        let (stop, stopped) = watch::channel(false);
+        Self {
+            addr: Mutex::new(None),
+            invocations,
+            lifecycle,
+            shared,
+            stop,
+            stopped,
+        }
+    }
+
+    /// Serves the HTTP Runtime API on `listener` until this API is dropped.
+    pub fn serve(&self, listener: tokio::net::TcpListener) {
+        if let (Ok(addr), Ok(mut slot)) = (listener.local_addr(), self.addr.lock()) {
+            *slot = Some(addr);
+        }
         let app = Router::new()
             .route(thaw_protocol::runtime_api::NEXT_PATH, get(next))
             .route(
@@ -114,27 +144,45 @@ impl InstanceApi {
                 thaw_protocol::runtime_api::INIT_ERROR_PATH,
                 post(init_error),
             )
-            .with_state(Arc::clone(&shared));
-        let (stop, stopped) = oneshot::channel::<()>();
+            .with_state(Arc::clone(&self.shared));
+        let mut stopped = self.stopped.clone();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
+                    let _ = stopped.wait_for(|s| *s).await;
                 })
                 .await;
         });
-        Ok(Self {
-            addr,
-            invocations,
-            lifecycle,
-            shared,
-            _stop: stop,
-        })
     }
 
-    /// The `host:port` for `AWS_LAMBDA_RUNTIME_API`.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// An API served on the host's loopback, port 0: for tests and benchmarks that run
+    /// a function outside thaw. (thaw's own instances listen in their network namespace.)
+    pub async fn on_host_loopback() -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let api = Self::new();
+        api.serve(listener);
+        Ok(api)
+    }
+
+    /// In-process `next`: the next invocation's id and payload, once there is one
+    /// (`None` when the API is gone). Marks the instance ready, as an HTTP `next` does.
+    pub async fn next_invocation(&self) -> Option<(String, Bytes)> {
+        take_next(&self.shared).await.map(|(id, payload, _)| (id, payload))
+    }
+
+    /// In-process `response` / `error`: completes invocation `id`. False if unknown.
+    pub fn complete(&self, id: &str, outcome: Outcome) -> bool {
+        finish(&self.shared, id, outcome)
+    }
+
+    /// In-process `init/error`.
+    pub fn init_failed(&self, diagnostic: Diagnostic) {
+        let _ = self.shared.lifecycle.send(Lifecycle::InitFailed(diagnostic));
+    }
+
+    /// Where [`InstanceApi::serve`] listens, as thaw sees it.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.lock().ok().and_then(|a| *a)
     }
 
     /// Queues an invocation for the instance's next `next`.
@@ -160,7 +208,9 @@ impl InstanceApi {
     }
 }
 
-async fn next(State(shared): State<Arc<Shared>>) -> Response {
+/// Waits for the next invocation and records it as in flight: what `next` does over
+/// HTTP and in-process alike.
+async fn take_next(shared: &Shared) -> Option<(String, Bytes, Duration)> {
     shared.lifecycle.send_if_modified(|l| {
         if *l == Lifecycle::Initialising {
             *l = Lifecycle::Ready;
@@ -170,21 +220,28 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
         }
     });
     // Long-poll with no timeout: lambda_runtime never expects a 204.
-    let invocation = {
+    let inv = {
         let mut queue = shared.queue.lock().await;
         queue.recv().await
-    };
-    let Some(inv) = invocation else {
+    }?;
+    if let Ok(mut m) = shared.in_flight.lock() {
+        m.insert(inv.id.clone(), inv.reply);
+    }
+    Some((inv.id, inv.payload, inv.timeout))
+}
+
+async fn next(State(shared): State<Arc<Shared>>) -> Response {
+    let Some((id, payload, timeout)) = take_next(&shared).await else {
         return (StatusCode::GONE, "instance is shutting down").into_response();
     };
     let deadline = SystemTime::now()
-        .checked_add(inv.timeout)
+        .checked_add(timeout)
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_millis())
         .unwrap_or(u128::MAX);
     let mut headers = HeaderMap::new();
     let id =
-        HeaderValue::from_str(&inv.id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
+        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
     headers.insert(header::REQUEST_ID, id);
     headers.insert(header::DEADLINE_MS, HeaderValue::from(deadline as u64));
     headers.insert(
@@ -195,20 +252,24 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(mut m) = shared.in_flight.lock() {
-        m.insert(inv.id, inv.reply);
-    }
-    (StatusCode::OK, headers, inv.payload).into_response()
+    (StatusCode::OK, headers, payload).into_response()
 }
 
-fn complete(shared: &Shared, id: &str, outcome: Outcome) -> Response {
+fn finish(shared: &Shared, id: &str, outcome: Outcome) -> bool {
     let reply = shared.in_flight.lock().ok().and_then(|mut m| m.remove(id));
     match reply {
         Some(reply) => {
             let _ = reply.send(outcome);
-            (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response()
+            true
         }
-        None => (
+        None => false,
+    }
+}
+
+fn complete(shared: &Shared, id: &str, outcome: Outcome) -> Response {
+    match finish(shared, id, outcome) {
+        true => (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response(),
+        false => (
             StatusCode::NOT_FOUND,
             "{\"errorType\":\"InvalidRequestID\"}",
         )

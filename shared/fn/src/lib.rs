@@ -115,7 +115,7 @@ pub fn snapshot_dir_for(role: &str) -> Result<std::path::PathBuf, FnError> {
 }
 
 /// A positive number from the environment, or `default` when unset or invalid: how
-/// functions read their request limits (`THAW_EMBED_MAX_TEXTS`, ...).
+/// functions read their request limits (`EMBED_MAX_TEXTS`, ...).
 pub fn env_limit(key: &str, default: usize) -> usize {
     std::env::var(key)
         .ok()

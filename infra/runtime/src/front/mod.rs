@@ -148,7 +148,9 @@ fn store_error(e: &StoreError) -> Response {
 fn call_error(e: &CallError) -> Response {
     let status = match e {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-        CallError::FunctionCrashed(_) | CallError::InitFailed(_) => StatusCode::BAD_GATEWAY,
+        CallError::FunctionCrashed(_)
+        | CallError::InitFailed(_)
+        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };
@@ -514,6 +516,7 @@ async fn list_functions(State(rt): State<Shared>) -> Response {
                 "name": name,
                 "config": pool.plan().spec,
                 "state": pool.status(),
+                "sandbox": pool.sandbox(),
                 "durable": {"queued": queued, "running": running},
             })
         })

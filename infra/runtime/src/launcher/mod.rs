@@ -1,0 +1,216 @@
+//! The launcher seam: how an instance comes to exist, is signalled, and is known to be
+//! gone.
+//!
+//! The pool holds a [`Launcher`] as a trait object and knows nothing of processes. A
+//! launcher starts an instance that serves the given [`InstanceApi`] and returns a
+//! [`Launched`]: a control handle (signals) and a future that resolves with the
+//! [`InstanceExit`] once every process of the instance is gone.
+//!
+//! - [`ProcessLauncher`] execs the function's binary, sandboxed as
+//!   [`crate::sandbox`] allows (bubblewrap, a network namespace, a cgroup), or bare with
+//!   `--no-sandbox`. Its output is read line by line into the function's [`LogRing`].
+//! - Tests drive the scheduler with a launcher that serves the API in-process.
+
+mod process;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use thaw_manifest::FunctionPlan;
+
+use crate::logs::LogRing;
+use crate::runtime_api::InstanceApi;
+
+pub use self::process::ProcessLauncher;
+
+/// What a launcher is asked to start.
+#[derive(Debug)]
+pub struct LaunchRequest<'a> {
+    /// The function, with every snapshot local.
+    pub plan: &'a FunctionPlan,
+    /// The instance's name (`embed-3`).
+    pub instance: &'a str,
+    /// The instance's number within its function (3).
+    pub number: u64,
+    /// The Runtime API the instance must be served by.
+    pub api: Arc<InstanceApi>,
+    /// Where its output goes.
+    pub logs: &'a Arc<LogRing>,
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The Runtime API listener could not be made.
+    #[error("cannot bind a Runtime API port: {0}")]
+    RuntimeApi(std::io::Error),
+    /// The instance's cgroup could not be made.
+    #[error("cannot make the instance's cgroup: {0}")]
+    Cgroup(std::io::Error),
+    /// The process could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// What was exec'd.
+        program: String,
+        /// Why not.
+        source: std::io::Error,
+    },
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InstanceExit {
+    /// Its process exited or was killed; the status as the OS put it.
+    Exited(String),
+    /// The kernel killed it at its memory limit.
+    OutOfMemory {
+        /// The limit, bytes.
+        limit: u64,
+    },
+}
+
+/// Signals to a running instance.
+pub trait InstanceControl: Send + Sync + fmt::Debug {
+    /// The pid thaw knows it by (for status), if it is a process.
+    fn pid(&self) -> Option<u32>;
+    /// Asks it to stop: SIGTERM to the function's processes.
+    fn terminate(&self);
+    /// Stops it now, and everything it started.
+    fn kill(&self);
+}
+
+/// A started instance.
+pub struct Launched {
+    /// Its signals.
+    pub control: Arc<dyn InstanceControl>,
+    /// Resolves once the instance, and every process it started, is gone.
+    pub exited: BoxFuture<'static, InstanceExit>,
+}
+
+impl fmt::Debug for Launched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Launched")
+            .field("control", &self.control)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Starts instances.
+pub trait Launcher: Send + Sync + fmt::Debug {
+    /// Starts one instance served by `req.api`.
+    fn launch<'a>(
+        &'a self,
+        req: LaunchRequest<'a>,
+    ) -> BoxFuture<'a, Result<Launched, LaunchError>>;
+}
+
+/// Sends `signal` to one process.
+#[allow(unsafe_code)]
+pub fn signal_pid(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// Sends `signal` to the process group `pid` leads.
+#[allow(unsafe_code)]
+pub fn signal_group(pid: u32, signal: libc::c_int) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid addresses the
+    // process group this instance leads (process_group(0) at spawn).
+    unsafe {
+        libc::kill(-pid, signal);
+    }
+}
+
+/// Makes `cmd`'s child drop to `uid` (and the same gid, no supplementary groups) before
+/// exec, then arm `PR_SET_PDEATHSIG` (a uid change clears it) so it dies with thaw.
+pub(crate) fn as_uid(cmd: &mut std::process::Command, uid: Option<u32>) {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    let hook = process::ChildSetup {
+        cgroup_procs: Vec::new(),
+        netns: None,
+        uid,
+        parent,
+    };
+    // SAFETY: see ChildSetup::run: async-signal-safe calls only, on memory the hook owns.
+    #[allow(unsafe_code)]
+    unsafe {
+        cmd.pre_exec(move || hook.run());
+    }
+}
+
+/// Raises this process's soft open-file limit to its hard limit: each long-poll, map
+/// stream and instance holds descriptors, and the common soft default of 1024 is too low
+/// for a thousand waiting clients. Returns the new soft limit.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: setrlimit reads the struct we own; raising soft to hard is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The GPUs of instance `n` of a function that wants `count`: the machine's GPUs
+/// (`THAW_GPUS`, else thaw's own `CUDA_VISIBLE_DEVICES`) cut into groups of `count`,
+/// handed out round-robin. `None` when thaw does not know the machine's GPUs: the
+/// instance then sees them all.
+fn gpu_devices(n: u64, count: u32) -> Option<String> {
+    let all = std::env::var("THAW_GPUS")
+        .or_else(|_| std::env::var("CUDA_VISIBLE_DEVICES"))
+        .ok()?;
+    let ids: Vec<&str> = all
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let count = (count as usize).max(1);
+    if ids.len() < count {
+        return Some(ids.join(","));
+    }
+    let groups = ids.len() / count;
+    let g = (n as usize) % groups;
+    Some(ids[g * count..(g + 1) * count].join(","))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn instances_get_their_own_group_of_gpus_round_robin() {
+        std::env::set_var("THAW_GPUS", "0,1,2,3");
+        assert_eq!(gpu_devices(1, 2).as_deref(), Some("2,3"));
+        assert_eq!(gpu_devices(2, 2).as_deref(), Some("0,1"));
+        assert_eq!(gpu_devices(3, 1).as_deref(), Some("3"));
+        // Asking for more than the machine has: all of them.
+        assert_eq!(gpu_devices(1, 8).as_deref(), Some("0,1,2,3"));
+        std::env::remove_var("THAW_GPUS");
+    }
+}

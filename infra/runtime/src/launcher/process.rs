@@ -1,0 +1,408 @@
+//! [`ProcessLauncher`]: an instance is the function's binary, exec'd inside whatever
+//! sandbox this machine allows (see [`crate::sandbox`]).
+//!
+//! Order of events for one instance:
+//!
+//! 1. A network namespace is made with the Runtime API listening inside it (or, without
+//!    one, a listener on the host's loopback), and the API starts serving.
+//! 2. A cgroup is made with the function's limits.
+//! 3. The child is forked. Before exec it joins the cgroup and the network namespace
+//!    (both need thaw's privilege), drops to the function's unprivileged uid, and arms
+//!    `PR_SET_PDEATHSIG` so a SIGKILL of thaw takes it down. Then it execs bubblewrap,
+//!    which builds the PID, mount, user, IPC and UTS namespaces and execs the function.
+//! 4. When the child exits, the cgroup says whether the OOM killer did it; anything left
+//!    in the cgroup is killed and the cgroup removed, then the exit is reported.
+
+use std::fs::File;
+use std::os::fd::AsRawFd as _;
+use std::process::Stdio;
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+use thaw_manifest::FunctionPlan;
+use thaw_protocol::runtime_api::env;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+
+use super::{
+    gpu_devices, signal_group, signal_pid, InstanceControl, InstanceExit, LaunchError,
+    LaunchRequest, Launched, Launcher,
+};
+use crate::logs::LogRing;
+use crate::sandbox::cgroup::{InstanceCgroup, Limits};
+use crate::sandbox::netns::NetNs;
+use crate::sandbox::{bwrap, Sandbox, SandboxReport};
+
+/// Execs instances of one function, sandboxed as its [`SandboxReport`] says.
+#[derive(Debug)]
+pub struct ProcessLauncher {
+    sandbox: Arc<Sandbox>,
+    report: SandboxReport,
+}
+
+impl ProcessLauncher {
+    /// A launcher for function number `index` of the manifest.
+    pub fn new(sandbox: Arc<Sandbox>, plan: &FunctionPlan, index: usize) -> Self {
+        let report = sandbox.report(plan, index);
+        Self { sandbox, report }
+    }
+
+    /// What this function's instances get.
+    pub fn report(&self) -> &SandboxReport {
+        &self.report
+    }
+
+    async fn start(&self, req: LaunchRequest<'_>) -> Result<Launched, LaunchError> {
+        let plan = req.plan;
+        let isolated_net = matches!(self.report.network.as_str(), "isolated" | "outbound");
+        let cgroups = self.sandbox.cgroups.clone();
+        let name = req.instance.to_owned();
+        let limits = Limits {
+            memory: plan.spec.memory.0,
+            pids: plan.spec.pids,
+            cpu: plan.spec.cpu,
+        };
+        // Namespace and cgroup set-up are blocking syscalls and file writes.
+        let (netns, listener, cgroup) = tokio::task::spawn_blocking(move || {
+            let (netns, listener) = if isolated_net {
+                let (ns, l) = NetNs::with_listener().map_err(LaunchError::RuntimeApi)?;
+                (Some(ns), l)
+            } else {
+                let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                    .map_err(LaunchError::RuntimeApi)?;
+                (None, l)
+            };
+            let cgroup = match &cgroups {
+                Some(root) => Some(Arc::new(
+                    root.create(&name, limits).map_err(LaunchError::Cgroup)?,
+                )),
+                None => None,
+            };
+            Ok::<_, LaunchError>((netns, listener, cgroup))
+        })
+        .await
+        .map_err(|e| LaunchError::RuntimeApi(std::io::Error::other(e)))??;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(LaunchError::RuntimeApi)?;
+        let api_addr = listener.local_addr().map_err(LaunchError::RuntimeApi)?;
+        req.api.serve(listener);
+
+        let slirp = match (&netns, self.report.network.as_str(), &self.sandbox.slirp4netns) {
+            (Some(ns), "outbound", Some(slirp)) => Some(outbound::start(slirp, ns).await?),
+            _ => None,
+        };
+
+        let jailed = self.sandbox.bwrap.is_some() && self.sandbox.enabled;
+        let mut cmd = match (&self.sandbox.bwrap, jailed) {
+            (Some(bwrap_path), true) => {
+                let mut c = Command::new(bwrap_path);
+                c.args(bwrap::args(plan)).arg(&plan.binary_path);
+                c
+            }
+            _ => Command::new(&plan.binary_path),
+        };
+        cmd.env_clear()
+            .envs(instance_env(plan, &req, api_addr))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true);
+        let setup = ChildSetup {
+            cgroup_procs: match &cgroup {
+                Some(cg) => cg.procs_files().map_err(LaunchError::Cgroup)?,
+                None => Vec::new(),
+            },
+            netns: netns.as_ref().map(NetNs::raw_fd),
+            uid: if jailed { self.report.uid } else { None },
+            parent: std::process::id() as libc::pid_t,
+        };
+        // SAFETY: ChildSetup::run makes only async-signal-safe calls on memory it owns
+        // (moved into the closure), as required between fork and exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(move || setup.run());
+        }
+        let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+            program: plan.binary_path.display().to_string(),
+            source,
+        })?;
+        let pid = child.id().unwrap_or(0);
+        if let Some(out) = child.stdout.take() {
+            pump_lines(out, req.instance.to_owned(), "stdout", Arc::clone(req.logs));
+        }
+        if let Some(err) = child.stderr.take() {
+            pump_lines(err, req.instance.to_owned(), "stderr", Arc::clone(req.logs));
+        }
+        let control = Arc::new(ProcessControl {
+            pid,
+            cgroup: cgroup.clone(),
+            jailed,
+        });
+        let memory = plan.spec.memory.0;
+        let exited = async move {
+            let status = child.wait().await;
+            let oom = match cgroup {
+                Some(cg) => tokio::task::spawn_blocking(move || {
+                    let oom = cg.oom_kills() > 0;
+                    cg.remove();
+                    oom
+                })
+                .await
+                .unwrap_or(false),
+                None => false,
+            };
+            drop(slirp);
+            drop(netns);
+            if oom {
+                InstanceExit::OutOfMemory { limit: memory }
+            } else {
+                InstanceExit::Exited(match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                })
+            }
+        }
+        .boxed();
+        Ok(Launched { control, exited })
+    }
+}
+
+impl Launcher for ProcessLauncher {
+    fn launch<'a>(
+        &'a self,
+        req: LaunchRequest<'a>,
+    ) -> BoxFuture<'a, Result<Launched, LaunchError>> {
+        self.start(req).boxed()
+    }
+}
+
+/// The instance's whole environment: nothing of thaw's own.
+fn instance_env(
+    plan: &FunctionPlan,
+    req: &LaunchRequest<'_>,
+    api: std::net::SocketAddr,
+) -> Vec<(String, String)> {
+    let spec = &plan.spec;
+    let mut vars: Vec<(String, String)> = vec![
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("HOME".into(), "/tmp".into()),
+        (env::RUNTIME_API.into(), api.to_string()),
+        (env::FUNCTION_NAME.into(), plan.name.as_str().into()),
+        (env::MEMORY_SIZE.into(), spec.memory.mebibytes().to_string()),
+        (env::FUNCTION_VERSION.into(), "$LATEST".into()),
+        (env::MAX_CONCURRENCY.into(), spec.concurrency.to_string()),
+        (env::INSTANCE_ID.into(), req.instance.into()),
+    ];
+    if let Some(dir) = &plan.snapshot_dir {
+        vars.push((env::SNAPSHOT_DIR.into(), dir.display().to_string()));
+    }
+    for (role, dir) in &plan.snapshot_dirs {
+        vars.push((env::snapshot_dir_for(role), dir.display().to_string()));
+    }
+    if let Some(kind) = &spec.gpu.kind {
+        vars.push(("THAW_GPU".into(), format!("{kind}:{}", spec.gpu.count)));
+        let required = if spec.gpu_required { "1" } else { "0" };
+        vars.push(("THAW_GPU_REQUIRED".into(), required.into()));
+        if let Some(devices) = gpu_devices(req.number, spec.gpu.count) {
+            vars.push(("CUDA_VISIBLE_DEVICES".into(), devices));
+        }
+    }
+    for (k, v) in &spec.env {
+        vars.push((k.to_string(), v.clone()));
+    }
+    vars
+}
+
+/// What the forked child does before exec, in this order: join the cgroup and the
+/// network namespace (while it still has thaw's privilege), drop to `uid`, arm
+/// `PR_SET_PDEATHSIG` (a uid change would clear it), and check that thaw did not die
+/// before it was armed.
+#[derive(Debug)]
+pub(crate) struct ChildSetup {
+    pub(crate) cgroup_procs: Vec<File>,
+    pub(crate) netns: Option<i32>,
+    pub(crate) uid: Option<u32>,
+    pub(crate) parent: libc::pid_t,
+}
+
+impl ChildSetup {
+    /// Runs in the child between fork and exec: only async-signal-safe calls.
+    #[allow(unsafe_code)]
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        let fail = || Err(std::io::Error::last_os_error());
+        for f in &self.cgroup_procs {
+            // SAFETY: write(2) on a descriptor this struct owns, from a static buffer.
+            if unsafe { libc::write(f.as_raw_fd(), b"0".as_ptr().cast(), 1) } != 1 {
+                return fail();
+            }
+        }
+        if let Some(fd) = self.netns {
+            // SAFETY: setns(2) on a namespace descriptor kept open by the parent.
+            if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } != 0 {
+                return fail();
+            }
+        }
+        if let Some(uid) = self.uid {
+            // SAFETY: setgroups/setgid/setuid take plain values; the child is the only
+            // thread after fork, so no other thread can observe mixed credentials.
+            unsafe {
+                if libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return fail();
+                }
+            }
+        }
+        // SAFETY: prctl and getppid take plain values; _exit never returns.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return fail();
+            }
+            // thaw may have died between fork and prctl: then nobody would signal us.
+            if libc::getppid() != self.parent {
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Signals for a process instance.
+#[derive(Debug)]
+struct ProcessControl {
+    pid: u32,
+    cgroup: Option<Arc<InstanceCgroup>>,
+    /// Inside bubblewrap: `pid` is bubblewrap's monitor, which dies at once on SIGTERM
+    /// and takes the PID namespace down with it.
+    jailed: bool,
+}
+
+impl InstanceControl for ProcessControl {
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    fn terminate(&self) {
+        match (&self.cgroup, self.jailed) {
+            // SIGTERM the function's processes, not bubblewrap's monitor, so the function
+            // gets its grace period; `kill` ends the namespace after it.
+            (Some(cg), true) => {
+                for p in cg.pids() {
+                    if p != self.pid {
+                        signal_pid(p, libc::SIGTERM);
+                    }
+                }
+            }
+            _ => signal_group(self.pid, libc::SIGTERM),
+        }
+    }
+
+    fn kill(&self) {
+        signal_group(self.pid, libc::SIGKILL);
+        if let Some(cg) = &self.cgroup {
+            cg.kill_all();
+        }
+    }
+}
+
+fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(
+    pipe: R,
+    instance: String,
+    stream: &'static str,
+    logs: Arc<LogRing>,
+) {
+    tokio::spawn(async move {
+        let mut reader = BufReader::with_capacity(64 * 1024, pipe);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            // read_until keeps reading a huge line; cap what we keep, not what we drain.
+            match reader.read_until(b'\n', &mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let line = String::from_utf8_lossy(&buf[..buf.len().min(16 * 1024)])
+                        .trim_end()
+                        .to_owned();
+                    logs.push(&instance, stream, line);
+                }
+            }
+        }
+    });
+}
+
+/// `network = "outbound"`: slirp4netns gives the namespace a tap device routed through
+/// a user-space TCP/IP stack to the host's network; the host's loopback is reachable at
+/// 10.0.2.2.
+mod outbound {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::path::Path;
+    use std::process::Stdio;
+
+    use tokio::io::AsyncReadExt as _;
+    use tokio::process::{Child, Command};
+
+    use super::{ChildSetup, LaunchError};
+    use crate::sandbox::netns::NetNs;
+
+    /// Starts slirp4netns on `ns` and waits until it says the interface is configured.
+    pub(super) async fn start(slirp: &Path, ns: &NetNs) -> Result<Child, LaunchError> {
+        let spawn_err = |source| LaunchError::Spawn {
+            program: slirp.display().to_string(),
+            source,
+        };
+        let (read_end, write_end) = pipe().map_err(spawn_err)?;
+        let mut cmd = Command::new(slirp);
+        cmd.args(["--configure", "--mtu=65520", "--netns-type=path"])
+            .arg(format!("--ready-fd={}", write_end.as_raw_fd()))
+            .arg(ns.path())
+            .arg("tap0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        let setup = ChildSetup {
+            cgroup_procs: Vec::new(),
+            netns: None,
+            uid: None,
+            parent: std::process::id() as libc::pid_t,
+        };
+        let ready_fd = write_end.as_raw_fd();
+        // SAFETY: fcntl and the ChildSetup calls are async-signal-safe; the descriptor is
+        // the pipe's write end, open in the child until exec, which it must survive.
+        #[allow(unsafe_code)]
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::fcntl(ready_fd, libc::F_SETFD, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                setup.run()
+            });
+        }
+        let child = cmd.spawn().map_err(spawn_err)?;
+        drop(write_end);
+        let mut ready = tokio::fs::File::from_std(std::fs::File::from(read_end));
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), ready.read(&mut byte)).await;
+        match read {
+            Ok(Ok(1)) => Ok(child),
+            _ => Err(spawn_err(std::io::Error::other(
+                "slirp4netns did not configure the network",
+            ))),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+        let mut fds = [0i32; 2];
+        // SAFETY: pipe2 writes two descriptors into the array we own.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just opened and are owned by nobody else.
+        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    }
+}

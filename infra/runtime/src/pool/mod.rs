@@ -1,0 +1,402 @@
+//! The scheduler of one function: a bounded queue, its instances, and the rules that
+//! start and stop them.
+//!
+//! - **Scale up:** when queued work exceeds the capacity of instances already starting,
+//!   and the count is under `max_containers`, start one. `min_containers` are started at
+//!   boot and replaced when they go.
+//! - **Dispatch:** a queued call goes to a ready instance with fewer than `concurrency`
+//!   calls in flight.
+//! - **Scale down:** the reaper stops instances idle for `idle_timeout` (SIGTERM, a grace
+//!   period, SIGKILL), never below `min_containers`.
+//! - **Faults:** an exit with calls in flight fails them as `FunctionCrashed`; past
+//!   `timeout` the instance is killed and the caller gets `Timeout`; an exit before the
+//!   first `next` is an init failure, reported with the function's own stderr, and
+//!   restarts back off exponentially so a crash loop cannot spin.
+//!
+//! State lives behind one `std::sync::Mutex`, never held across an `.await`. This file is
+//! the policy; [`supervise`] is the life of one instance (launch, readiness, exit, signals)
+//! through the [`Launcher`] the pool is given, so the policy is unit-tested with a
+//! launcher that serves the Runtime API in-process, on paused time.
+
+mod supervise;
+
+use self::supervise::reaper;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use thaw_manifest::FunctionPlan;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::fetch::SnapshotFetcher;
+use crate::launcher::{InstanceControl, InstanceExit, Launcher};
+use crate::logs::LogRing;
+use crate::metrics::Metrics;
+use crate::runtime_api::{InstanceApi, Outcome};
+use crate::sandbox::SandboxReport;
+
+/// How long a stopped instance gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+const BACKOFF_START: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Why a call did not produce a function outcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// The queue is at `max_queue`.
+    #[error("queue full: {0} calls waiting")]
+    QueueFull(usize),
+    /// The instance exited while running the call.
+    #[error("function crashed: {0}")]
+    FunctionCrashed(String),
+    /// The function could not initialise.
+    #[error("function failed to initialise: {0}")]
+    InitFailed(String),
+    /// The call ran past `timeout`; the instance was killed.
+    #[error("function timed out after {0:?}")]
+    Timeout(Duration),
+    /// The kernel killed the instance at its memory limit while it ran the call.
+    #[error("the instance ran out of memory: it was killed at its limit of {} MiB", .limit >> 20)]
+    OutOfMemory {
+        /// The limit, bytes.
+        limit: u64,
+    },
+    /// thaw is shutting down.
+    #[error("thaw is shutting down")]
+    ShuttingDown,
+}
+
+impl CallError {
+    /// The stable type on the wire.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::QueueFull(_) => "QueueFull",
+            Self::FunctionCrashed(_) => "FunctionCrashed",
+            Self::InitFailed(_) => "InitError",
+            Self::Timeout(_) => "Timeout",
+            Self::OutOfMemory { .. } => "OutOfMemory",
+            Self::ShuttingDown => "ShuttingDown",
+        }
+    }
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Outcome, CallError>>;
+
+#[derive(Debug)]
+struct Pending {
+    payload: Bytes,
+    reply: Reply,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Starting,
+    Ready,
+    Stopping,
+}
+
+#[derive(Debug)]
+struct Instance {
+    phase: Phase,
+    api: Option<Arc<InstanceApi>>,
+    control: Option<Arc<dyn InstanceControl>>,
+    /// How it ended, set before its in-flight calls are abandoned so they can say why.
+    exit: Arc<OnceLock<InstanceExit>>,
+    in_flight: u32,
+    idle_since: Instant,
+    started: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    queue: VecDeque<Pending>,
+    instances: BTreeMap<u64, Instance>,
+    next_id: u64,
+    /// The last init failure: its message, when restarts may resume, and the next backoff.
+    init_failure: Option<(String, Instant, Duration)>,
+    retry_scheduled: bool,
+    cold_starts: u64,
+}
+
+/// A snapshot of a function's live state, for `/v1/functions` and `thaw status`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolStatus {
+    /// Instances starting.
+    pub starting: usize,
+    /// Ready instances with nothing in flight.
+    pub idle: usize,
+    /// Ready instances with calls in flight.
+    pub busy: usize,
+    /// Instances being stopped.
+    pub stopping: usize,
+    /// Calls waiting for an instance.
+    pub queue_depth: usize,
+    /// Calls in flight.
+    pub in_flight: u32,
+    /// Cold starts since boot.
+    pub cold_starts: u64,
+    /// Instance ids and pids.
+    pub instances: Vec<InstanceStatus>,
+    /// The last init failure's message, while restarts are backing off.
+    pub init_error: Option<String>,
+}
+
+/// One instance in a [`PoolStatus`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct InstanceStatus {
+    /// Instance id.
+    pub id: String,
+    /// starting, idle, busy or stopping.
+    pub state: &'static str,
+    /// OS process id.
+    pub pid: Option<u32>,
+    /// Calls in flight.
+    pub in_flight: u32,
+}
+
+/// One function's scheduler.
+#[derive(Debug)]
+pub struct FunctionPool {
+    plan: FunctionPlan,
+    state: Mutex<State>,
+    launcher: Arc<dyn Launcher>,
+    sandbox: SandboxReport,
+    /// The function's captured output.
+    pub logs: Arc<LogRing>,
+    metrics: Arc<Metrics>,
+    closing: AtomicBool,
+    me: Weak<FunctionPool>,
+    /// Pulls snapshots missing from the local cache.
+    fetcher: Option<Arc<dyn SnapshotFetcher>>,
+    /// The plan with every snapshot local, once they have been pulled.
+    local_plan: tokio::sync::Mutex<Option<FunctionPlan>>,
+}
+
+impl FunctionPool {
+    /// Creates the pool, starts `min_containers` and the idle reaper. `sandbox` is what
+    /// `launcher` gives this function's instances, for status.
+    pub fn start(
+        plan: FunctionPlan,
+        launcher: Arc<dyn Launcher>,
+        sandbox: SandboxReport,
+        metrics: Arc<Metrics>,
+        shutdown: watch::Receiver<bool>,
+        fetcher: Option<Arc<dyn SnapshotFetcher>>,
+    ) -> Arc<Self> {
+        let pool = Arc::new_cyclic(|me| Self {
+            plan,
+            state: Mutex::new(State::default()),
+            launcher,
+            sandbox,
+            logs: Arc::new(LogRing::default()),
+            metrics,
+            closing: AtomicBool::new(false),
+            me: me.clone(),
+            fetcher,
+            local_plan: tokio::sync::Mutex::new(None),
+        });
+        pool.pump();
+        tokio::spawn(reaper(Arc::downgrade(&pool), shutdown));
+        pool
+    }
+
+    /// The function's resolved plan.
+    pub fn plan(&self) -> &FunctionPlan {
+        &self.plan
+    }
+
+    /// What the sandbox gives this function's instances.
+    pub fn sandbox(&self) -> &SandboxReport {
+        &self.sandbox
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock would be a thaw bug; keep serving regardless.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn name(&self) -> &str {
+        self.plan.name.as_str()
+    }
+
+    /// Runs one call: queue it, wait for an instance, wait for its outcome.
+    pub async fn invoke(&self, payload: Bytes) -> Result<Outcome, CallError> {
+        let started = Instant::now();
+        let (reply, rx) = oneshot::channel();
+        {
+            let mut st = self.lock();
+            if self.closing.load(Ordering::SeqCst) {
+                return Err(CallError::ShuttingDown);
+            }
+            let any_ready = st.instances.values().any(|i| i.phase == Phase::Ready);
+            if let Some((msg, until, _)) = &st.init_failure {
+                if !any_ready && Instant::now() < *until {
+                    self.metrics.error(self.name(), "InitError");
+                    return Err(CallError::InitFailed(msg.clone()));
+                }
+            }
+            if st.queue.len() >= self.plan.spec.max_queue as usize {
+                self.metrics.error(self.name(), "QueueFull");
+                return Err(CallError::QueueFull(st.queue.len()));
+            }
+            st.queue.push_back(Pending { payload, reply });
+        }
+        self.pump();
+        let result = rx
+            .await
+            .unwrap_or_else(|_| Err(CallError::FunctionCrashed("call was dropped".into())));
+        match &result {
+            Ok(Outcome::Error(d)) => self.metrics.error(self.name(), &d.error_type),
+            Ok(Outcome::Response(_)) => {}
+            Err(e) => self.metrics.error(self.name(), e.kind()),
+        }
+        self.metrics.invocation(self.name(), started.elapsed());
+        result
+    }
+
+    /// Dispatches queued calls to free instances and starts instances as the rules say.
+    fn pump(&self) {
+        let Some(me) = self.me.upgrade() else { return };
+        let concurrency = self.plan.spec.concurrency;
+        let mut st = self.lock();
+        // Dispatch.
+        while !st.queue.is_empty() {
+            let free = st
+                .instances
+                .iter()
+                .filter(|(_, i)| i.phase == Phase::Ready && i.in_flight < concurrency)
+                .min_by_key(|(_, i)| i.in_flight)
+                .map(|(id, _)| *id);
+            let Some(id) = free else { break };
+            let Some(pending) = st.queue.pop_front() else {
+                break;
+            };
+            let Some(inst) = st.instances.get_mut(&id) else {
+                break;
+            };
+            inst.in_flight += 1;
+            let Some(api) = inst.api.clone() else { break };
+            let exit = Arc::clone(&inst.exit);
+            tokio::spawn(Arc::clone(&me).run_call(id, api, exit, pending));
+        }
+        if self.closing.load(Ordering::SeqCst) {
+            return;
+        }
+        // Scale up.
+        let now = Instant::now();
+        let backing_off = st
+            .init_failure
+            .as_ref()
+            .is_some_and(|(_, until, _)| now < *until);
+        loop {
+            let live = st
+                .instances
+                .values()
+                .filter(|i| i.phase != Phase::Stopping)
+                .count();
+            let starting = st
+                .instances
+                .values()
+                .filter(|i| i.phase == Phase::Starting)
+                .count();
+            let below_min = live < self.plan.spec.min_containers as usize;
+            let demand = st.queue.len() > starting * concurrency as usize;
+            if live >= self.plan.spec.max_containers as usize
+                || !(below_min || demand)
+                || backing_off
+            {
+                break;
+            }
+            st.next_id += 1;
+            let id = st.next_id;
+            st.instances.insert(
+                id,
+                Instance {
+                    phase: Phase::Starting,
+                    api: None,
+                    control: None,
+                    exit: Arc::new(OnceLock::new()),
+                    in_flight: 0,
+                    idle_since: now,
+                    started: now,
+                },
+            );
+            tokio::spawn(Arc::clone(&me).run_instance(id));
+        }
+        // While backing off, come back when restarts may resume.
+        if backing_off
+            && !st.retry_scheduled
+            && (!st.queue.is_empty() || self.plan.spec.min_containers > 0)
+        {
+            st.retry_scheduled = true;
+            let until = st.init_failure.as_ref().map_or(now, |f| f.1);
+            let me = Arc::clone(&me);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(until.into()).await;
+                me.lock().retry_scheduled = false;
+                me.pump();
+            });
+        }
+    }
+
+    /// Live state.
+    pub fn status(&self) -> PoolStatus {
+        let st = self.lock();
+        let mut s = PoolStatus {
+            starting: 0,
+            idle: 0,
+            busy: 0,
+            stopping: 0,
+            queue_depth: st.queue.len(),
+            in_flight: 0,
+            cold_starts: st.cold_starts,
+            instances: Vec::new(),
+            init_error: st.init_failure.as_ref().map(|f| f.0.clone()),
+        };
+        for (id, i) in &st.instances {
+            let state = match (i.phase, i.in_flight) {
+                (Phase::Starting, _) => "starting",
+                (Phase::Stopping, _) => "stopping",
+                (Phase::Ready, 0) => "idle",
+                (Phase::Ready, _) => "busy",
+            };
+            match state {
+                "starting" => s.starting += 1,
+                "stopping" => s.stopping += 1,
+                "idle" => s.idle += 1,
+                _ => s.busy += 1,
+            }
+            s.in_flight += i.in_flight;
+            s.instances.push(InstanceStatus {
+                id: self.instance_name(*id),
+                state,
+                pid: i.control.as_ref().and_then(|c| c.pid()),
+                in_flight: i.in_flight,
+            });
+        }
+        s
+    }
+
+    /// Refuses new calls and fails queued ones; in-flight calls continue.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        let queued: Vec<Pending> = self.lock().queue.drain(..).collect();
+        for p in queued {
+            let _ = p.reply.send(Err(CallError::ShuttingDown));
+        }
+    }
+
+    /// Calls still in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.lock().instances.values().map(|i| i.in_flight).sum()
+    }
+
+}

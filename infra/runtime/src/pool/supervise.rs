@@ -1,0 +1,356 @@
+//! The life of one instance: launch through the pool's [`Launcher`], readiness, the
+//! calls it runs, how it ended, and the signals that stop it.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use thaw_manifest::FunctionPlan;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::{CallError, FunctionPool, Pending, Phase, Reply, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE};
+use crate::launcher::{InstanceControl, InstanceExit, LaunchRequest};
+use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle};
+
+impl FunctionPool {
+    pub(super) fn instance_name(&self, id: u64) -> String {
+        format!("{}-{id}", self.name())
+    }
+
+    /// One call on one instance.
+    pub(super) async fn run_call(
+        self: Arc<Self>,
+        id: u64,
+        api: Arc<InstanceApi>,
+        exit: Arc<OnceLock<InstanceExit>>,
+        pending: Pending,
+    ) {
+        let timeout = self.plan.spec.timeout.0;
+        let Pending { payload, reply: caller } = pending;
+        let (reply, rx) = oneshot::channel();
+        let invocation = Invocation {
+            id: new_request_id(),
+            payload,
+            timeout,
+            reply,
+        };
+        let result = if api.submit(invocation).await.is_err() {
+            Err(CallError::FunctionCrashed(
+                "instance stopped before the call was delivered".into(),
+            ))
+        } else {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(outcome)) => Ok(outcome),
+                Ok(Err(_)) => {
+                    if let Some(InstanceExit::OutOfMemory { limit }) = exit.get() {
+                        return self.call_done(id, caller, Err(CallError::OutOfMemory { limit: *limit }));
+                    }
+                    // The instance's exit dropped our reply; give its last stderr a moment
+                    // to be read so the caller sees why.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let tail = self.logs.instance_tail(&self.instance_name(id), 5);
+                    let why = if tail.is_empty() {
+                        "the instance exited".to_owned()
+                    } else {
+                        tail
+                    };
+                    Err(CallError::FunctionCrashed(why))
+                }
+                Err(_) => {
+                    self.kill(id);
+                    Err(CallError::Timeout(timeout))
+                }
+            }
+        };
+        self.call_done(id, caller, result);
+    }
+
+    /// Answers a call's caller and frees its slot on instance `id`.
+    pub(super) fn call_done(
+        &self,
+        id: u64,
+        caller: Reply,
+        result: Result<crate::runtime_api::Outcome, CallError>,
+    ) {
+        let _ = caller.send(result);
+        {
+            let mut st = self.lock();
+            if let Some(inst) = st.instances.get_mut(&id) {
+                inst.in_flight = inst.in_flight.saturating_sub(1);
+                inst.idle_since = Instant::now();
+            }
+        }
+        self.pump();
+    }
+
+    /// The plan to launch with: every snapshot in the local cache. Snapshots the cache
+    /// lacked at boot are pulled from the snapshot store here, once, by the first cold
+    /// start; later starts reuse the result.
+    pub(super) async fn launch_plan(&self) -> Result<FunctionPlan, String> {
+        if self.plan.missing_snapshots.is_empty() {
+            return Ok(self.plan.clone());
+        }
+        let mut local = self.local_plan.lock().await;
+        if let Some(p) = local.as_ref() {
+            return Ok(p.clone());
+        }
+        let Some(fetcher) = &self.fetcher else {
+            return Err(format!(
+                "snapshots {:?} are not in the local cache and no snapshot store is configured",
+                self.plan.missing_snapshots
+            ));
+        };
+        let mut plan = self.plan.clone();
+        for (role, snapshot) in &self.plan.missing_snapshots {
+            let t = Instant::now();
+            let dir = fetcher.fetch(snapshot).await?;
+            tracing::info!(function = self.name(), snapshot, pull_ms = t.elapsed().as_millis() as u64, dir = %dir.display(), "snapshot pulled from the store");
+            match role {
+                None => plan.snapshot_dir = Some(dir),
+                Some(r) => {
+                    plan.snapshot_dirs.insert(r.clone(), dir);
+                }
+            }
+        }
+        plan.missing_snapshots.clear();
+        *local = Some(plan.clone());
+        Ok(plan)
+    }
+
+    /// Starts instance `id`, waits for it to be ready, then watches it until it exits.
+    pub(super) async fn run_instance(self: Arc<Self>, id: u64) {
+        let name = self.instance_name(id);
+        let started = Instant::now();
+        let plan = match self.launch_plan().await {
+            Ok(p) => p,
+            Err(msg) => return self.init_failed(id, msg),
+        };
+        let api = Arc::new(InstanceApi::new());
+        let request = LaunchRequest {
+            plan: &plan,
+            instance: &name,
+            number: id,
+            api: Arc::clone(&api),
+            logs: &self.logs,
+        };
+        let launched = match self.launcher.launch(request).await {
+            Ok(l) => l,
+            Err(e) => return self.init_failed(id, e.to_string()),
+        };
+        let control = launched.control;
+        let mut exited = launched.exited;
+        let pid = control.pid();
+        let exit_slot = self.lock().instances.get_mut(&id).map(|inst| {
+            inst.control = Some(Arc::clone(&control));
+            inst.api = Some(Arc::clone(&api));
+            Arc::clone(&inst.exit)
+        });
+        let Some(exit_slot) = exit_slot else {
+            // Stopped while launching (thaw is shutting down).
+            control.kill();
+            let _ = exited.await;
+            return;
+        };
+        tracing::info!(function = self.name(), instance = %name, pid, "instance starting");
+        let mut lifecycle = api.lifecycle();
+        let ready = tokio::select! {
+            r = async { lifecycle.wait_for(|l| *l != Lifecycle::Initialising).await.map(|l| l.clone()) } => match r {
+                Ok(Lifecycle::InitFailed(d)) => Err(format!("{}: {}", d.error_type, d.error_message)),
+                Ok(_) => Ok(()),
+                Err(_) => Err("runtime api stopped".to_owned()),
+            },
+            exit = &mut exited => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                let tail = self.logs.instance_tail(&name, 10);
+                Err(match exit {
+                    InstanceExit::OutOfMemory { limit } => format!(
+                        "ran out of memory while initialising: killed at its limit of {} MiB",
+                        limit >> 20
+                    ),
+                    InstanceExit::Exited(_) if !tail.is_empty() => tail,
+                    InstanceExit::Exited(code) => format!("exited before its first next ({code})"),
+                })
+            }
+            () = tokio::time::sleep(self.plan.spec.startup_timeout.0) => {
+                Err(format!("did not reach its first next within {:?}", self.plan.spec.startup_timeout.0))
+            }
+        };
+        if let Err(msg) = ready {
+            control.kill();
+            // `exited` may have resolved already in the select; then this is instant.
+            let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
+            return self.init_failed(id, msg);
+        }
+        let cold = started.elapsed();
+        {
+            let mut st = self.lock();
+            st.init_failure = None;
+            st.cold_starts += 1;
+            if let Some(inst) = st.instances.get_mut(&id) {
+                inst.phase = if inst.phase == Phase::Stopping {
+                    Phase::Stopping
+                } else {
+                    Phase::Ready
+                };
+                inst.idle_since = Instant::now();
+            }
+        }
+        self.metrics.cold_start(self.name(), cold);
+        tracing::info!(function = self.name(), instance = %name, cold_start_ms = cold.as_millis() as u64, "instance ready");
+        self.pump();
+
+        let exit = exited.await;
+        if let InstanceExit::OutOfMemory { limit } = &exit {
+            self.metrics.oom_kill(self.name());
+            tracing::warn!(function = self.name(), instance = %name, limit_mib = limit >> 20, "instance killed at its memory limit");
+        }
+        let _ = exit_slot.set(exit.clone());
+        api.abandon_in_flight();
+        let removed = self.lock().instances.remove(&id);
+        if let Some(inst) = removed {
+            self.metrics.billed(self.name(), inst.started.elapsed());
+            if inst.phase != Phase::Stopping {
+                tracing::warn!(function = self.name(), instance = %name, ?exit, "instance exited");
+            }
+        }
+        self.pump();
+    }
+
+    pub(super) fn init_failed(&self, id: u64, msg: String) {
+        tracing::warn!(function = self.name(), instance = %self.instance_name(id), error = %msg, "init failed");
+        let failed: Vec<Pending> = {
+            let mut st = self.lock();
+            if let Some(inst) = st.instances.remove(&id) {
+                self.metrics.billed(self.name(), inst.started.elapsed());
+            }
+            let backoff = st
+                .init_failure
+                .as_ref()
+                .map_or(BACKOFF_START, |f| (f.2 * 2).min(BACKOFF_MAX));
+            st.init_failure = Some((msg.clone(), Instant::now() + backoff, backoff));
+            // Nothing can serve the queue now; tell its callers why rather than let them wait.
+            if st.instances.values().any(|i| i.phase == Phase::Ready) {
+                Vec::new()
+            } else {
+                st.queue.drain(..).collect()
+            }
+        };
+        for p in failed {
+            let _ = p.reply.send(Err(CallError::InitFailed(msg.clone())));
+        }
+        self.pump();
+    }
+
+    /// Kills an instance now (timeout): SIGKILL to its group.
+    pub(super) fn kill(&self, id: u64) {
+        let mut st = self.lock();
+        if let Some(inst) = st.instances.get_mut(&id) {
+            inst.phase = Phase::Stopping;
+            if let Some(control) = &inst.control {
+                control.kill();
+            }
+        }
+    }
+
+    /// Stops an instance gracefully: SIGTERM, then SIGKILL after [`STOP_GRACE`].
+    pub(super) fn stop(&self, st: &mut State, id: u64) {
+        if let Some(inst) = st.instances.get_mut(&id) {
+            inst.phase = Phase::Stopping;
+            if let Some(control) = inst.control.clone() {
+                control.terminate();
+                let me = self.me.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(STOP_GRACE).await;
+                    if let Some(me) = me.upgrade() {
+                        if me.lock().instances.contains_key(&id) {
+                            control.kill();
+                        }
+                    }
+                });
+            }
+        }
+    }
+
+    /// Stops instances idle past `idle_timeout`, keeping `min_containers`.
+    pub(super) fn reap_idle(&self) {
+        let idle_timeout = self.plan.spec.idle_timeout.0;
+        let min = self.plan.spec.min_containers as usize;
+        let mut st = self.lock();
+        let mut live = st
+            .instances
+            .values()
+            .filter(|i| i.phase != Phase::Stopping)
+            .count();
+        let idle: Vec<u64> = st
+            .instances
+            .iter()
+            .filter(|(_, i)| {
+                i.phase == Phase::Ready
+                    && i.in_flight == 0
+                    && i.idle_since.elapsed() >= idle_timeout
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in idle {
+            if live <= min {
+                break;
+            }
+            tracing::info!(function = self.name(), instance = %self.instance_name(id), "stopping idle instance");
+            self.stop(&mut st, id);
+            live -= 1;
+        }
+    }
+
+    /// SIGTERM every instance, then SIGKILL whatever is left after `grace`, and wait until
+    /// every child has been reaped.
+    pub async fn stop_all(&self, grace: Duration) {
+        let all = {
+            let mut st = self.lock();
+            for inst in st.instances.values_mut() {
+                inst.phase = Phase::Stopping;
+            }
+            controls(&st)
+        };
+        for c in &all {
+            c.terminate();
+        }
+        let deadline = Instant::now() + grace;
+        while !self.lock().instances.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = controls(&self.lock());
+        for c in &left {
+            c.kill();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !self.lock().instances.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+fn controls(st: &State) -> Vec<Arc<dyn InstanceControl>> {
+    st.instances
+        .values()
+        .filter_map(|i| i.control.clone())
+        .collect()
+}
+
+/// The idle reaper: a background task that stops when thaw shuts down.
+pub(super) async fn reaper(pool: Weak<FunctionPool>, mut shutdown: watch::Receiver<bool>) {
+    let period = match pool.upgrade() {
+        Some(p) => (p.plan.spec.idle_timeout.0 / 4)
+            .clamp(Duration::from_millis(20), Duration::from_secs(1)),
+        None => return,
+    };
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(period) => {}
+            _ = shutdown.changed() => return,
+        }
+        match pool.upgrade() {
+            Some(p) => p.reap_idle(),
+            None => return,
+        }
+    }
+}

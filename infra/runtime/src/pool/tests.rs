@@ -1,0 +1,1 @@
+//! Scheduler tests with an in-process launcher on paused time.
