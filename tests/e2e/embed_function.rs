@@ -141,11 +141,12 @@ async fn a_corrupt_snapshot_fails_init_before_the_first_next() {
     let dir = tmp.path().join("snap");
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("snapshot.json"), b"{broken").expect("write");
-    let api = thaw_runtime::runtime_api::InstanceApi::bind()
+    let api = thaw_runtime::runtime_api::InstanceApi::on_host_loopback()
         .await
         .expect("bind");
+    let addr = api.addr().expect("address");
     let out = tokio::process::Command::new(binary("embed"))
-        .env("AWS_LAMBDA_RUNTIME_API", api.addr().to_string())
+        .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
         .env("AWS_LAMBDA_FUNCTION_NAME", "embed")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "1024")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
