@@ -139,6 +139,34 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     dot / (na * nb).max(1e-30)
 }
 
+/// Where [`side_dir`] is mounted inside an instance.
+pub const SIDE_MOUNT: &str = "/mnt/side";
+
+/// A host directory instances may write through a volume at [`SIDE_MOUNT`]: a tempdir
+/// opened to every user, since instances run as an unprivileged uid in their own mount
+/// namespace. Tests use it as a side channel (what ran, how often).
+pub fn side_dir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+        .expect("chmod side dir");
+    dir
+}
+
+/// The manifest lines that mount `dir` at [`SIDE_MOUNT`] and set `env` (values are paths
+/// relative to the mount).
+pub fn side_keys(dir: &std::path::Path, env: &[(&str, &str)]) -> String {
+    let vars: Vec<String> = env
+        .iter()
+        .map(|(k, v)| format!("{k} = \"{SIDE_MOUNT}/{v}\""))
+        .collect();
+    format!(
+        "volumes = {{ \"{SIDE_MOUNT}\" = {:?} }}\nenv = {{ {} }}\n",
+        dir.display().to_string(),
+        vars.join(", ")
+    )
+}
+
 /// A real `thaw serve` process on 127.0.0.1:0 with a manifest of the test's own.
 #[derive(Debug)]
 pub struct Serve {
@@ -148,6 +176,7 @@ pub struct Serve {
     pub base: String,
     /// Where this thaw keeps its call store.
     pub state_dir: PathBuf,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -175,6 +204,26 @@ impl Serve {
     /// As [`Serve::start`], with more `thaw serve` arguments (`--single f`).
     pub fn start_with_args(manifest: &str, args: &[&str]) -> Self {
         Self::start_with_env(manifest, args, &[])
+    }
+
+    /// As [`Serve::start_with_state`], with extra environment for thaw.
+    pub fn start_with_state_and_env(
+        manifest: &str,
+        state_dir: &std::path::Path,
+        env: &[(&str, &str)],
+    ) -> Self {
+        Self::start_in(
+            tempfile::tempdir().expect("tempdir"),
+            manifest,
+            state_dir,
+            &[],
+            env,
+        )
+    }
+
+    /// What thaw has written to stderr so far (it is also passed through to the test's).
+    pub fn stderr_lines(&self) -> Vec<String> {
+        self.stderr.lock().map(|l| l.clone()).unwrap_or_default()
     }
 
     /// As [`Serve::start_with_args`], with extra environment for thaw.
@@ -218,9 +267,23 @@ impl Serve {
             .envs(env.iter().copied())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn thaw serve");
+        let stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        if let Some(pipe) = child.stderr.take() {
+            let lines = std::sync::Arc::clone(&stderr);
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                    eprintln!("{line}");
+                    if let Ok(mut l) = lines.lock() {
+                        if l.len() < 10_000 {
+                            l.push(line);
+                        }
+                    }
+                }
+            });
+        }
         let stdout = child.stdout.take().expect("stdout");
         let mut reader = std::io::BufReader::new(stdout);
         let mut line = String::new();
@@ -236,6 +299,7 @@ impl Serve {
             child,
             base,
             state_dir: state_dir.to_owned(),
+            stderr,
             _dir: dir,
         }
     }

@@ -52,12 +52,12 @@ fn log_lines(path: &Path) -> Vec<String> {
 #[test]
 fn kill_9_mid_batch_loses_nothing_and_idempotency_keys_survive_the_restart() {
     const N: usize = 1000;
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = thaw_tests::side_dir();
     let state = dir.path().join("state");
     let log = dir.path().join("executions.log");
     let m = manifest(&format!(
-        "[function.rec]\nbinary = \"thaw-fault\"\nmax_containers = 2\nconcurrency = 4\nenv = {{ FAULT_LOG = {:?} }}\n",
-        log.display().to_string()
+        "[function.rec]\nbinary = \"thaw-fault\"\nmax_containers = 2\nconcurrency = 4\n{}",
+        thaw_tests::side_keys(dir.path(), &[("FAULT_LOG", "executions.log")])
     ));
     let input = |i: usize| json!({"action": "record", "key": format!("k{i}"), "ms": 3});
 
@@ -348,10 +348,10 @@ fn maps_take_json_arrays_completion_order_spawn_map_paging_and_the_cli() {
 
 #[test]
 fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = thaw_tests::side_dir();
     let env = format!(
-        "env = {{ FAULT_STATE = {:?} }}\nretry_backoff = \"50ms\"\n",
-        dir.path().display().to_string()
+        "{}retry_backoff = \"50ms\"\n",
+        thaw_tests::side_keys(dir.path(), &[("FAULT_STATE", "")])
     );
     let s = Serve::start(&manifest(&format!(
         "[function.r2]\nbinary = \"thaw-fault\"\nretries = 2\n{env}\n\
@@ -424,12 +424,11 @@ fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
 
 #[test]
 fn a_cancelled_queued_call_never_runs_and_results_expire() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = thaw_tests::side_dir();
     let log = dir.path().join("log");
     let s = Serve::start(&manifest(&format!(
-        "[function.one]\nbinary = \"thaw-fault\"\nmax_containers = 1\nresult_ttl = \"1s\"\n\
-         env = {{ FAULT_LOG = {:?} }}\n",
-        log.display().to_string()
+        "[function.one]\nbinary = \"thaw-fault\"\nmax_containers = 1\nresult_ttl = \"1s\"\n{}",
+        thaw_tests::side_keys(dir.path(), &[("FAULT_LOG", "log")])
     )));
     let busy = spawn(
         &s,

@@ -10,4 +10,5 @@ mod parity;
 mod rerank;
 mod runtime;
 mod s3;
+mod sandbox;
 mod snapshot_faults;

@@ -32,7 +32,8 @@ fn scales_from_zero_and_back_to_zero() {
     assert_eq!(instances(&s, "f"), 0, "nothing runs before the first call");
     let r = call(&s, "f", json!({"echo": 1}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    let pid = r.json()["pid"].as_u64().expect("pid");
+    // The host pid (the function's own is its PID namespace's).
+    let pid = s.state("f")["instances"][0]["pid"].as_u64().expect("pid");
     assert!(alive(pid));
     let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
     assert!(
@@ -141,7 +142,7 @@ fn min_containers_are_started_at_boot_and_kept() {
         "kept through idle periods"
     );
     let r = call(&s, "warm", json!({}));
-    assert_eq!(r.json()["pid"].as_u64(), Some(pid));
+    assert_eq!(r.json()["instance"], s.state("warm")["instances"][0]["id"]);
     let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
     assert!(
         metrics.contains("thaw_cold_starts_total{function=\"warm\"} 1"),
@@ -151,15 +152,19 @@ fn min_containers_are_started_at_boot_and_kept() {
 
 #[test]
 fn faults_are_typed_the_instance_is_replaced_and_healthy_calls_are_unaffected() {
-    let starts = tempfile::NamedTempFile::new().expect("tmp");
-    let starts_path = starts.path().display().to_string();
+    let side = thaw_tests::side_dir();
+    let starts_path = side.path().join("starts");
     let s = Serve::start(&manifest(&[
         fault_fn("bad", "max_containers = 2\ntimeout = \"1s\""),
         fault_fn("healthy", "max_containers = 1"),
         fault_fn(
             "broken",
             &format!(
-                "env = {{ FAULT_INIT = \"fail\", FAULT_STARTS = \"{starts_path}\" }}"
+                "volumes = {{ \"{}\" = {:?} }}\n\
+                 env = {{ FAULT_INIT = \"fail\", FAULT_STARTS = \"{}/starts\" }}",
+                thaw_tests::SIDE_MOUNT,
+                side.path().display().to_string(),
+                thaw_tests::SIDE_MOUNT
             ),
         ),
     ]));
@@ -228,7 +233,7 @@ fn faults_are_typed_the_instance_is_replaced_and_healthy_calls_are_unaffected() 
             "healthy calls failed: {healthy:?}"
         );
     });
-    let starts = std::fs::read_to_string(starts.path())
+    let starts = std::fs::read_to_string(&starts_path)
         .unwrap_or_default()
         .lines()
         .count();
@@ -359,7 +364,8 @@ fn function_urls_carry_json_binary_and_refuse_oversized_bodies() {
 #[test]
 fn sigterm_drains_in_flight_calls_and_leaves_no_child() {
     let mut s = Serve::start(&manifest(&[fault_fn("f", "max_containers = 2")]));
-    let warm = call(&s, "f", json!({})).json()["pid"]
+    assert_eq!(call(&s, "f", json!({})).status, 200);
+    let warm = s.state("f")["instances"][0]["pid"]
         .as_u64()
         .expect("pid");
     let reply = std::thread::scope(|scope| {

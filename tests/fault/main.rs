@@ -17,6 +17,7 @@
 //! - `environ`: this process's environment, as a map.
 //! - `proc_environ`: `{"self_pid", "visible_pids", "readable": {pid: first 200 bytes of
 //!   /proc/PID/environ, NULs as newlines}}`, other pids only.
+//! - `connect` (`addr`): open one TCP connection (an outbound-network check).
 //! - `probe`: learn ports (environment values, LISTEN sockets in `/proc/net/tcp{,6}`, and,
 //!   unless `scan: false`, a connect scan of 127.0.0.1:1024-65535), send every open port
 //!   but our own Runtime API a `GET .../invocation/next`, and answer any invocation it
@@ -69,6 +70,9 @@ struct Request {
     /// `alloc`: MiB to allocate.
     #[serde(default)]
     mb: Option<usize>,
+    /// `connect`: `host:port` to open a TCP connection to.
+    #[serde(default)]
+    addr: Option<String>,
     /// `read`: paths to try.
     #[serde(default)]
     paths: Option<Vec<String>>,
@@ -167,6 +171,7 @@ impl Fault {
             "environ" => report = Some(hostile::environ()),
             "proc_environ" => report = Some(hostile::proc_environ()),
             "probe" => report = Some(probe::probe(r.scan.unwrap_or(true))),
+            "connect" => report = Some(probe::connect(r.addr.as_deref().unwrap_or_default())),
             "spawn_tree" => {
                 let marker = r.marker.as_deref().unwrap_or(DEFAULT_MARKER);
                 let (found, children) = hostile::spawn_tree(marker)?;

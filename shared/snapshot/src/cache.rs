@@ -115,6 +115,10 @@ impl SnapshotCache {
         let dir = self.objects().join(&digest);
         if !dir.exists() {
             let staged = staging.keep();
+            // Snapshots are read by sandboxed instances running as unprivileged users:
+            // every file readable, every directory traversable (the content is public
+            // model data, and the cache's own directory decides who may write).
+            open_to_readers(&staged).map_err(|e| SnapshotError::io(&staged, e))?;
             if let Err(e) = std::fs::rename(&staged, &dir) {
                 let _ = std::fs::remove_dir_all(&staged);
                 if !dir.exists() {
@@ -257,4 +261,20 @@ impl SnapshotCache {
         crate::build::build(model_dir, &out, opts)?;
         self.insert(&out)
     }
+}
+
+/// `chmod -R a+rX` of a staged snapshot: files 0644, directories 0755.
+fn open_to_readers(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_type()?.is_dir() {
+            open_to_readers(&path)?;
+        } else {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))?;
+        }
+    }
+    Ok(())
 }

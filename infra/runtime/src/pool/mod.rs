@@ -26,7 +26,7 @@ mod tests;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -106,8 +106,9 @@ struct Instance {
     phase: Phase,
     api: Option<Arc<InstanceApi>>,
     control: Option<Arc<dyn InstanceControl>>,
-    /// How it ended, set before its in-flight calls are abandoned so they can say why.
-    exit: Arc<OnceLock<InstanceExit>>,
+    /// How it ended, set before its in-flight calls are abandoned so they can say why,
+    /// and watched by its calls: one dispatched as it exits is not left waiting.
+    exit: watch::Receiver<Option<InstanceExit>>,
     in_flight: u32,
     idle_since: Instant,
     started: Instant,
@@ -284,7 +285,7 @@ impl FunctionPool {
             };
             inst.in_flight += 1;
             let Some(api) = inst.api.clone() else { break };
-            let exit = Arc::clone(&inst.exit);
+            let exit = inst.exit.clone();
             tokio::spawn(Arc::clone(&me).run_call(id, api, exit, pending));
         }
         if self.closing.load(Ordering::SeqCst) {
@@ -317,19 +318,20 @@ impl FunctionPool {
             }
             st.next_id += 1;
             let id = st.next_id;
+            let (exit_tx, exit) = watch::channel(None);
             st.instances.insert(
                 id,
                 Instance {
                     phase: Phase::Starting,
                     api: None,
                     control: None,
-                    exit: Arc::new(OnceLock::new()),
+                    exit,
                     in_flight: 0,
                     idle_since: now,
                     started: now,
                 },
             );
-            tokio::spawn(Arc::clone(&me).run_instance(id));
+            tokio::spawn(Arc::clone(&me).run_instance(id, exit_tx));
         }
         // While backing off, come back when restarts may resume.
         if backing_off

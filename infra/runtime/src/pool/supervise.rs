@@ -1,7 +1,7 @@
 //! The life of one instance: launch through the pool's [`Launcher`], readiness, the
 //! calls it runs, how it ended, and the signals that stop it.
 
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use thaw_manifest::FunctionPlan;
@@ -22,7 +22,7 @@ impl FunctionPool {
         self: Arc<Self>,
         id: u64,
         api: Arc<InstanceApi>,
-        exit: Arc<OnceLock<InstanceExit>>,
+        mut exit: watch::Receiver<Option<InstanceExit>>,
         pending: Pending,
     ) {
         let timeout = self.plan.spec.timeout.0;
@@ -39,11 +39,26 @@ impl FunctionPool {
                 "instance stopped before the call was delivered".into(),
             ))
         } else {
-            match tokio::time::timeout(timeout, rx).await {
-                Ok(Ok(outcome)) => Ok(outcome),
-                Ok(Err(_)) => {
-                    if let Some(InstanceExit::OutOfMemory { limit }) = exit.get() {
-                        return self.call_done(id, caller, Err(CallError::OutOfMemory { limit: *limit }));
+            // The instance's exit drops our reply, unless the call was dispatched as it
+            // exited and never reached it: then its exit is what says the call is lost.
+            let gone = async {
+                let _ = exit.wait_for(Option::is_some).await;
+            };
+            let answer = tokio::select! {
+                biased;
+                r = rx => Ok(r.ok()),
+                () = gone => Ok(None),
+                () = tokio::time::sleep(timeout) => Err(()),
+            };
+            match answer {
+                Ok(Some(outcome)) => Ok(outcome),
+                Ok(None) => {
+                    let oom = match &*exit.borrow() {
+                        Some(InstanceExit::OutOfMemory { limit }) => Some(*limit),
+                        _ => None,
+                    };
+                    if let Some(limit) = oom {
+                        return self.call_done(id, caller, Err(CallError::OutOfMemory { limit }));
                     }
                     // The instance's exit dropped our reply; give its last stderr a moment
                     // to be read so the caller sees why.
@@ -118,7 +133,11 @@ impl FunctionPool {
     }
 
     /// Starts instance `id`, waits for it to be ready, then watches it until it exits.
-    pub(super) async fn run_instance(self: Arc<Self>, id: u64) {
+    pub(super) async fn run_instance(
+        self: Arc<Self>,
+        id: u64,
+        exit_slot: watch::Sender<Option<InstanceExit>>,
+    ) {
         let name = self.instance_name(id);
         let started = Instant::now();
         let plan = match self.launch_plan().await {
@@ -140,19 +159,20 @@ impl FunctionPool {
         let control = launched.control;
         let mut exited = launched.exited;
         let pid = control.pid();
-        let exit_slot = self.lock().instances.get_mut(&id).map(|inst| {
+        let known = self.lock().instances.get_mut(&id).map(|inst| {
             inst.control = Some(Arc::clone(&control));
             inst.api = Some(Arc::clone(&api));
-            Arc::clone(&inst.exit)
         });
-        let Some(exit_slot) = exit_slot else {
+        if known.is_none() {
             // Stopped while launching (thaw is shutting down).
             control.kill();
             let _ = exited.await;
             return;
-        };
+        }
         tracing::info!(function = self.name(), instance = %name, pid, "instance starting");
         let mut lifecycle = api.lifecycle();
+        // Set when `exited` resolves in the select: a finished future must not be polled again.
+        let mut gone = false;
         let ready = tokio::select! {
             r = async { lifecycle.wait_for(|l| *l != Lifecycle::Initialising).await.map(|l| l.clone()) } => match r {
                 Ok(Lifecycle::InitFailed(d)) => Err(format!("{}: {}", d.error_type, d.error_message)),
@@ -160,6 +180,7 @@ impl FunctionPool {
                 Err(_) => Err("runtime api stopped".to_owned()),
             },
             exit = &mut exited => {
+                gone = true;
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 let tail = self.logs.instance_tail(&name, 10);
                 Err(match exit {
@@ -176,9 +197,10 @@ impl FunctionPool {
             }
         };
         if let Err(msg) = ready {
-            control.kill();
-            // `exited` may have resolved already in the select; then this is instant.
-            let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
+            if !gone {
+                control.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
+            }
             return self.init_failed(id, msg);
         }
         let cold = started.elapsed();
@@ -204,7 +226,7 @@ impl FunctionPool {
             self.metrics.oom_kill(self.name());
             tracing::warn!(function = self.name(), instance = %name, limit_mib = limit >> 20, "instance killed at its memory limit");
         }
-        let _ = exit_slot.set(exit.clone());
+        exit_slot.send_replace(Some(exit.clone()));
         api.abandon_in_flight();
         let removed = self.lock().instances.remove(&id);
         if let Some(inst) = removed {

@@ -1,1 +1,953 @@
 //! Scheduler tests with an in-process launcher on paused time.
+//!
+//! [`FakeLauncher`] starts "instances" that are tokio tasks serving the [`InstanceApi`]
+//! directly (no sockets, no processes). What an instance does with a call is in its
+//! payload:
+//!
+//! - `{"sleep_ms": n}`: sleeps `n` ms, then echoes the payload (no key: echoes at once);
+//! - `{"error": "msg"}`: answers with a function error;
+//! - `{"hang": true}`: never answers;
+//! - `{"crash": true}`: writes a line to stderr and exits without answering;
+//! - `{"crash_after_reply": true}`: answers, then exits before its next `next`;
+//! - `{"oom": limit}`: is killed at its memory limit without answering.
+//!
+//! Every test runs on paused time: when every task is idle the clock jumps to the next
+//! timer, so seconds of scheduler time take microseconds, and each test is deterministic.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use thaw_manifest::FunctionPlan;
+use thaw_protocol::Diagnostic;
+use tokio::sync::{oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::{sleep, sleep_until, Instant};
+
+use super::{CallError, FunctionPool, STOP_GRACE};
+use crate::launcher::{
+    InstanceControl, InstanceExit, LaunchError, LaunchRequest, Launched, Launcher,
+};
+use crate::logs::LogRing;
+use crate::metrics::Metrics;
+use crate::runtime_api::{InstanceApi, Outcome};
+use crate::sandbox::Sandbox;
+
+// ---------------------------------------------------------------------------------------
+// The fake launcher.
+
+/// What the fake saw, for tests to assert on.
+#[derive(Debug, Default)]
+struct Counters {
+    launches: AtomicUsize,
+    kills: AtomicUsize,
+    terminates: AtomicUsize,
+    /// Instances started and not yet exited.
+    live: AtomicUsize,
+    max_live: AtomicUsize,
+    /// Calls an instance has taken and not yet answered (or died with).
+    calls: AtomicUsize,
+    max_calls: AtomicUsize,
+    /// Calls answered.
+    answered: AtomicUsize,
+}
+
+impl Counters {
+    fn get(a: &AtomicUsize) -> usize {
+        a.load(Ordering::SeqCst)
+    }
+    fn launches(&self) -> usize {
+        Self::get(&self.launches)
+    }
+    fn kills(&self) -> usize {
+        Self::get(&self.kills)
+    }
+    fn terminates(&self) -> usize {
+        Self::get(&self.terminates)
+    }
+    fn live(&self) -> usize {
+        Self::get(&self.live)
+    }
+    fn max_live(&self) -> usize {
+        Self::get(&self.max_live)
+    }
+    fn max_calls(&self) -> usize {
+        Self::get(&self.max_calls)
+    }
+    fn answered(&self) -> usize {
+        Self::get(&self.answered)
+    }
+}
+
+fn bump(cur: &AtomicUsize, max: &AtomicUsize) {
+    let n = cur.fetch_add(1, Ordering::SeqCst) + 1;
+    max.fetch_max(n, Ordering::SeqCst);
+}
+
+/// Counts one call in an instance's hands for as long as it lives (a handler aborted by
+/// its instance's exit drops it too).
+#[derive(Debug)]
+struct CallGuard(Arc<Counters>);
+
+impl CallGuard {
+    fn new(c: &Arc<Counters>) -> Self {
+        bump(&c.calls, &c.max_calls);
+        Self(Arc::clone(c))
+    }
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a failing instance fails to initialise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InitFail {
+    /// Posts `/runtime/init/error`, then waits to be killed.
+    Report,
+    /// Writes to stderr and exits before its first `next`.
+    Crash,
+    /// Never polls `next`.
+    Hang,
+    /// Killed at its memory limit while initialising.
+    Oom,
+}
+
+/// The fake's behaviour, per test.
+#[derive(Debug, Clone, Copy)]
+struct Behaviour {
+    /// Time from launch to the first `next` (or the init failure).
+    init_delay: Duration,
+    /// The first this many launches fail to initialise...
+    fail_init: usize,
+    /// ...this way.
+    init_fail: InitFail,
+    /// Instances ignore SIGTERM (only SIGKILL stops them).
+    ignore_terminate: bool,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Self {
+            init_delay: Duration::from_millis(10),
+            fail_init: 0,
+            init_fail: InitFail::Report,
+            ignore_terminate: false,
+        }
+    }
+}
+
+const INIT_ERROR: &str = "Runtime.ConfigError: MODEL_PATH is not set";
+const CRASH_LINE: &str = "thread 'main' panicked: crash requested";
+const INIT_CRASH_LINE: &str = "thread 'main' panicked: cannot open the model";
+
+#[derive(Debug)]
+struct FakeLauncher {
+    counters: Arc<Counters>,
+    behaviour: Behaviour,
+}
+
+/// An instance's signals: they set how it ends, which its task watches.
+#[derive(Debug)]
+struct FakeControl {
+    counters: Arc<Counters>,
+    signal: watch::Sender<Option<InstanceExit>>,
+    ignore_terminate: bool,
+}
+
+impl FakeControl {
+    fn end(&self, how: &str) {
+        self.signal.send_if_modified(|s| {
+            if s.is_none() {
+                *s = Some(InstanceExit::Exited(how.to_owned()));
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
+impl InstanceControl for FakeControl {
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+    fn terminate(&self) {
+        self.counters.terminates.fetch_add(1, Ordering::SeqCst);
+        if !self.ignore_terminate {
+            self.end("signal: 15 (SIGTERM)");
+        }
+    }
+    fn kill(&self) {
+        self.counters.kills.fetch_add(1, Ordering::SeqCst);
+        self.end("signal: 9 (SIGKILL)");
+    }
+}
+
+impl Launcher for FakeLauncher {
+    fn launch<'a>(
+        &'a self,
+        req: LaunchRequest<'a>,
+    ) -> BoxFuture<'a, Result<Launched, LaunchError>> {
+        let n = self.counters.launches.fetch_add(1, Ordering::SeqCst) + 1;
+        bump(&self.counters.live, &self.counters.max_live);
+        let (signal, signalled) = watch::channel(None);
+        let (done, exited) = oneshot::channel();
+        let control = Arc::new(FakeControl {
+            counters: Arc::clone(&self.counters),
+            signal,
+            ignore_terminate: self.behaviour.ignore_terminate,
+        });
+        let instance = FakeInstance {
+            name: req.instance.to_owned(),
+            api: req.api,
+            logs: Arc::clone(req.logs),
+            counters: Arc::clone(&self.counters),
+            signalled,
+            init_delay: self.behaviour.init_delay,
+            init_fail: (n <= self.behaviour.fail_init).then_some(self.behaviour.init_fail),
+        };
+        let counters = Arc::clone(&self.counters);
+        tokio::spawn(async move {
+            let exit = instance.run().await;
+            counters.live.fetch_sub(1, Ordering::SeqCst);
+            let _ = done.send(exit);
+        });
+        let launched = Launched {
+            control,
+            exited: Box::pin(async move {
+                exited
+                    .await
+                    .unwrap_or_else(|_| InstanceExit::Exited("lost".into()))
+            }),
+        };
+        Box::pin(async move { Ok(launched) })
+    }
+}
+
+/// One fake instance: the task that plays the function.
+#[derive(Debug)]
+struct FakeInstance {
+    name: String,
+    api: Arc<InstanceApi>,
+    logs: Arc<LogRing>,
+    counters: Arc<Counters>,
+    signalled: watch::Receiver<Option<InstanceExit>>,
+    init_delay: Duration,
+    init_fail: Option<InitFail>,
+}
+
+/// Resolves once the instance is signalled to stop, with how it ended.
+async fn stopped(rx: &mut watch::Receiver<Option<InstanceExit>>) -> InstanceExit {
+    let how = rx.wait_for(Option::is_some).await.map(|exit| exit.clone());
+    match how {
+        Ok(exit) => exit.unwrap_or_else(|| InstanceExit::Exited("?".into())),
+        // The control is gone without a signal: nothing can stop us any more.
+        Err(_) => std::future::pending().await,
+    }
+}
+
+impl FakeInstance {
+    async fn run(mut self) -> InstanceExit {
+        tokio::select! {
+            () = sleep(self.init_delay) => {}
+            exit = stopped(&mut self.signalled) => return exit,
+        }
+        match self.init_fail {
+            None => {}
+            Some(InitFail::Report) => {
+                self.api.init_failed(Diagnostic {
+                    error_type: "Runtime.ConfigError".into(),
+                    error_message: "MODEL_PATH is not set".into(),
+                });
+                return stopped(&mut self.signalled).await;
+            }
+            Some(InitFail::Crash) => {
+                self.logs.push(&self.name, "stderr", INIT_CRASH_LINE.into());
+                return InstanceExit::Exited("exit status: 101".into());
+            }
+            Some(InitFail::Hang) => return stopped(&mut self.signalled).await,
+            Some(InitFail::Oom) => return InstanceExit::OutOfMemory { limit: 64 << 20 },
+        }
+        // Handlers of calls in progress: aborted when the instance exits.
+        let mut handlers = JoinSet::new();
+        loop {
+            let (id, payload) = tokio::select! {
+                exit = stopped(&mut self.signalled) => return exit,
+                next = self.api.next_invocation() => match next {
+                    Some(next) => next,
+                    None => return InstanceExit::Exited("runtime api gone".into()),
+                },
+            };
+            let guard = CallGuard::new(&self.counters);
+            let doc: serde_json::Value = serde_json::from_slice(&payload).unwrap_or_default();
+            if doc["crash"] == true {
+                self.logs.push(&self.name, "stderr", CRASH_LINE.into());
+                return InstanceExit::Exited("exit status: 101".into());
+            }
+            if let Some(limit) = doc["oom"].as_u64() {
+                return InstanceExit::OutOfMemory { limit };
+            }
+            if doc["crash_after_reply"] == true {
+                self.answer(&id, Outcome::Response(payload));
+                return InstanceExit::Exited("exit status: 0".into());
+            }
+            let api = Arc::clone(&self.api);
+            let counters = Arc::clone(&self.counters);
+            handlers.spawn(async move {
+                let _guard = guard;
+                if doc["hang"] == true {
+                    std::future::pending::<()>().await;
+                }
+                sleep(Duration::from_millis(doc["sleep_ms"].as_u64().unwrap_or(0))).await;
+                let outcome = match doc["error"].as_str() {
+                    Some(msg) => Outcome::Error(Diagnostic {
+                        error_type: "Handled".into(),
+                        error_message: msg.into(),
+                    }),
+                    None => Outcome::Response(payload),
+                };
+                if api.complete(&id, outcome) {
+                    counters.answered.fetch_add(1, Ordering::SeqCst);
+                }
+            });
+        }
+    }
+
+    fn answer(&self, id: &str, outcome: Outcome) {
+        if self.api.complete(id, outcome) {
+            self.counters.answered.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Harness.
+
+fn plan(extra: &str) -> FunctionPlan {
+    let text = format!("[app]\nname = \"t\"\n[function.f]\nbinary = \"f\"\n{extra}");
+    let manifest = thaw_manifest::Manifest::parse(&text).expect("manifest");
+    let spec = manifest
+        .function
+        .values()
+        .next()
+        .cloned()
+        .expect("function");
+    FunctionPlan {
+        name: thaw_manifest::FunctionName::new("f").expect("name"),
+        binary_path: "/opt/fns/f".into(),
+        snapshot_dir: None,
+        snapshot_dirs: Default::default(),
+        missing_snapshots: Vec::new(),
+        spec,
+    }
+}
+
+#[derive(Debug)]
+struct Harness {
+    pool: Arc<FunctionPool>,
+    fake: Arc<Counters>,
+    _shutdown: watch::Sender<bool>,
+}
+
+fn start(manifest: &str, behaviour: Behaviour) -> Harness {
+    let plan = plan(manifest);
+    let sandbox = Sandbox::disabled().report(&plan, 0);
+    let fake = Arc::new(Counters::default());
+    let launcher = Arc::new(FakeLauncher {
+        counters: Arc::clone(&fake),
+        behaviour,
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let pool = FunctionPool::start(
+        plan,
+        launcher,
+        sandbox,
+        Arc::new(Metrics::default()),
+        shutdown_rx,
+        None,
+    );
+    Harness {
+        pool,
+        fake,
+        _shutdown: shutdown,
+    }
+}
+
+impl Harness {
+    /// Starts a call in the background.
+    fn call(&self, payload: &str) -> JoinHandle<Result<Outcome, CallError>> {
+        let pool = Arc::clone(&self.pool);
+        let payload = Bytes::from(payload.to_owned());
+        tokio::spawn(async move { pool.invoke(payload).await })
+    }
+
+    /// Runs a call to its end.
+    async fn invoke(&self, payload: &str) -> Result<Outcome, CallError> {
+        // Bounded, so a scheduler bug fails the test instead of looping on paused time.
+        tokio::time::timeout(
+            Duration::from_secs(600),
+            self.pool.invoke(payload.to_owned().into()),
+        )
+        .await
+        .expect("call did not finish within 600s")
+    }
+}
+
+async fn outcome(call: JoinHandle<Result<Outcome, CallError>>) -> Result<Outcome, CallError> {
+    tokio::time::timeout(Duration::from_secs(600), call)
+        .await
+        .expect("call did not finish within 600s")
+        .expect("call task")
+}
+
+fn echoed(r: &Result<Outcome, CallError>, payload: &str) -> bool {
+    matches!(r, Ok(Outcome::Response(b)) if b == payload.as_bytes())
+}
+
+/// Lets every runnable task run; moves the clock by 1 ms at most.
+async fn settle() {
+    sleep(Duration::from_millis(1)).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale up and the caps.
+
+#[tokio::test(start_paused = true)]
+async fn scales_up_from_zero_to_max_containers() {
+    let h = start("max_containers = 3\nconcurrency = 1", Behaviour::default());
+    assert_eq!(
+        h.pool.status().instances.len(),
+        0,
+        "nothing starts before demand"
+    );
+    assert_eq!(h.fake.launches(), 0);
+
+    // Watch the pool's instance count for the whole test.
+    let pool = Arc::clone(&h.pool);
+    let most = Arc::new(AtomicUsize::new(0));
+    let most2 = Arc::clone(&most);
+    let sampler = tokio::spawn(async move {
+        loop {
+            most2.fetch_max(pool.status().instances.len(), Ordering::SeqCst);
+            sleep(Duration::from_millis(1)).await;
+        }
+    });
+
+    let payload = r#"{"sleep_ms": 100}"#;
+    let calls: Vec<_> = (0..5).map(|_| h.call(payload)).collect();
+    settle().await;
+    let s = h.pool.status();
+    assert_eq!(
+        s.starting, 3,
+        "one instance per queued call, up to max_containers"
+    );
+    assert_eq!(s.queue_depth, 5);
+
+    sleep(Duration::from_millis(20)).await; // initialised; three calls dispatched
+    let s = h.pool.status();
+    assert_eq!((s.busy, s.in_flight, s.queue_depth), (3, 3, 2));
+
+    for c in calls {
+        assert!(echoed(&outcome(c).await, payload));
+    }
+    sampler.abort();
+    assert_eq!(h.fake.launches(), 3);
+    assert_eq!(h.fake.max_live(), 3);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        3,
+        "never more than max_containers"
+    );
+    assert_eq!(h.fake.max_calls(), 3, "concurrency 1 per instance");
+    let s = h.pool.status();
+    assert_eq!((s.idle, s.cold_starts, s.in_flight), (3, 3, 0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_never_runs_more_than_concurrency_calls() {
+    let h = start("max_containers = 1\nconcurrency = 2", Behaviour::default());
+    let payload = r#"{"sleep_ms": 100}"#;
+    let calls: Vec<_> = (0..4).map(|_| h.call(payload)).collect();
+    sleep(Duration::from_millis(20)).await;
+    let s = h.pool.status();
+    assert_eq!((s.busy, s.in_flight, s.queue_depth), (1, 2, 2));
+
+    let t = Instant::now();
+    for c in calls {
+        assert!(echoed(&outcome(c).await, payload));
+    }
+    // Two rounds of two.
+    assert!(
+        t.elapsed() >= Duration::from_millis(180),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.fake.launches(), 1);
+    assert_eq!(h.fake.max_calls(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn calls_past_max_queue_are_refused() {
+    let h = start(
+        "max_containers = 1\nmax_queue = 2",
+        Behaviour {
+            init_delay: Duration::from_millis(50),
+            ..Behaviour::default()
+        },
+    );
+    let a = h.call("{}");
+    let b = h.call("{}");
+    settle().await;
+    assert_eq!(h.pool.status().queue_depth, 2);
+    assert_eq!(h.invoke("{}").await, Err(CallError::QueueFull(2)));
+    assert_eq!(CallError::QueueFull(2).kind(), "QueueFull");
+    // The queued ones are served once the instance is up; then there is room again.
+    assert!(echoed(&outcome(a).await, "{}"));
+    assert!(echoed(&outcome(b).await, "{}"));
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn function_errors_leave_the_instance_serving() {
+    let h = start("", Behaviour::default());
+    let r = h.invoke(r#"{"error": "bad input"}"#).await;
+    match r {
+        Ok(Outcome::Error(d)) => assert_eq!(d.error_message, "bad input"),
+        other => panic!("expected a function error, got {other:?}"),
+    }
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 1);
+    assert_eq!(h.pool.status().idle, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// Scale down.
+
+#[tokio::test(start_paused = true)]
+async fn idle_instances_are_reaped_to_zero() {
+    let h = start("idle_timeout = \"1s\"", Behaviour::default());
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.pool.status().idle, 1);
+
+    sleep(Duration::from_millis(500)).await;
+    assert_eq!(h.pool.status().idle, 1, "not idle long enough yet");
+    assert_eq!(h.fake.terminates(), 0);
+
+    sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        h.fake.terminates(),
+        1,
+        "SIGTERM once idle_timeout has passed"
+    );
+    assert_eq!(h.fake.kills(), 0, "it went on SIGTERM; no SIGKILL");
+    assert_eq!(h.fake.live(), 0);
+    assert!(h.pool.status().instances.is_empty(), "scaled to zero");
+
+    // The next call cold-starts a new instance.
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reaping_keeps_min_containers_and_spares_busy_instances() {
+    let h = start(
+        "min_containers = 1\nmax_containers = 3\nidle_timeout = \"1s\"",
+        Behaviour::default(),
+    );
+    sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        (h.fake.launches(), h.pool.status().idle),
+        (1, 1),
+        "min_containers at boot"
+    );
+
+    let calls: Vec<_> = (0..3).map(|_| h.call(r#"{"sleep_ms": 100}"#)).collect();
+    for c in calls {
+        assert!(outcome(c).await.is_ok());
+    }
+    assert_eq!(h.fake.launches(), 3);
+    assert_eq!(h.pool.status().idle, 3);
+
+    // A long call keeps its instance busy past idle_timeout: it is not reaped.
+    let long = h.call(r#"{"sleep_ms": 5000}"#);
+    sleep(Duration::from_millis(2000)).await;
+    let s = h.pool.status();
+    assert_eq!((s.busy, s.idle, s.stopping), (1, 0, 0), "{s:?}");
+    assert_eq!(h.fake.terminates(), 2, "the two idle ones went");
+    assert!(outcome(long).await.is_ok());
+
+    // Now idle too, but it is the last one: min_containers keeps it.
+    sleep(Duration::from_millis(3000)).await;
+    assert_eq!(h.fake.terminates(), 2);
+    assert_eq!(h.pool.status().idle, 1);
+    assert_eq!(h.fake.live(), 1);
+    assert_eq!(h.fake.kills(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_ignoring_sigterm_is_killed_after_the_grace() {
+    let h = start(
+        "idle_timeout = \"1s\"",
+        Behaviour {
+            ignore_terminate: true,
+            ..Behaviour::default()
+        },
+    );
+    assert!(h.invoke("{}").await.is_ok());
+    sleep(Duration::from_millis(1300)).await;
+    assert_eq!(h.fake.terminates(), 1);
+    assert_eq!(h.pool.status().stopping, 1);
+    assert_eq!(h.fake.kills(), 0);
+    sleep(STOP_GRACE).await;
+    assert_eq!(h.fake.kills(), 1, "SIGKILL after STOP_GRACE");
+    assert_eq!(h.fake.live(), 0);
+    assert!(h.pool.status().instances.is_empty());
+}
+
+// ---------------------------------------------------------------------------------------
+// Faults.
+
+#[tokio::test(start_paused = true)]
+async fn min_containers_start_at_boot_and_are_replaced_after_a_crash() {
+    let h = start("min_containers = 2", Behaviour::default());
+    sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.fake.launches(), 2);
+    assert_eq!(h.pool.status().idle, 2);
+
+    assert_eq!(
+        h.invoke(r#"{"crash": true}"#).await,
+        Err(CallError::FunctionCrashed(CRASH_LINE.into())),
+        "the caller sees the function's stderr"
+    );
+    sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.fake.launches(), 3, "the crashed one was replaced");
+    assert_eq!(h.fake.live(), 2);
+    assert_eq!(h.pool.status().idle, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_fails_its_call_and_the_next_call_gets_a_new_instance() {
+    let h = start("", Behaviour::default());
+    match h.invoke(r#"{"crash": true}"#).await {
+        Err(CallError::FunctionCrashed(msg)) => assert_eq!(msg, CRASH_LINE),
+        other => panic!("expected FunctionCrashed, got {other:?}"),
+    }
+    assert_eq!(h.fake.live(), 0);
+    assert!(h.pool.status().instances.is_empty());
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_crash_fails_every_call_in_flight_on_that_instance() {
+    let h = start("max_containers = 1\nconcurrency = 3", Behaviour::default());
+    let slow = h.call(r#"{"sleep_ms": 1000}"#);
+    let hang = h.call(r#"{"hang": true}"#);
+    sleep(Duration::from_millis(20)).await;
+    assert_eq!(h.pool.status().in_flight, 2);
+    let crash = h.invoke(r#"{"crash": true}"#).await;
+    assert!(
+        matches!(crash, Err(CallError::FunctionCrashed(_))),
+        "{crash:?}"
+    );
+    assert!(matches!(
+        outcome(slow).await,
+        Err(CallError::FunctionCrashed(_))
+    ));
+    assert!(matches!(
+        outcome(hang).await,
+        Err(CallError::FunctionCrashed(_))
+    ));
+    assert_eq!(h.pool.status().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_dispatched_as_its_instance_exits_is_not_lost() {
+    // The instance answers, then exits before its next `next`. The answer frees its slot
+    // and the queued call is dispatched to it before its exit is seen: that call must
+    // fail (or be served elsewhere) promptly, not wait for `timeout`.
+    let h = start(
+        "max_containers = 1\ntimeout = \"30s\"",
+        Behaviour::default(),
+    );
+    let first = h.call(r#"{"crash_after_reply": true}"#);
+    let second = h.call("{}");
+    assert!(echoed(
+        &outcome(first).await,
+        r#"{"crash_after_reply": true}"#
+    ));
+    let t = Instant::now();
+    let r = outcome(second).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the second call waited {:?} and got {r:?}",
+        t.elapsed()
+    );
+    assert!(
+        echoed(&r, "{}") || matches!(r, Err(CallError::FunctionCrashed(_))),
+        "{r:?}"
+    );
+    assert!(
+        echoed(&h.invoke("{}").await, "{}"),
+        "a new instance serves the next call"
+    );
+    assert_eq!(h.fake.launches(), 2);
+    assert_eq!(h.pool.status().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_past_timeout_is_killed_and_the_next_call_gets_a_new_instance() {
+    let h = start("timeout = \"1s\"", Behaviour::default());
+    let t = Instant::now();
+    assert_eq!(
+        h.invoke(r#"{"hang": true}"#).await,
+        Err(CallError::Timeout(Duration::from_secs(1)))
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1100),
+        "{took:?}"
+    );
+    assert_eq!(h.fake.kills(), 1, "the instance was killed");
+    settle().await;
+    assert_eq!(h.fake.live(), 0);
+    assert!(h.pool.status().instances.is_empty());
+
+    assert!(echoed(
+        &h.invoke(r#"{"sleep_ms": 10}"#).await,
+        r#"{"sleep_ms": 10}"#
+    ));
+    assert_eq!(h.fake.launches(), 2);
+    assert_eq!(h.fake.kills(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn out_of_memory_while_running_a_call_is_reported_as_such() {
+    let h = start("", Behaviour::default());
+    let limit = 256u64 << 20;
+    assert_eq!(
+        h.invoke(&format!(r#"{{"oom": {limit}}}"#)).await,
+        Err(CallError::OutOfMemory { limit })
+    );
+    assert!(
+        echoed(&h.invoke("{}").await, "{}"),
+        "a new instance serves the next call"
+    );
+    assert_eq!(h.fake.launches(), 2);
+}
+
+// ---------------------------------------------------------------------------------------
+// Init failures and backoff.
+
+#[tokio::test(start_paused = true)]
+async fn init_failures_back_off_and_recover() {
+    let h = start(
+        "",
+        Behaviour {
+            fail_init: 2,
+            ..Behaviour::default()
+        },
+    );
+    // t = 0: the first call starts an instance, which fails at 10 ms; backoff 200 ms.
+    assert_eq!(
+        h.invoke("{}").await,
+        Err(CallError::InitFailed(INIT_ERROR.into()))
+    );
+    assert_eq!(CallError::InitFailed(String::new()).kind(), "InitError");
+    assert_eq!(h.fake.launches(), 1);
+    assert_eq!(h.pool.status().init_error.as_deref(), Some(INIT_ERROR));
+    assert!(h.pool.status().instances.is_empty());
+
+    // During the backoff calls fail fast, with the message, and start nothing.
+    sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    assert_eq!(
+        h.invoke("{}").await,
+        Err(CallError::InitFailed(INIT_ERROR.into()))
+    );
+    assert_eq!(t.elapsed(), Duration::ZERO);
+    assert_eq!(h.fake.launches(), 1);
+
+    // After it (t = 250 ms) a call tries again: launch 2 fails too; backoff 400 ms.
+    sleep(Duration::from_millis(140)).await;
+    assert_eq!(
+        h.invoke("{}").await,
+        Err(CallError::InitFailed(INIT_ERROR.into()))
+    );
+    assert_eq!(h.fake.launches(), 2);
+    let failed_at = Instant::now();
+
+    // Still backing off 300 ms later: the backoff doubled.
+    sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        h.invoke("{}").await,
+        Err(CallError::InitFailed(INIT_ERROR.into()))
+    );
+    assert_eq!(h.fake.launches(), 2);
+
+    // Past 400 ms: launch 3 initialises and serves; the failure is forgotten.
+    sleep_until(failed_at + Duration::from_millis(401)).await;
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 3);
+    assert_eq!(h.pool.status().init_error, None);
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn min_containers_retry_on_their_own_with_doubling_backoff() {
+    let h = start(
+        "min_containers = 1",
+        Behaviour {
+            init_delay: Duration::ZERO,
+            fail_init: 3,
+            ..Behaviour::default()
+        },
+    );
+    let t0 = Instant::now();
+    // Failures at 0, 200 and 600 ms (backoff 200, 400, 800): the fourth launch at 1400.
+    let expect = [
+        (100, 1),
+        (190, 1),
+        (210, 2),
+        (590, 2),
+        (610, 3),
+        (1390, 3),
+        (1410, 4),
+    ];
+    for (at, launches) in expect {
+        sleep_until(t0 + Duration::from_millis(at)).await;
+        assert_eq!(h.fake.launches(), launches, "at {at} ms");
+    }
+    assert_eq!(h.pool.status().idle, 1);
+    assert_eq!(h.pool.status().init_error, None);
+    sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.fake.launches(), 4, "no launches once it is up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn init_failure_messages_say_why() {
+    // Exits before its first `next`: the function's stderr.
+    let h = start(
+        "",
+        Behaviour {
+            fail_init: 1,
+            init_fail: InitFail::Crash,
+            ..Behaviour::default()
+        },
+    );
+    assert_eq!(
+        h.invoke("{}").await,
+        Err(CallError::InitFailed(INIT_CRASH_LINE.into()))
+    );
+
+    // Never polls `next`: startup_timeout.
+    let h = start(
+        "startup_timeout = \"1s\"",
+        Behaviour {
+            fail_init: 1,
+            init_fail: InitFail::Hang,
+            ..Behaviour::default()
+        },
+    );
+    let t = Instant::now();
+    match h.invoke("{}").await {
+        Err(CallError::InitFailed(msg)) => {
+            assert!(
+                msg.contains("did not reach its first next within 1s"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected InitFailed, got {other:?}"),
+    }
+    assert!(t.elapsed() >= Duration::from_secs(1));
+    assert_eq!(h.fake.kills(), 1, "the stuck instance was killed");
+    settle().await;
+    assert_eq!(h.fake.live(), 0);
+
+    // Killed at its memory limit while initialising.
+    let h = start(
+        "",
+        Behaviour {
+            fail_init: 1,
+            init_fail: InitFail::Oom,
+            ..Behaviour::default()
+        },
+    );
+    match h.invoke("{}").await {
+        Err(CallError::InitFailed(msg)) => {
+            assert!(
+                msg.contains("ran out of memory while initialising"),
+                "{msg}"
+            );
+            assert!(msg.contains("64 MiB"), "{msg}");
+        }
+        other => panic!("expected InitFailed, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Shutdown.
+
+#[tokio::test(start_paused = true)]
+async fn stop_all_terminates_every_instance_and_waits_for_them() {
+    let h = start("min_containers = 3", Behaviour::default());
+    sleep(Duration::from_millis(50)).await;
+    assert_eq!(h.fake.live(), 3);
+    h.pool.close();
+    assert_eq!(h.invoke("{}").await, Err(CallError::ShuttingDown));
+
+    let t = Instant::now();
+    h.pool.stop_all(STOP_GRACE).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.fake.terminates(), 3);
+    assert_eq!(h.fake.kills(), 0);
+    assert_eq!(h.fake.live(), 0);
+    assert!(h.pool.status().instances.is_empty());
+    // min_containers are not restarted once the pool is closed.
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.fake.launches(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_all_kills_what_ignores_sigterm_after_the_grace() {
+    let h = start(
+        "min_containers = 2",
+        Behaviour {
+            ignore_terminate: true,
+            ..Behaviour::default()
+        },
+    );
+    sleep(Duration::from_millis(50)).await;
+    let busy = h.call(r#"{"hang": true}"#);
+    settle().await;
+    assert_eq!(h.pool.status().in_flight, 1);
+    h.pool.close();
+
+    let t = Instant::now();
+    h.pool.stop_all(Duration::from_secs(1)).await;
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_millis(1100),
+        "{took:?}"
+    );
+    assert_eq!(h.fake.terminates(), 2);
+    assert_eq!(h.fake.kills(), 2);
+    assert_eq!(h.fake.live(), 0);
+    assert!(h.pool.status().instances.is_empty());
+    assert!(matches!(
+        outcome(busy).await,
+        Err(CallError::FunctionCrashed(_))
+    ));
+    assert_eq!(h.fake.answered(), 0);
+}

@@ -189,8 +189,23 @@ impl Sandbox {
         for p in paths {
             if let Some(blocked) = unreachable_by_others(p) {
                 return Err(format!(
-                    "{} is not reachable by an unprivileged user ({} lacks o+x)",
+                    "{} is not reachable by an unprivileged user ({} is not open to others)",
                     p.display(),
+                    blocked.display()
+                ));
+            }
+        }
+        // Snapshot files written by an older thaw may be private to their owner.
+        let snapshot_files = plan
+            .snapshot_dir
+            .iter()
+            .chain(plan.snapshot_dirs.values())
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.path());
+        for f in snapshot_files {
+            if let Some(blocked) = unreachable_by_others(&f) {
+                return Err(format!(
+                    "{} is not readable by others (rebuild the snapshot, or chmod a+r it)",
                     blocked.display()
                 ));
             }
