@@ -25,6 +25,8 @@ pub mod metrics;
 pub mod pool;
 pub mod runtime_api;
 pub mod sandbox;
+#[cfg(test)]
+mod test_support;
 
 use std::collections::BTreeMap;
 use std::future::Future;

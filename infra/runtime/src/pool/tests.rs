@@ -328,24 +328,6 @@ impl FakeInstance {
 // ---------------------------------------------------------------------------------------
 // Harness.
 
-fn plan(extra: &str) -> FunctionPlan {
-    let text = format!("[app]\nname = \"t\"\n[function.f]\nbinary = \"f\"\n{extra}");
-    let manifest = thaw_manifest::Manifest::parse(&text).expect("manifest");
-    let spec = manifest
-        .function
-        .values()
-        .next()
-        .cloned()
-        .expect("function");
-    FunctionPlan {
-        name: thaw_manifest::FunctionName::new("f").expect("name"),
-        binary_path: "/opt/fns/f".into(),
-        snapshot_dir: None,
-        snapshot_dirs: Default::default(),
-        missing_snapshots: Vec::new(),
-        spec,
-    }
-}
 
 #[derive(Debug)]
 struct Harness {
@@ -355,7 +337,7 @@ struct Harness {
 }
 
 fn start(manifest: &str, behaviour: Behaviour) -> Harness {
-    let plan = plan(manifest);
+    let plan = crate::test_support::plan(manifest);
     let sandbox = Sandbox::disabled().report(&plan, 0);
     let fake = Arc::new(Counters::default());
     let launcher = Arc::new(FakeLauncher {

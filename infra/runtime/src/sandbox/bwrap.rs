@@ -150,22 +150,9 @@ mod tests {
     use super::*;
 
     fn plan(extra: &str) -> FunctionPlan {
-        let text = format!("[app]\nname = \"t\"\n[function.f]\nbinary = \"f\"\n{extra}");
-        let manifest = thaw_manifest::Manifest::parse(&text).expect("manifest");
-        let spec = manifest
-            .function
-            .values()
-            .next()
-            .cloned()
-            .expect("function");
-        FunctionPlan {
-            name: thaw_manifest::FunctionName::new("f").expect("name"),
-            binary_path: PathBuf::from("/opt/fns/f"),
-            snapshot_dir: Some(PathBuf::from("/cache/objects/abc")),
-            snapshot_dirs: Default::default(),
-            missing_snapshots: Vec::new(),
-            spec,
-        }
+        let mut plan = crate::test_support::plan(extra);
+        plan.snapshot_dir = Some(PathBuf::from("/cache/objects/abc"));
+        plan
     }
 
     fn has_pair(args: &[OsString], flag: &str, a: &str, b: &str) -> bool {
