@@ -365,9 +365,7 @@ fn function_urls_carry_json_binary_and_refuse_oversized_bodies() {
 fn sigterm_drains_in_flight_calls_and_leaves_no_child() {
     let mut s = Serve::start(&manifest(&[fault_fn("f", "max_containers = 2")]));
     assert_eq!(call(&s, "f", json!({})).status, 200);
-    let warm = s.state("f")["instances"][0]["pid"]
-        .as_u64()
-        .expect("pid");
+    let warm = s.state("f")["instances"][0]["pid"].as_u64().expect("pid");
     let reply = std::thread::scope(|scope| {
         let slow = scope.spawn(|| call(&s, "f", json!({"action": "sleep", "ms": 1000})));
         assert!(

@@ -33,7 +33,7 @@ fn pids_with(marker: &str) -> Vec<u64> {
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        if args.iter().any(|a| *a == marker.as_bytes()) && alive(pid) {
+        if args.contains(&marker.as_bytes()) && alive(pid) {
             pids.push(pid);
         }
     }
@@ -61,7 +61,13 @@ fn a_function_over_its_memory_limit_gets_502_out_of_memory_and_nothing_else_suff
     std::thread::scope(|scope| {
         let neighbour = scope.spawn(|| {
             (0..30)
-                .map(|i| call(&s, "neighbour", json!({"action": "sleep", "ms": 10, "echo": i})))
+                .map(|i| {
+                    call(
+                        &s,
+                        "neighbour",
+                        json!({"action": "sleep", "ms": 10, "echo": i}),
+                    )
+                })
                 .filter(|r| r.status == 200)
                 .count()
         });
@@ -81,18 +87,18 @@ fn a_function_over_its_memory_limit_gets_502_out_of_memory_and_nothing_else_suff
     });
     let next = call(&s, "hog", json!({"action": "echo"}));
     assert_eq!(next.status, 200, "{}", String::from_utf8_lossy(&next.body));
-    assert_ne!(next.json()["instance"], first["instance"], "a fresh instance");
+    assert_ne!(
+        next.json()["instance"],
+        first["instance"],
+        "a fresh instance"
+    );
     let metrics = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
     assert!(
         metrics.contains("thaw_instance_oom_kills_total{function=\"hog\"} 1"),
         "{metrics}"
     );
     assert!(metrics.contains("error_type=\"OutOfMemory\""), "{metrics}");
-    assert_eq!(
-        s.get("/healthz").status,
-        200,
-        "thaw itself is unaffected"
-    );
+    assert_eq!(s.get("/healthz").status, 200, "thaw itself is unaffected");
 }
 
 #[test]
@@ -124,7 +130,10 @@ fn a_function_sees_only_its_own_files_processes_and_environment() {
         format!("/proc/{victim_pid}/environ"),
         format!("/proc/{thaw_pid}/environ"),
     ];
-    assert!(std::fs::metadata(&calls_db).is_ok(), "the call store exists");
+    assert!(
+        std::fs::metadata(&calls_db).is_ok(),
+        "the call store exists"
+    );
     let read = report(&s, "spy", json!({"action": "read", "paths": paths}));
     for p in &paths {
         assert_eq!(read[p]["ok"], false, "{p} was readable: {read}");
@@ -136,7 +145,10 @@ fn a_function_sees_only_its_own_files_processes_and_environment() {
         .flatten()
         .filter_map(Value::as_u64)
         .collect();
-    assert!(visible.iter().all(|p| *p < 10), "only its own namespace's pids: {procs}");
+    assert!(
+        visible.iter().all(|p| *p < 10),
+        "only its own namespace's pids: {procs}"
+    );
     assert!(!procs.to_string().contains("hunter2"), "{procs}");
     let env = report(&s, "spy", json!({"action": "environ"}));
     let names: Vec<&str> = env
@@ -146,11 +158,21 @@ fn a_function_sees_only_its_own_files_processes_and_environment() {
     assert!(!env.to_string().contains("sekrit-token"), "{env}");
     for name in &names {
         let allowed = name.starts_with("AWS_LAMBDA_")
-            || ["THAW_INSTANCE_ID", "PATH", "LANG", "HOME", "PWD", "RAYON_NUM_THREADS"]
-                .contains(name);
+            || [
+                "THAW_INSTANCE_ID",
+                "PATH",
+                "LANG",
+                "HOME",
+                "PWD",
+                "RAYON_NUM_THREADS",
+            ]
+            .contains(name);
         assert!(allowed, "unexpected variable {name} in {env}");
     }
-    println!("spy: {} paths unreadable, sees pids {visible:?}, env {names:?}", paths.len());
+    println!(
+        "spy: {} paths unreadable, sees pids {visible:?}, env {names:?}",
+        paths.len()
+    );
     s.signal(libc::SIGTERM);
     let _ = s.child.wait();
 }
@@ -180,7 +202,11 @@ fn no_instance_can_reach_another_instances_runtime_api() {
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         let answered = victim.join().expect("victim");
         assert_eq!(probe["stolen"], json!([]), "{probe}");
-        assert_eq!(probe["open"], json!([9001]), "only its own Runtime API: {probe}");
+        assert_eq!(
+            probe["open"],
+            json!([9001]),
+            "only its own Runtime API: {probe}"
+        );
         assert!(answered > 0);
         println!(
             "probe: learned {}, open {}, scan {} ms; victim answered {answered} calls correctly",
@@ -215,25 +241,37 @@ fn nothing_an_instance_started_outlives_it() {
     let s = Serve::start(&m);
     // Idle reap.
     let pids = spawn_tree(&s, "reaped", "linger-reap");
-    assert!(all_dead(&pids, Duration::from_secs(8)), "idle reap left {pids:?}");
+    assert!(
+        all_dead(&pids, Duration::from_secs(8)),
+        "idle reap left {pids:?}"
+    );
     // Timeout kill.
     let pids = spawn_tree(&s, "slow", "linger-timeout");
     let r = call(&s, "slow", json!({"action": "hang"}));
     assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
-    assert!(all_dead(&pids, Duration::from_secs(5)), "timeout kill left {pids:?}");
+    assert!(
+        all_dead(&pids, Duration::from_secs(5)),
+        "timeout kill left {pids:?}"
+    );
     // SIGTERM of thaw.
     let pids = spawn_tree(&s, "held", "linger-term");
     let mut s = s;
     s.signal(libc::SIGTERM);
     let _ = s.child.wait();
-    assert!(all_dead(&pids, Duration::from_secs(5)), "SIGTERM of thaw left {pids:?}");
+    assert!(
+        all_dead(&pids, Duration::from_secs(5)),
+        "SIGTERM of thaw left {pids:?}"
+    );
     // SIGKILL of thaw.
     let s = Serve::start(&m);
     let pids = spawn_tree(&s, "held", "linger-kill");
     let mut s = s;
     s.signal(libc::SIGKILL);
     let _ = s.child.wait();
-    assert!(all_dead(&pids, Duration::from_secs(5)), "SIGKILL of thaw left {pids:?}");
+    assert!(
+        all_dead(&pids, Duration::from_secs(5)),
+        "SIGKILL of thaw left {pids:?}"
+    );
     println!("child, setsid grandchild and daemon: gone after idle reap, timeout kill, SIGTERM and SIGKILL of thaw");
 }
 
@@ -243,7 +281,11 @@ fn a_fork_bomb_stops_at_the_pids_cap() {
         "[function.bomb]\nbinary = \"thaw-fault\"\npids = 128\nmemory = \"2GiB\"\ntimeout = \"60s\"\n\
          [function.neighbour]\nbinary = \"thaw-fault\"\n",
     ));
-    let r = call(&s, "bomb", json!({"action": "forkbomb", "n": 2000, "marker": "bomb"}));
+    let r = call(
+        &s,
+        "bomb",
+        json!({"action": "forkbomb", "n": 2000, "marker": "bomb"}),
+    );
     assert_ne!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let body = r.json();
     let message = body["errorMessage"]
@@ -257,7 +299,11 @@ fn a_fork_bomb_stops_at_the_pids_cap() {
         .and_then(|m| m.split(' ').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(usize::MAX);
-    assert!(started < 128, "{} -> {message}", String::from_utf8_lossy(&r.body));
+    assert!(
+        started < 128,
+        "{} -> {message}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert!(message.contains("process limit reached"), "{message}");
     println!("fork bomb: {message}");
     // The machine and the neighbour are fine; so is the bomb's instance.
@@ -293,7 +339,10 @@ fn outbound_functions_reach_the_host_and_isolated_ones_do_not() {
     let addr = format!("10.0.2.2:{port}");
     let out = report(&s, "net", json!({"action": "connect", "addr": addr}));
     assert_eq!(out["ok"], true, "{out}");
-    assert!(out["greeting"].as_str().unwrap_or("").contains("hello"), "{out}");
+    assert!(
+        out["greeting"].as_str().unwrap_or("").contains("hello"),
+        "{out}"
+    );
     let closed = report(&s, "closed", json!({"action": "connect", "addr": addr}));
     assert_eq!(closed["ok"], false, "{closed}");
     // Outbound instances still keep their Runtime API to themselves.
@@ -318,14 +367,23 @@ fn without_sandbox_parts_thaw_serves_and_says_what_is_off() {
     assert_eq!(sb["cgroup"], "none", "{sb}");
     assert_eq!(sb["missing"].as_array().map_or(0, Vec::len), 3, "{sb}");
     let warnings = s.stderr_lines();
-    for part in ["namespaces off", "network isolation off", "resource limits off"] {
+    for part in [
+        "namespaces off",
+        "network isolation off",
+        "resource limits off",
+    ] {
         assert!(
-            warnings.iter().any(|l| l.contains(part) && l.contains("WARN")),
+            warnings
+                .iter()
+                .any(|l| l.contains(part) && l.contains("WARN")),
             "no warning for {part}: {warnings:?}"
         );
     }
 
-    let off = Serve::start_with_args(&manifest("[function.f]\nbinary = \"thaw-fault\"\n"), &["--no-sandbox"]);
+    let off = Serve::start_with_args(
+        &manifest("[function.f]\nbinary = \"thaw-fault\"\n"),
+        &["--no-sandbox"],
+    );
     assert_eq!(call(&off, "f", json!({})).status, 200);
     let v = off.get("/v1/functions").json();
     assert_eq!(v["functions"][0]["sandbox"]["enabled"], false, "{v}");
@@ -340,5 +398,8 @@ fn without_sandbox_parts_thaw_serves_and_says_what_is_off() {
         .output()
         .expect("thaw status");
     let text = String::from_utf8_lossy(&status.stdout);
-    assert!(text.contains("pid ns OFF") && text.contains("missing: "), "{text}");
+    assert!(
+        text.contains("pid ns OFF") && text.contains("missing: "),
+        "{text}"
+    );
 }

@@ -235,6 +235,24 @@ pub fn io_error(e: &std::io::Error) -> String {
     format!("{:?}: {e}", e.kind())
 }
 
+/// `connect`: one TCP connection to `addr` (an outbound-network check); reads a line if
+/// the server sends one.
+pub fn connect(addr: &str) -> Value {
+    let target = match addr.parse::<SocketAddr>() {
+        Ok(a) => a,
+        Err(e) => return json!({"ok": false, "error": format!("bad address {addr:?}: {e}")}),
+    };
+    match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
+        Ok(mut stream) => {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 64];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            json!({"ok": true, "greeting": String::from_utf8_lossy(&buf[..n])})
+        }
+        Err(e) => json!({"ok": false, "error": io_error(&e)}),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,23 +306,5 @@ mod tests {
         let head = b"HTTP/1.1 200 OK\r\n\r\nlambda-runtime-aws-request-id: x\r\n";
         assert_eq!(parse_head(head).1, None);
         assert_eq!(parse_head(b""), (None, None));
-    }
-}
-
-/// `connect`: one TCP connection to `addr` (an outbound-network check); reads a line if
-/// the server sends one.
-pub fn connect(addr: &str) -> Value {
-    let target = match addr.parse::<SocketAddr>() {
-        Ok(a) => a,
-        Err(e) => return json!({"ok": false, "error": format!("bad address {addr:?}: {e}")}),
-    };
-    match TcpStream::connect_timeout(&target, Duration::from_secs(2)) {
-        Ok(mut stream) => {
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 64];
-            let n = stream.read(&mut buf).unwrap_or(0);
-            json!({"ok": true, "greeting": String::from_utf8_lossy(&buf[..n])})
-        }
-        Err(e) => json!({"ok": false, "error": io_error(&e)}),
     }
 }

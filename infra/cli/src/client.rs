@@ -131,8 +131,17 @@ fn sandbox_line(s: &Value) -> String {
     if s["enabled"] != Value::Bool(true) {
         return "OFF (--no-sandbox): bare processes, no limits".to_owned();
     }
-    let on = |b: &Value| if b.as_bool() == Some(true) { "on" } else { "OFF" };
-    let mib = |v: &Value| v.as_u64().map_or_else(|| "none".to_owned(), |b| format!("{} MiB", b >> 20));
+    let on = |b: &Value| {
+        if b.as_bool() == Some(true) {
+            "on"
+        } else {
+            "OFF"
+        }
+    };
+    let mib = |v: &Value| {
+        v.as_u64()
+            .map_or_else(|| "none".to_owned(), |b| format!("{} MiB", b >> 20))
+    };
     let mut line = format!(
         "pid ns {}, mount ns {}, user {}, network {}, cgroup {} (memory {}, pids {}, cpu {})",
         on(&s["pid_namespace"]),
@@ -141,8 +150,12 @@ fn sandbox_line(s: &Value) -> String {
         s["network"].as_str().unwrap_or("?"),
         s["cgroup"].as_str().unwrap_or("?"),
         mib(&s["memory_limit"]),
-        s["pids_limit"].as_u64().map_or_else(|| "none".to_owned(), |n| n.to_string()),
-        s["cpu_limit"].as_f64().map_or_else(|| "none".to_owned(), |c| c.to_string()),
+        s["pids_limit"]
+            .as_u64()
+            .map_or_else(|| "none".to_owned(), |n| n.to_string()),
+        s["cpu_limit"]
+            .as_f64()
+            .map_or_else(|| "none".to_owned(), |c| c.to_string()),
     );
     for m in s["missing"].as_array().into_iter().flatten() {
         line.push_str(&format!("\n    missing: {}", m.as_str().unwrap_or("?")));

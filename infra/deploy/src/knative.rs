@@ -63,7 +63,7 @@ pub fn image(plan: &Plan, f: &FunctionPlan, opts: &RenderOptions) -> String {
 /// A CPU quantity from cores: whole cores as `"2"`, else millicores (`"500m"`, at least 1m).
 pub fn cpu_quantity(cores: f64) -> String {
     let milli = (cores * 1000.0).round().max(1.0) as u64;
-    if milli % 1000 == 0 {
+    if milli.is_multiple_of(1000) {
         (milli / 1000).to_string()
     } else {
         format!("{milli}m")

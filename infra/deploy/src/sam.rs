@@ -26,7 +26,9 @@ use crate::{
 pub fn render(plan: &Plan) -> Rendered {
     let mut out = Rendered::default();
     volume_warnings(
-        plan.functions.values().filter(|f| f.spec.gpu.kind.is_none()),
+        plan.functions
+            .values()
+            .filter(|f| f.spec.gpu.kind.is_none()),
         &mut out.warnings,
     );
     for (region, functions) in stacks(plan) {

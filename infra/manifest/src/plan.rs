@@ -166,7 +166,10 @@ mod tests {
                     assert!(msg.contains("\"w\"") && msg.contains("/mnt/data"), "{msg}");
                     assert!(msg.contains(&host.display().to_string()), "{msg}");
                 }
-                other => panic!("{}: expected VolumeNotADirectory, got {other:?}", host.display()),
+                other => panic!(
+                    "{}: expected VolumeNotADirectory, got {other:?}",
+                    host.display()
+                ),
             }
         }
         let _ = std::fs::remove_dir_all(&dir);

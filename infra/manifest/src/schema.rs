@@ -491,7 +491,10 @@ impl Manifest {
                 return Err(invalid(format!("pids ({}) must be at least 8", f.pids)));
             }
             if f.tmp.0 < 1 << 20 {
-                return Err(invalid(format!("tmp ({} bytes) must be at least 1MiB", f.tmp.0)));
+                return Err(invalid(format!(
+                    "tmp ({} bytes) must be at least 1MiB",
+                    f.tmp.0
+                )));
             }
             let mut mounts = std::collections::BTreeSet::new();
             for (sandbox, host) in &f.volumes {

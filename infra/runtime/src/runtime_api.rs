@@ -167,7 +167,9 @@ impl InstanceApi {
     /// In-process `next`: the next invocation's id and payload, once there is one
     /// (`None` when the API is gone). Marks the instance ready, as an HTTP `next` does.
     pub async fn next_invocation(&self) -> Option<(String, Bytes)> {
-        take_next(&self.shared).await.map(|(id, payload, _)| (id, payload))
+        take_next(&self.shared)
+            .await
+            .map(|(id, payload, _)| (id, payload))
     }
 
     /// In-process `response` / `error`: completes invocation `id`. False if unknown.
@@ -177,7 +179,10 @@ impl InstanceApi {
 
     /// In-process `init/error`.
     pub fn init_failed(&self, diagnostic: Diagnostic) {
-        let _ = self.shared.lifecycle.send(Lifecycle::InitFailed(diagnostic));
+        let _ = self
+            .shared
+            .lifecycle
+            .send(Lifecycle::InitFailed(diagnostic));
     }
 
     /// Where [`InstanceApi::serve`] listens, as thaw sees it.
@@ -240,8 +245,7 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
         .map(|d| d.as_millis())
         .unwrap_or(u128::MAX);
     let mut headers = HeaderMap::new();
-    let id =
-        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
+    let id = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
     headers.insert(header::REQUEST_ID, id);
     headers.insert(header::DEADLINE_MS, HeaderValue::from(deadline as u64));
     headers.insert(

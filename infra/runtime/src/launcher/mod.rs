@@ -99,10 +99,8 @@ impl fmt::Debug for Launched {
 /// Starts instances.
 pub trait Launcher: Send + Sync + fmt::Debug {
     /// Starts one instance served by `req.api`.
-    fn launch<'a>(
-        &'a self,
-        req: LaunchRequest<'a>,
-    ) -> BoxFuture<'a, Result<Launched, LaunchError>>;
+    fn launch<'a>(&'a self, req: LaunchRequest<'a>)
+        -> BoxFuture<'a, Result<Launched, LaunchError>>;
 }
 
 /// Sends `signal` to one process.

@@ -84,11 +84,16 @@ impl ProcessLauncher {
         })
         .await
         .map_err(|e| LaunchError::RuntimeApi(std::io::Error::other(e)))??;
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(LaunchError::RuntimeApi)?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(LaunchError::RuntimeApi)?;
         let api_addr = listener.local_addr().map_err(LaunchError::RuntimeApi)?;
         req.api.serve(listener);
 
-        let slirp = match (&netns, self.report.network.as_str(), &self.sandbox.slirp4netns) {
+        let slirp = match (
+            &netns,
+            self.report.network.as_str(),
+            &self.sandbox.slirp4netns,
+        ) {
             (Some(ns), "outbound", Some(slirp)) => Some(outbound::start(slirp, ns).await?),
             _ => None,
         };
@@ -386,7 +391,8 @@ mod outbound {
         drop(write_end);
         let mut ready = tokio::fs::File::from_std(std::fs::File::from(read_end));
         let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(std::time::Duration::from_secs(5), ready.read(&mut byte)).await;
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), ready.read(&mut byte)).await;
         match read {
             Ok(Ok(1)) => Ok(child),
             _ => Err(spawn_err(std::io::Error::other(

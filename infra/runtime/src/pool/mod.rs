@@ -342,7 +342,7 @@ impl FunctionPool {
             let until = st.init_failure.as_ref().map_or(now, |f| f.1);
             let me = Arc::clone(&me);
             tokio::spawn(async move {
-                tokio::time::sleep_until(until.into()).await;
+                tokio::time::sleep_until(until).await;
                 me.lock().retry_scheduled = false;
                 me.pump();
             });
@@ -400,5 +400,4 @@ impl FunctionPool {
     pub fn in_flight(&self) -> u32 {
         self.lock().instances.values().map(|i| i.in_flight).sum()
     }
-
 }

@@ -8,7 +8,9 @@ use thaw_manifest::FunctionPlan;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::{CallError, FunctionPool, Pending, Phase, Reply, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE};
+use super::{
+    CallError, FunctionPool, Pending, Phase, Reply, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE,
+};
 use crate::launcher::{InstanceControl, InstanceExit, LaunchRequest};
 use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle};
 
@@ -26,7 +28,10 @@ impl FunctionPool {
         pending: Pending,
     ) {
         let timeout = self.plan.spec.timeout.0;
-        let Pending { payload, reply: caller } = pending;
+        let Pending {
+            payload,
+            reply: caller,
+        } = pending;
         let (reply, rx) = oneshot::channel();
         let invocation = Invocation {
             id: new_request_id(),

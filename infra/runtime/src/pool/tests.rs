@@ -20,7 +20,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
-use thaw_manifest::FunctionPlan;
 use thaw_protocol::Diagnostic;
 use tokio::sync::{oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
@@ -327,7 +326,6 @@ impl FakeInstance {
 
 // ---------------------------------------------------------------------------------------
 // Harness.
-
 
 #[derive(Debug)]
 struct Harness {

@@ -164,11 +164,18 @@ mod tests {
     fn binds_only_the_functions_own_files_and_caps_tmp() {
         let a = args(&plan("tmp = \"64MiB\""));
         assert!(has_pair(&a, "--ro-bind", "/opt/fns/f", "/opt/fns/f"));
-        assert!(has_pair(&a, "--ro-bind", "/cache/objects/abc", "/cache/objects/abc"));
+        assert!(has_pair(
+            &a,
+            "--ro-bind",
+            "/cache/objects/abc",
+            "/cache/objects/abc"
+        ));
         assert!(has_pair(&a, "--size", "67108864", "--tmpfs"));
         assert!(!a.iter().any(|x| x == "/etc/shadow" || x == "/etc/passwd"));
         assert!(!a.iter().any(|x| x == "--share-net"));
-        assert!(!a.iter().any(|x| x.to_string_lossy().starts_with("/dev/nvidia")));
+        assert!(!a
+            .iter()
+            .any(|x| x.to_string_lossy().starts_with("/dev/nvidia")));
         assert_eq!(a.last().map(OsString::as_os_str), Some("--".as_ref()));
     }
 

@@ -147,14 +147,20 @@ impl CgroupRoot {
             };
             for entry in entries.flatten() {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                let Some(pid) = name.strip_prefix("thaw-").and_then(|p| p.parse::<u32>().ok())
+                let Some(pid) = name
+                    .strip_prefix("thaw-")
+                    .and_then(|p| p.parse::<u32>().ok())
                 else {
                     continue;
                 };
                 if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
                     continue;
                 }
-                for child in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+                for child in std::fs::read_dir(entry.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
                     if child.path().is_dir() {
                         kill_procs(&child.path());
                         if remove_dir_patiently(&child.path()) {
@@ -175,7 +181,10 @@ impl CgroupRoot {
                 let _ = std::fs::remove_dir(base);
             }
             Self::V1 { memory, pids, cpu } => {
-                for d in [Some(memory), Some(pids), cpu.as_ref()].into_iter().flatten() {
+                for d in [Some(memory), Some(pids), cpu.as_ref()]
+                    .into_iter()
+                    .flatten()
+                {
                     let _ = std::fs::remove_dir(d);
                 }
             }
@@ -287,7 +296,9 @@ fn write_v2_limits(dir: &Path, limits: Limits) -> io::Result<()> {
 
 fn write_v1_limits(dirs: &[PathBuf], limits: Limits) -> io::Result<()> {
     let (Some(memory), Some(pids)) = (dirs.first(), dirs.get(1)) else {
-        return Err(io::Error::other("v1 cgroup without memory and pids directories"));
+        return Err(io::Error::other(
+            "v1 cgroup without memory and pids directories",
+        ));
     };
     // memsw must stay >= the memory limit, and a reused cgroup may hold a lower one:
     // raise memsw first when it exists, then set memory, then memsw again.
@@ -297,7 +308,11 @@ fn write_v1_limits(dirs: &[PathBuf], limits: Limits) -> io::Result<()> {
     }
     write(memory, "memory.limit_in_bytes", &limits.memory.to_string())?;
     if memsw {
-        write(memory, "memory.memsw.limit_in_bytes", &limits.memory.to_string())?;
+        write(
+            memory,
+            "memory.memsw.limit_in_bytes",
+            &limits.memory.to_string(),
+        )?;
     }
     write(pids, "pids.max", &limits.pids.to_string())?;
     if let (Some(cpu_dir), Some(cpu)) = (dirs.get(2), limits.cpu) {
@@ -511,7 +526,10 @@ mod tests {
         );
         assert_eq!(v1_mount(mountinfo, "pids"), None);
         let own = "8:pids:/\n4:memory:/process_api/abc\n0::/\n";
-        assert_eq!(own_path(own, Some("memory")).as_deref(), Some("/process_api/abc"));
+        assert_eq!(
+            own_path(own, Some("memory")).as_deref(),
+            Some("/process_api/abc")
+        );
         assert_eq!(own_path(own, None).as_deref(), Some("/"));
     }
 }

@@ -105,9 +105,11 @@ impl Sandbox {
             cgroups: None,
             slirp4netns: None,
             uid_base: DEFAULT_UID_BASE,
-            warnings: vec!["the sandbox is off (--no-sandbox): instances are bare processes \
+            warnings: vec![
+                "the sandbox is off (--no-sandbox): instances are bare processes \
                             with thaw's user, network and filesystem, and no limits"
-                .to_owned()],
+                    .to_owned(),
+            ],
         }
     }
 
@@ -152,10 +154,7 @@ impl Sandbox {
                 Ok(root) => {
                     let swept = root.sweep_stale();
                     if swept > 0 {
-                        tracing::warn!(
-                            swept,
-                            "killed the instances a previous thaw left behind"
-                        );
+                        tracing::warn!(swept, "killed the instances a previous thaw left behind");
                     }
                     Some(Arc::new(root))
                 }
@@ -253,7 +252,10 @@ impl Sandbox {
             (true, Network::None) => "isolated",
             (true, Network::Outbound) if self.slirp4netns.is_some() => "outbound",
             (true, Network::Outbound) => {
-                missing.push("outbound network: slirp4netns not installed; the instance has loopback only".into());
+                missing.push(
+                    "outbound network: slirp4netns not installed; the instance has loopback only"
+                        .into(),
+                );
                 "isolated"
             }
         };
