@@ -63,6 +63,7 @@ impl ProcessLauncher {
             pids: plan.spec.pids,
             cpu: plan.spec.cpu,
         };
+        let t0 = std::time::Instant::now();
         // Namespace and cgroup set-up are blocking syscalls and file writes.
         let (netns, listener, cgroup) = tokio::task::spawn_blocking(move || {
             let (netns, listener) = if isolated_net {
@@ -84,6 +85,7 @@ impl ProcessLauncher {
         })
         .await
         .map_err(|e| LaunchError::RuntimeApi(std::io::Error::other(e)))??;
+        let setup_done = std::time::Instant::now();
         let listener =
             tokio::net::TcpListener::from_std(listener).map_err(LaunchError::RuntimeApi)?;
         let api_addr = listener.local_addr().map_err(LaunchError::RuntimeApi)?;
@@ -134,6 +136,12 @@ impl ProcessLauncher {
             source,
         })?;
         let pid = child.id().unwrap_or(0);
+        tracing::debug!(
+            instance = req.instance,
+            setup_us = setup_done.duration_since(t0).as_micros() as u64,
+            spawn_us = setup_done.elapsed().as_micros() as u64,
+            "instance launched"
+        );
         if let Some(out) = child.stdout.take() {
             pump_lines(out, req.instance.to_owned(), "stdout", Arc::clone(req.logs));
         }
