@@ -103,7 +103,7 @@ pub(crate) fn default_cache() -> PathBuf {
 /// The function binaries: `--bin-dir`, else the directory of this thaw binary.
 pub(crate) fn bin_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     match given {
-        Some(d) => Ok(d),
+        Some(d) => Ok(std::path::absolute(d)?),
         None => std::env::current_exe()?
             .parent()
             .map(PathBuf::from)
@@ -112,6 +112,12 @@ pub(crate) fn bin_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn main() -> Result<()> {
+    // The jail is exec'd by thaw serve and must do nothing else first (no threads).
+    if std::env::args_os().nth(1).as_deref()
+        == Some(thaw_runtime::sandbox::jail::SUBCOMMAND.as_ref())
+    {
+        std::process::exit(thaw_runtime::sandbox::jail::main());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()

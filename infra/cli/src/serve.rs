@@ -81,7 +81,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         }),
         (None, None) => None,
     };
-    let cache_dir = args.snapshots.clone().unwrap_or_else(crate::default_cache);
+    // Absolute: instances run with another working directory (the sandbox's /tmp).
+    let cache_dir =
+        std::path::absolute(args.snapshots.clone().unwrap_or_else(crate::default_cache))?;
     let resolver = Resolver {
         bin_dir,
         snapshots: cache_dir.clone(),
@@ -114,11 +116,14 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     // Opened before serving: it locks the directory and recovers interrupted calls.
     let calls =
         thaw_runtime::calls::store::CallStore::open(&state_dir, ttl, std::sync::Arc::default())?;
-    let sandbox = std::sync::Arc::new(if args.no_sandbox {
+    let mut sandbox = if args.no_sandbox {
         thaw_runtime::sandbox::Sandbox::disabled()
     } else {
         thaw_runtime::sandbox::Sandbox::probe()
-    });
+    };
+    // This binary runs the jail (`thaw __jail`) that waits in each spare sandbox.
+    sandbox.jail_exe = std::env::current_exe().ok();
+    let sandbox = std::sync::Arc::new(sandbox);
     for warning in &sandbox.warnings {
         tracing::warn!("sandbox: {warning}");
     }

@@ -12,6 +12,7 @@
 //! - Tests drive the scheduler with a launcher that serves the API in-process.
 
 mod process;
+mod slot;
 
 use std::fmt;
 use std::sync::Arc;
@@ -101,6 +102,11 @@ pub trait Launcher: Send + Sync + fmt::Debug {
     /// Starts one instance served by `req.api`.
     fn launch<'a>(&'a self, req: LaunchRequest<'a>)
         -> BoxFuture<'a, Result<Launched, LaunchError>>;
+
+    /// Releases what the launcher holds ahead of launches (thaw is stopping).
+    fn close(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Sends `signal` to one process.

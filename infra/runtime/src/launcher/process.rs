@@ -4,17 +4,21 @@
 //! Order of events for one instance:
 //!
 //! 1. A network namespace is made with the Runtime API listening inside it (or, without
-//!    one, a listener on the host's loopback), and the API starts serving.
-//! 2. A cgroup is made with the function's limits.
-//! 3. The child is forked. Before exec it joins the cgroup and the network namespace
-//!    (both need thaw's privilege), drops to the function's unprivileged uid, and arms
-//!    `PR_SET_PDEATHSIG` so a SIGKILL of thaw takes it down. Then it execs bubblewrap,
-//!    which builds the PID, mount, user, IPC and UTS namespaces and execs the function.
-//! 4. When the child exits, the cgroup says whether the OOM killer did it; anything left
-//!    in the cgroup is killed and the cgroup removed, then the exit is reported.
+//!    one, a listener on the host's loopback), and a cgroup with the function's limits.
+//! 2. A process joins both while it still has thaw's privilege. Where thaw can run its
+//!    [jail](crate::sandbox::jail), steps 1 and 2 happen *before* the cold start, in a
+//!    spare [slot](super::slot); otherwise the forked child joins them before exec.
+//! 3. On the cold start the Runtime API starts serving, and the process drops to the
+//!    function's unprivileged uid, arms `PR_SET_PDEATHSIG` so a SIGKILL of thaw takes it
+//!    down, and execs bubblewrap, which builds the PID, mount, user, IPC and UTS
+//!    namespaces and execs the function.
+//! 4. When it exits, the cgroup says whether the OOM killer did it; anything left in the
+//!    cgroup is killed and the cgroup removed, then the exit is reported.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -23,14 +27,16 @@ use futures_util::FutureExt as _;
 use thaw_manifest::FunctionPlan;
 use thaw_protocol::runtime_api::env;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::process::{Child, Command};
 
+use super::slot::{Slot, SlotConfig, Spare};
 use super::{
     gpu_devices, signal_group, signal_pid, InstanceControl, InstanceExit, LaunchError,
     LaunchRequest, Launched, Launcher,
 };
 use crate::logs::LogRing;
-use crate::sandbox::cgroup::{InstanceCgroup, Limits};
+use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup, Limits};
+use crate::sandbox::jail::JailSpec;
 use crate::sandbox::netns::NetNs;
 use crate::sandbox::{bwrap, Sandbox, SandboxReport};
 
@@ -39,13 +45,33 @@ use crate::sandbox::{bwrap, Sandbox, SandboxReport};
 pub struct ProcessLauncher {
     sandbox: Arc<Sandbox>,
     report: SandboxReport,
+    /// A sandbox kept ready for the next cold start, where thaw can run its jail.
+    spare: Option<Arc<Spare>>,
 }
 
 impl ProcessLauncher {
-    /// A launcher for function number `index` of the manifest.
+    /// A launcher for function number `index` of the manifest. Inside a Tokio runtime
+    /// with the sandbox on, it starts making the function's spare sandbox at once.
     pub fn new(sandbox: Arc<Sandbox>, plan: &FunctionPlan, index: usize) -> Self {
         let report = sandbox.report(plan, index);
-        Self { sandbox, report }
+        let isolated_net = matches!(report.network.as_str(), "isolated" | "outbound");
+        let spare = match &sandbox.jail_exe {
+            Some(exe) if sandbox.enabled && (isolated_net || sandbox.cgroups.is_some()) => {
+                Some(Spare::new(SlotConfig {
+                    jail_exe: exe.clone(),
+                    isolated_net,
+                    cgroups: sandbox.cgroups.clone(),
+                    limits: limits(plan),
+                    name: plan.name.to_string(),
+                }))
+            }
+            _ => None,
+        };
+        Self {
+            sandbox,
+            report,
+            spare,
+        }
     }
 
     /// What this function's instances get.
@@ -53,64 +79,49 @@ impl ProcessLauncher {
         &self.report
     }
 
+    fn jailed(&self) -> bool {
+        self.sandbox.enabled && self.sandbox.bwrap.is_some()
+    }
+
+    /// The program and arguments that run the function: bubblewrap around its binary, or
+    /// the binary alone.
+    fn command(&self, plan: &FunctionPlan) -> (PathBuf, Vec<OsString>) {
+        match (&self.sandbox.bwrap, self.jailed()) {
+            (Some(bwrap_path), true) => {
+                let mut args = bwrap::args(plan);
+                args.push(plan.binary_path.clone().into_os_string());
+                (bwrap_path.clone(), args)
+            }
+            _ => (plan.binary_path.clone(), Vec::new()),
+        }
+    }
+
     async fn start(&self, req: LaunchRequest<'_>) -> Result<Launched, LaunchError> {
-        let plan = req.plan;
-        let isolated_net = matches!(self.report.network.as_str(), "isolated" | "outbound");
-        let cgroups = self.sandbox.cgroups.clone();
+        if let Some(spare) = &self.spare {
+            let slot = match spare.take() {
+                Some(slot) => slot,
+                None => spare.make_now().await?,
+            };
+            return self.start_in(slot, req).await;
+        }
         let name = req.instance.to_owned();
-        let limits = Limits {
-            memory: plan.spec.memory.0,
-            pids: plan.spec.pids,
-            cpu: plan.spec.cpu,
-        };
-        let t0 = std::time::Instant::now();
-        // Namespace and cgroup set-up are blocking syscalls and file writes.
+        let (isolated, cgroups, lim) = (
+            matches!(self.report.network.as_str(), "isolated" | "outbound"),
+            self.sandbox.cgroups.clone(),
+            limits(req.plan),
+        );
         let (netns, listener, cgroup) = tokio::task::spawn_blocking(move || {
-            let (netns, listener) = if isolated_net {
-                let (ns, l) = NetNs::with_listener().map_err(LaunchError::RuntimeApi)?;
-                (Some(ns), l)
-            } else {
-                let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(LaunchError::RuntimeApi)?;
-                (None, l)
-            };
-            let cgroup = match &cgroups {
-                Some(root) => Some(Arc::new(
-                    root.create(&name, limits).map_err(LaunchError::Cgroup)?,
-                )),
-                None => None,
-            };
-            Ok::<_, LaunchError>((netns, listener, cgroup))
+            make_places(isolated, cgroups.as_deref(), &name, lim)
         })
         .await
         .map_err(|e| LaunchError::RuntimeApi(std::io::Error::other(e)))??;
-        let setup_done = std::time::Instant::now();
-        let listener =
-            tokio::net::TcpListener::from_std(listener).map_err(LaunchError::RuntimeApi)?;
-        let api_addr = listener.local_addr().map_err(LaunchError::RuntimeApi)?;
-        req.api.serve(listener);
-
-        let slirp = match (
-            &netns,
-            self.report.network.as_str(),
-            &self.sandbox.slirp4netns,
-        ) {
-            (Some(ns), "outbound", Some(slirp)) => Some(outbound::start(slirp, ns).await?),
-            _ => None,
-        };
-
-        let jailed = self.sandbox.bwrap.is_some() && self.sandbox.enabled;
-        let mut cmd = match (&self.sandbox.bwrap, jailed) {
-            (Some(bwrap_path), true) => {
-                let mut c = Command::new(bwrap_path);
-                c.args(bwrap::args(plan)).arg(&plan.binary_path);
-                c
-            }
-            _ => Command::new(&plan.binary_path),
-        };
-        cmd.env_clear()
-            .envs(instance_env(plan, &req, api_addr))
+        let api_addr = serve_api(&req, listener)?;
+        let slirp = self.outbound(netns.as_ref()).await?;
+        let (program, args) = self.command(req.plan);
+        let mut cmd = Command::new(&program);
+        cmd.args(args)
+            .env_clear()
+            .envs(instance_env(req.plan, &req, api_addr))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -122,7 +133,7 @@ impl ProcessLauncher {
                 None => Vec::new(),
             },
             netns: netns.as_ref().map(NetNs::raw_fd),
-            uid: if jailed { self.report.uid } else { None },
+            uid: if self.jailed() { self.report.uid } else { None },
             parent: std::process::id() as libc::pid_t,
         };
         // SAFETY: ChildSetup::run makes only async-signal-safe calls on memory it owns
@@ -131,17 +142,71 @@ impl ProcessLauncher {
         unsafe {
             cmd.pre_exec(move || setup.run());
         }
-        let mut child = cmd.spawn().map_err(|source| LaunchError::Spawn {
-            program: plan.binary_path.display().to_string(),
+        let child = cmd.spawn().map_err(|source| LaunchError::Spawn {
+            program: program.display().to_string(),
             source,
         })?;
+        Ok(self.watch(child, cgroup, netns, slirp, &req))
+    }
+
+    /// Starts the function in a ready slot: its jail execs the command.
+    async fn start_in(
+        &self,
+        mut slot: Slot,
+        req: LaunchRequest<'_>,
+    ) -> Result<Launched, LaunchError> {
+        let listener = slot.listener.try_clone().map_err(LaunchError::RuntimeApi)?;
+        let api_addr = serve_api(&req, listener)?;
+        let slirp = self.outbound(slot.netns.as_ref()).await?;
+        let (program, args) = self.command(req.plan);
+        let spec = JailSpec {
+            program: program.display().to_string(),
+            args: args
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+            env: instance_env(req.plan, &req, api_addr),
+            uid: if self.jailed() { self.report.uid } else { None },
+            parent: std::process::id() as i32,
+        };
+        if let Err(source) = slot.start(&spec).await {
+            slot.discard().await;
+            return Err(LaunchError::Spawn {
+                program: program.display().to_string(),
+                source,
+            });
+        }
+        let Slot {
+            netns,
+            cgroup,
+            jail,
+            ..
+        } = slot;
+        Ok(self.watch(jail, cgroup, netns, slirp, &req))
+    }
+
+    /// `network = "outbound"`: slirp4netns on the instance's namespace.
+    async fn outbound(&self, netns: Option<&NetNs>) -> Result<Option<Child>, LaunchError> {
+        match (
+            netns,
+            self.report.network.as_str(),
+            &self.sandbox.slirp4netns,
+        ) {
+            (Some(ns), "outbound", Some(slirp)) => Ok(Some(outbound::start(slirp, ns).await?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Reads the instance's output into the logs and builds its control and exit future.
+    fn watch(
+        &self,
+        mut child: Child,
+        cgroup: Option<Arc<InstanceCgroup>>,
+        netns: Option<NetNs>,
+        slirp: Option<Child>,
+        req: &LaunchRequest<'_>,
+    ) -> Launched {
         let pid = child.id().unwrap_or(0);
-        tracing::debug!(
-            instance = req.instance,
-            setup_us = setup_done.duration_since(t0).as_micros() as u64,
-            spawn_us = setup_done.elapsed().as_micros() as u64,
-            "instance launched"
-        );
         if let Some(out) = child.stdout.take() {
             pump_lines(out, req.instance.to_owned(), "stdout", Arc::clone(req.logs));
         }
@@ -151,9 +216,9 @@ impl ProcessLauncher {
         let control = Arc::new(ProcessControl {
             pid,
             cgroup: cgroup.clone(),
-            jailed,
+            jailed: self.jailed(),
         });
-        let memory = plan.spec.memory.0;
+        let memory = req.plan.spec.memory.0;
         let exited = async move {
             let status = child.wait().await;
             let oom = match cgroup {
@@ -178,8 +243,61 @@ impl ProcessLauncher {
             }
         }
         .boxed();
-        Ok(Launched { control, exited })
+        Launched { control, exited }
     }
+}
+
+fn limits(plan: &FunctionPlan) -> Limits {
+    Limits {
+        memory: plan.spec.memory.0,
+        pids: plan.spec.pids,
+        cpu: plan.spec.cpu,
+    }
+}
+
+/// The Runtime API's place and the instance's limits: a network namespace with the
+/// listener inside (or a listener on the host's loopback), and a cgroup. Blocking.
+pub(super) fn make_places(
+    isolated_net: bool,
+    cgroups: Option<&CgroupRoot>,
+    name: &str,
+    limits: Limits,
+) -> Result<
+    (
+        Option<NetNs>,
+        std::net::TcpListener,
+        Option<Arc<InstanceCgroup>>,
+    ),
+    LaunchError,
+> {
+    let (netns, listener) = if isolated_net {
+        let (ns, l) = NetNs::with_listener().map_err(LaunchError::RuntimeApi)?;
+        (Some(ns), l)
+    } else {
+        let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .map_err(LaunchError::RuntimeApi)?;
+        (None, l)
+    };
+    let cgroup = match cgroups {
+        Some(root) => Some(Arc::new(
+            root.create(name, limits).map_err(LaunchError::Cgroup)?,
+        )),
+        None => None,
+    };
+    Ok((netns, listener, cgroup))
+}
+
+/// Serves the instance's Runtime API on `listener`; returns the address the instance
+/// is told (`AWS_LAMBDA_RUNTIME_API`).
+fn serve_api(
+    req: &LaunchRequest<'_>,
+    listener: std::net::TcpListener,
+) -> Result<std::net::SocketAddr, LaunchError> {
+    let listener = tokio::net::TcpListener::from_std(listener).map_err(LaunchError::RuntimeApi)?;
+    let addr = listener.local_addr().map_err(LaunchError::RuntimeApi)?;
+    req.api.serve(listener);
+    Ok(addr)
 }
 
 impl Launcher for ProcessLauncher {
@@ -188,6 +306,15 @@ impl Launcher for ProcessLauncher {
         req: LaunchRequest<'a>,
     ) -> BoxFuture<'a, Result<Launched, LaunchError>> {
         self.start(req).boxed()
+    }
+
+    fn close(&self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Some(spare) = &self.spare {
+                spare.close().await;
+            }
+        }
+        .boxed()
     }
 }
 

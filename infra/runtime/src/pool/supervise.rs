@@ -353,6 +353,7 @@ impl FunctionPool {
         while !self.lock().instances.is_empty() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        self.launcher.close().await;
     }
 }
 

@@ -215,6 +215,14 @@ impl InstanceCgroup {
             .collect()
     }
 
+    /// Moves process `pid` (and, from then on, its children) into every directory.
+    pub fn add(&self, pid: u32) -> io::Result<()> {
+        for d in &self.dirs {
+            write(d, "cgroup.procs", &pid.to_string())?;
+        }
+        Ok(())
+    }
+
     /// Processes in the instance, as thaw sees their pids.
     pub fn pids(&self) -> Vec<u32> {
         self.dirs

@@ -19,6 +19,7 @@
 
 pub mod bwrap;
 pub mod cgroup;
+pub mod jail;
 pub mod netns;
 
 use std::path::{Path, PathBuf};
@@ -49,6 +50,9 @@ pub struct Sandbox {
     pub slirp4netns: Option<PathBuf>,
     /// See [`DEFAULT_UID_BASE`].
     pub uid_base: u32,
+    /// thaw's own executable, which runs [`jail`]: with it, a spare sandbox per function
+    /// is made ahead of each cold start. `None` makes every sandbox on the cold start.
+    pub jail_exe: Option<PathBuf>,
     /// One line per part that is missing, and why.
     pub warnings: Vec<String>,
 }
@@ -105,6 +109,7 @@ impl Sandbox {
             cgroups: None,
             slirp4netns: None,
             uid_base: DEFAULT_UID_BASE,
+            jail_exe: None,
             warnings: vec![
                 "the sandbox is off (--no-sandbox): instances are bare processes \
                             with thaw's user, network and filesystem, and no limits"
@@ -174,6 +179,7 @@ impl Sandbox {
             cgroups,
             slirp4netns,
             uid_base,
+            jail_exe: None,
             warnings,
         }
     }
