@@ -365,7 +365,7 @@ fn without_sandbox_parts_thaw_serves_and_says_what_is_off() {
     assert_eq!(sb["mount_namespace"], false, "{sb}");
     assert_eq!(sb["network"], "host", "{sb}");
     assert_eq!(sb["cgroup"], "none", "{sb}");
-    assert_eq!(sb["missing"].as_array().map_or(0, Vec::len), 3, "{sb}");
+    assert_eq!(sb["missing"].as_array().map_or(0, Vec::len), 4, "{sb}");
     let warnings = s.stderr_lines();
     for part in [
         "namespaces off",

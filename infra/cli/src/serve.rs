@@ -121,8 +121,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     } else {
         thaw_runtime::sandbox::Sandbox::probe()
     };
-    // This binary runs the jail (`thaw __jail`) that waits in each spare sandbox.
-    sandbox.jail_exe = std::env::current_exe().ok();
+    // This binary runs the jail (`thaw __jail`) that waits in each spare sandbox; through
+    // /proc/self/exe, which still works if the file is replaced while thaw runs.
+    sandbox.jail_exe = Some(std::path::PathBuf::from("/proc/self/exe"));
     let sandbox = std::sync::Arc::new(sandbox);
     for warning in &sandbox.warnings {
         tracing::warn!("sandbox: {warning}");

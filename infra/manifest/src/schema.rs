@@ -174,7 +174,7 @@ pub struct FunctionSpec {
     #[serde(default)]
     pub url: UrlConfig,
     /// Extra environment for the function's processes. Names thaw sets itself
-    /// (`AWS_LAMBDA_*`, `THAW_*`) and `LD_PRELOAD`/`LD_LIBRARY_PATH` are refused.
+    /// (`AWS_LAMBDA_*`, `THAW_*`) and loader variables (`LD_*`, `GCONV_PATH`) are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<EnvName, String>,
 }
@@ -192,7 +192,7 @@ pub enum Network {
 }
 
 /// A validated `env` key: not empty, no `=` or NUL, and not one thaw reserves
-/// (`AWS_LAMBDA_*`, `THAW_*`, `LD_PRELOAD`, `LD_LIBRARY_PATH`).
+/// (`AWS_LAMBDA_*`, `THAW_*`, `LD_*`, `GCONV_PATH`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
 pub struct EnvName(String);
@@ -205,14 +205,16 @@ impl EnvName {
                 "env key {name:?} is not a valid variable name: it may not be empty or contain '=' or NUL"
             ));
         }
-        let reserved = name == "LD_PRELOAD"
-            || name == "LD_LIBRARY_PATH"
+        // LD_* (LD_PRELOAD, LD_LIBRARY_PATH, LD_AUDIT, ...) and GCONV_PATH make the
+        // dynamic loader or libc load code of the caller's choosing.
+        let reserved = name.starts_with("LD_")
+            || name == "GCONV_PATH"
             || name.starts_with("AWS_LAMBDA_")
             || name.starts_with("THAW_");
         if reserved {
             return Err(format!(
                 "env key {name:?} is reserved: thaw sets AWS_LAMBDA_* and THAW_* itself, \
-                 and LD_PRELOAD/LD_LIBRARY_PATH could change what the sandbox runs"
+                 and LD_* or GCONV_PATH could change what the sandbox runs"
             ));
         }
         Ok(Self(name.to_owned()))

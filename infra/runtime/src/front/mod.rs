@@ -514,7 +514,7 @@ async fn list_functions(State(rt): State<Shared>) -> Response {
             let (queued, running) = durable.get(name).copied().unwrap_or_default();
             json!({
                 "name": name,
-                "config": pool.plan().spec,
+                "config": redacted(&pool.plan().spec),
                 "state": pool.status(),
                 "sandbox": pool.sandbox(),
                 "durable": {"queued": queued, "running": running},
@@ -573,4 +573,16 @@ async fn metrics(State(rt): State<Shared>) -> Response {
         rt.metrics.render(),
     )
         .into_response()
+}
+
+/// A function's settings for `/v1/functions`, with `env` values hidden: they are the
+/// function's secrets, and this endpoint is readable by anyone who can reach thaw.
+fn redacted(spec: &thaw_manifest::FunctionSpec) -> serde_json::Value {
+    let mut v = serde_json::to_value(spec).unwrap_or_default();
+    if let Some(env) = v.get_mut("env").and_then(serde_json::Value::as_object_mut) {
+        for value in env.values_mut() {
+            *value = serde_json::Value::String("(set)".into());
+        }
+    }
+    v
 }

@@ -98,11 +98,17 @@ impl ProcessLauncher {
 
     async fn start(&self, req: LaunchRequest<'_>) -> Result<Launched, LaunchError> {
         if let Some(spare) = &self.spare {
-            let slot = match spare.take() {
-                Some(slot) => slot,
-                None => spare.make_now().await?,
-            };
-            return self.start_in(slot, req).await;
+            if let Some(slot) = spare.take() {
+                match self.start_in(slot, &req).await {
+                    Ok(launched) => return Ok(launched),
+                    // The spare's jail died while it waited: make one now.
+                    Err(e) => {
+                        tracing::warn!(instance = req.instance, error = %e, "spare sandbox unusable")
+                    }
+                }
+            }
+            let slot = spare.make_now().await?;
+            return self.start_in(slot, &req).await;
         }
         let name = req.instance.to_owned();
         let (isolated, cgroups, lim) = (
@@ -153,10 +159,10 @@ impl ProcessLauncher {
     async fn start_in(
         &self,
         mut slot: Slot,
-        req: LaunchRequest<'_>,
+        req: &LaunchRequest<'_>,
     ) -> Result<Launched, LaunchError> {
         let listener = slot.listener.try_clone().map_err(LaunchError::RuntimeApi)?;
-        let api_addr = serve_api(&req, listener)?;
+        let api_addr = serve_api(req, listener)?;
         let slirp = self.outbound(slot.netns.as_ref()).await?;
         let (program, args) = self.command(req.plan);
         let spec = JailSpec {
@@ -165,7 +171,7 @@ impl ProcessLauncher {
                 .iter()
                 .map(|a| a.to_string_lossy().into_owned())
                 .collect(),
-            env: instance_env(req.plan, &req, api_addr),
+            env: instance_env(req.plan, req, api_addr),
             uid: if self.jailed() { self.report.uid } else { None },
             parent: std::process::id() as i32,
         };
@@ -182,7 +188,7 @@ impl ProcessLauncher {
             jail,
             ..
         } = slot;
-        Ok(self.watch(jail, cgroup, netns, slirp, &req))
+        Ok(self.watch(jail, cgroup, netns, slirp, req))
     }
 
     /// `network = "outbound"`: slirp4netns on the instance's namespace.
@@ -215,12 +221,17 @@ impl ProcessLauncher {
         }
         let control = Arc::new(ProcessControl {
             pid,
+            alive: std::sync::atomic::AtomicBool::new(true),
             cgroup: cgroup.clone(),
             jailed: self.jailed(),
         });
         let memory = req.plan.spec.memory.0;
+        let reaped = Arc::clone(&control);
         let exited = async move {
             let status = child.wait().await;
+            reaped
+                .alive
+                .store(false, std::sync::atomic::Ordering::SeqCst);
             let oom = match cgroup {
                 Some(cg) => tokio::task::spawn_blocking(move || {
                     let oom = cg.oom_kills() > 0;
@@ -415,6 +426,8 @@ impl ChildSetup {
 #[derive(Debug)]
 struct ProcessControl {
     pid: u32,
+    /// False once the process has been reaped: its pid may then belong to someone else.
+    alive: std::sync::atomic::AtomicBool,
     cgroup: Option<Arc<InstanceCgroup>>,
     /// Inside bubblewrap: `pid` is bubblewrap's monitor, which dies at once on SIGTERM
     /// and takes the PID namespace down with it.
@@ -427,6 +440,9 @@ impl InstanceControl for ProcessControl {
     }
 
     fn terminate(&self) {
+        if !self.alive.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         match (&self.cgroup, self.jailed) {
             // SIGTERM the function's processes, not bubblewrap's monitor, so the function
             // gets its grace period; `kill` ends the namespace after it.
@@ -442,9 +458,18 @@ impl InstanceControl for ProcessControl {
     }
 
     fn kill(&self) {
-        signal_group(self.pid, libc::SIGKILL);
-        if let Some(cg) = &self.cgroup {
-            cg.kill_all();
+        if self.alive.load(std::sync::atomic::Ordering::SeqCst) {
+            signal_group(self.pid, libc::SIGKILL);
+        }
+        // Stragglers in the cgroup (modes without a PID namespace); killing them may
+        // take a few rounds, so not on the caller's thread (it may hold the pool's lock).
+        if let Some(cg) = self.cgroup.clone() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn_blocking(move || cg.kill_all());
+                }
+                Err(_) => cg.kill_all(),
+            }
         }
     }
 }
@@ -496,14 +521,22 @@ mod outbound {
         };
         let (read_end, write_end) = pipe().map_err(spawn_err)?;
         let mut cmd = Command::new(slirp);
-        cmd.args(["--configure", "--mtu=65520", "--netns-type=path"])
-            .arg(format!("--ready-fd={}", write_end.as_raw_fd()))
-            .arg(ns.path())
-            .arg("tap0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true);
+        // Its own sandbox and seccomp filter: it parses packets the function controls.
+        cmd.args([
+            "--configure",
+            "--mtu=65520",
+            "--enable-sandbox",
+            "--enable-seccomp",
+        ])
+        .arg("--netns-type=path")
+        .arg(format!("--ready-fd={}", write_end.as_raw_fd()))
+        .arg(ns.path())
+        .arg("tap0")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
         let setup = ChildSetup {
             cgroup_procs: Vec::new(),
             netns: None,

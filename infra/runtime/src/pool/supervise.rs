@@ -164,14 +164,19 @@ impl FunctionPool {
         let control = launched.control;
         let mut exited = launched.exited;
         let pid = control.pid();
-        let known = self.lock().instances.get_mut(&id).map(|inst| {
+        let phase = self.lock().instances.get_mut(&id).map(|inst| {
             inst.control = Some(Arc::clone(&control));
             inst.api = Some(Arc::clone(&api));
+            inst.phase
         });
-        if known.is_none() {
-            // Stopped while launching (thaw is shutting down).
+        if matches!(phase, None | Some(Phase::Stopping)) {
+            // Stopped while launching (thaw is shutting down): stop_all could not signal
+            // it, having no control for it yet.
             control.kill();
             let _ = exited.await;
+            if let Some(inst) = self.lock().instances.remove(&id) {
+                self.metrics.billed(self.name(), inst.started.elapsed());
+            }
             return;
         }
         tracing::info!(function = self.name(), instance = %name, pid, "instance starting");

@@ -15,13 +15,16 @@ use std::process::Command;
 use thaw_manifest::FunctionPlan;
 
 /// `/etc` entries an ordinary program may need; each is bound only if it exists.
-const ETC: [&str; 12] = [
+const ETC: [&str; 14] = [
     "/etc/ld.so.cache",
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
-    "/etc/ssl",
+    // TLS roots only: never /etc/ssl/private or /etc/pki/tls/private.
+    "/etc/ssl/certs",
+    "/etc/ssl/openssl.cnf",
     "/etc/ca-certificates",
-    "/etc/pki",
+    "/etc/pki/tls/certs",
+    "/etc/pki/ca-trust",
     "/etc/resolv.conf",
     "/etc/hosts",
     "/etc/nsswitch.conf",
@@ -42,13 +45,20 @@ pub fn probe(uid: u32) -> Result<PathBuf, String> {
         None => super::which("bwrap").ok_or("bwrap is not on PATH")?,
     };
     let mut cmd = Command::new(&path);
-    cmd.args(["--unshare-user", "--unshare-pid", "--die-with-parent"])
-        .args(["--ro-bind", "/usr", "/usr"])
-        .args(root_links())
-        .args(["--proc", "/proc", "--", "/usr/bin/true"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    cmd.args([
+        "--cap-drop",
+        "ALL",
+        "--unshare-user",
+        "--disable-userns",
+        "--unshare-pid",
+        "--die-with-parent",
+    ])
+    .args(["--ro-bind", "/usr", "/usr"])
+    .args(root_links())
+    .args(["--proc", "/proc", "--", "/usr/bin/true"])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::piped());
     crate::launcher::as_uid(&mut cmd, Some(uid));
     let out = cmd
         .output()
@@ -85,7 +95,12 @@ fn root_links() -> Vec<OsString> {
 pub fn args(plan: &FunctionPlan) -> Vec<OsString> {
     let spec = &plan.spec;
     let mut a: Vec<OsString> = [
+        // Run as root (the root-mapped fallback) bubblewrap keeps its capabilities unless
+        // told; drop them all, always, and forbid nested user namespaces.
+        "--cap-drop",
+        "ALL",
         "--unshare-user",
+        "--disable-userns",
         "--unshare-pid",
         "--unshare-ipc",
         "--unshare-uts",
@@ -171,7 +186,10 @@ mod tests {
             "/cache/objects/abc"
         ));
         assert!(has_pair(&a, "--size", "67108864", "--tmpfs"));
-        assert!(!a.iter().any(|x| x == "/etc/shadow" || x == "/etc/passwd"));
+        assert!(!a
+            .iter()
+            .any(|x| x == "/etc/shadow" || x == "/etc/passwd" || x == "/etc/ssl"));
+        assert!(has_pair(&a, "--cap-drop", "ALL", "--unshare-user"));
         assert!(!a.iter().any(|x| x == "--share-net"));
         assert!(!a
             .iter()

@@ -85,6 +85,15 @@ impl CgroupRoot {
         Ok(Self::V1 { memory, pids, cpu })
     }
 
+    /// Whether CPU quotas can be set.
+    pub fn has_cpu(&self) -> bool {
+        match self {
+            Self::V2 { base } => std::fs::read_to_string(base.join("cgroup.subtree_control"))
+                .is_ok_and(|c| c.split_whitespace().any(|x| x == "cpu")),
+            Self::V1 { cpu, .. } => cpu.is_some(),
+        }
+    }
+
     /// The layout's name, for status and logs.
     pub fn version(&self) -> &'static str {
         match self {
@@ -100,6 +109,7 @@ impl CgroupRoot {
             Self::V2 { base } => InstanceCgroup {
                 version: Version::V2,
                 dirs: vec![base.join(name)],
+                removed: Default::default(),
             },
             Self::V1 { memory, pids, cpu } => {
                 let mut dirs = vec![memory.join(name), pids.join(name)];
@@ -109,6 +119,7 @@ impl CgroupRoot {
                 InstanceCgroup {
                     version: Version::V1,
                     dirs,
+                    removed: Default::default(),
                 }
             }
         };
@@ -198,11 +209,28 @@ enum Version {
     V2,
 }
 
-/// One instance's cgroup (one directory in v2, one per controller in v1).
+/// One instance's cgroup (one directory in v2, one per controller in v1). Dropping it
+/// without [`InstanceCgroup::remove`] (a failed launch) still kills what is inside and
+/// tries once to remove it.
 #[derive(Debug)]
 pub struct InstanceCgroup {
     version: Version,
     dirs: Vec<PathBuf>,
+    removed: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for InstanceCgroup {
+    fn drop(&mut self) {
+        if self.removed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        for d in &self.dirs {
+            for pid in read_pids(&d.join("cgroup.procs")) {
+                crate::launcher::signal_pid(pid, libc::SIGKILL);
+            }
+            let _ = std::fs::remove_dir(d);
+        }
+    }
 }
 
 impl InstanceCgroup {
@@ -263,12 +291,15 @@ impl InstanceCgroup {
         }
     }
 
-    /// Kills what is left and removes the directories.
+    /// Kills what is left and removes the directories. Blocking (up to about a second
+    /// while killed processes finish exiting).
     pub fn remove(&self) {
+        let mut all = true;
         for d in &self.dirs {
             kill_procs(d);
-            remove_dir_patiently(d);
+            all &= remove_dir_patiently(d);
         }
+        self.removed.store(all, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -290,7 +321,8 @@ fn write_v2_limits(dir: &Path, limits: Limits) -> io::Result<()> {
         write(dir, "memory.swap.max", "0")?;
     }
     write(dir, "pids.max", &limits.pids.to_string())?;
-    if let Some(cpu) = limits.cpu {
+    // Only where the cpu controller is enabled (its files exist); the report says so.
+    if let (Some(cpu), true) = (limits.cpu, dir.join("cpu.max").exists()) {
         write(
             dir,
             "cpu.max",
@@ -450,6 +482,7 @@ mod tests {
         // The kernel makes these files with the directory; a test makes the one we probe.
         std::fs::create_dir(tmp.path().join("embed-1")).expect("mkdir");
         std::fs::write(tmp.path().join("embed-1/memory.swap.max"), "max").expect("write");
+        std::fs::write(tmp.path().join("embed-1/cpu.max"), "max 100000").expect("write");
         let limits = Limits {
             memory: 128 << 20,
             pids: 64,

@@ -269,6 +269,16 @@ impl Sandbox {
         if limits.is_none() {
             missing.push("cgroups: no writable memory and pids controllers".into());
         }
+        let cpu_limit = limits.filter(|c| c.has_cpu()).and(spec.cpu);
+        if spec.cpu.is_some() && cpu_limit.is_none() {
+            missing.push("cpu: no cpu controller; the quota is not enforced".into());
+        }
+        if !ns && (!spec.volumes.is_empty() || spec.tmp.0 > 0) {
+            missing.push(
+                "tmp and volumes: without a mount namespace the instance uses the host's /tmp and paths"
+                    .into(),
+            );
+        }
         SandboxReport {
             enabled: true,
             pid_namespace: ns,
@@ -279,7 +289,7 @@ impl Sandbox {
             cgroup: limits.map_or("none", |c| c.version()).into(),
             memory_limit: limits.map(|_| spec.memory.0),
             pids_limit: limits.map(|_| spec.pids),
-            cpu_limit: limits.and(spec.cpu),
+            cpu_limit,
             tmp_size: ns.then_some(spec.tmp.0),
             missing,
         }
