@@ -55,6 +55,7 @@ fn all_dead(pids: &[u64], within: Duration) -> bool {
 fn a_function_over_its_memory_limit_gets_502_out_of_memory_and_nothing_else_suffers() {
     let s = Serve::start(&manifest(
         "[function.hog]\nbinary = \"thaw-fault\"\nmemory = \"128MiB\"\nmax_containers = 1\ntimeout = \"20s\"\n\
+         retries = 1\nretry_backoff = \"100ms\"\n\
          [function.neighbour]\nbinary = \"thaw-fault\"\nmax_containers = 1\n",
     ));
     let first = call(&s, "hog", json!({"action": "echo"})).json();

@@ -64,9 +64,11 @@ impl CgroupRoot {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
         let own = std::fs::read_to_string("/proc/self/cgroup")?;
         let base_name = format!("thaw-{}", std::process::id());
-        if let Some(root) = v2_root(&mountinfo, &own, &base_name) {
-            return Ok(root);
-        }
+        let v2_refusal = match v2_root(&mountinfo, &own, &base_name) {
+            Ok(Some(root)) => return Ok(root),
+            Ok(None) => None,
+            Err(why) => Some(why),
+        };
         let dir = |controller: &str| -> Option<PathBuf> {
             let mount = v1_mount(&mountinfo, controller)?;
             let rel = own_path(&own, Some(controller))?;
@@ -75,7 +77,10 @@ impl CgroupRoot {
         let (Some(memory), Some(pids)) = (dir("memory"), dir("pids")) else {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
-                "no cgroup v2 memory controller and no cgroup v1 memory and pids hierarchies",
+                v2_refusal.unwrap_or_else(|| {
+                    "no cgroup v2 memory controller and no cgroup v1 memory and pids hierarchies"
+                        .to_owned()
+                }),
             ));
         };
         let cpu = dir("cpu");
@@ -434,31 +439,50 @@ fn v1_mount(mountinfo: &str, controller: &str) -> Option<PathBuf> {
     })
 }
 
-fn v2_root(mountinfo: &str, own: &str, base_name: &str) -> Option<CgroupRoot> {
-    let mount = mountinfo.lines().find_map(|l| {
+/// The v2 layout, if its memory and pids controllers are available (`Ok(None)` if not),
+/// or why they cannot be delegated to thaw's instances.
+fn v2_root(mountinfo: &str, own: &str, base_name: &str) -> Result<Option<CgroupRoot>, String> {
+    let Some(mount) = mountinfo.lines().find_map(|l| {
         let (left, right) = l.split_once(" - ")?;
         (right.split_whitespace().next()? == "cgroup2")
             .then(|| PathBuf::from(left.split_whitespace().nth(4).unwrap_or_default()))
-    })?;
-    let rel = own_path(own, None)?;
+    }) else {
+        return Ok(None);
+    };
+    let Some(rel) = own_path(own, None) else {
+        return Ok(None);
+    };
     let dir = join_rel(&mount, &rel);
-    let controllers = std::fs::read_to_string(dir.join("cgroup.controllers")).ok()?;
+    let Ok(controllers) = std::fs::read_to_string(dir.join("cgroup.controllers")) else {
+        return Ok(None);
+    };
     let has = |c: &str| controllers.split_whitespace().any(|x| x == c);
     if !(has("memory") && has("pids")) {
-        return None;
+        return Ok(None);
     }
-    // Processes may not live in a cgroup that delegates controllers (v2's "no internal
-    // processes" rule), so instances hang off a base of thaw's own.
-    let base = dir.join(base_name);
-    std::fs::create_dir_all(&base).ok()?;
+    // v2's "no internal processes" rule: controllers can be handed to children only by a
+    // cgroup with no processes of its own. That holds for the root cgroup, or for a
+    // cgroup delegated to thaw with thaw itself in a leaf (systemd's Delegate=yes).
     let wanted = if has("cpu") {
         "+memory +pids +cpu"
     } else {
         "+memory +pids"
     };
-    write(&dir, "cgroup.subtree_control", wanted).ok()?;
-    write(&base, "cgroup.subtree_control", wanted).ok()?;
-    Some(CgroupRoot::V2 { base })
+    let refused = |e: io::Error| {
+        format!(
+            "cgroup v2 at {} cannot hand memory and pids to thaw's instances ({e}): run thaw \
+             in the root cgroup or in a delegated cgroup with thaw itself in a leaf",
+            dir.display()
+        )
+    };
+    write(&dir, "cgroup.subtree_control", wanted).map_err(refused)?;
+    let base = dir.join(base_name);
+    std::fs::create_dir_all(&base).map_err(refused)?;
+    if let Err(e) = write(&base, "cgroup.subtree_control", wanted) {
+        let _ = std::fs::remove_dir(&base);
+        return Err(refused(e));
+    }
+    Ok(Some(CgroupRoot::V2 { base }))
 }
 
 fn join_rel(mount: &Path, rel: &str) -> PathBuf {
