@@ -112,11 +112,16 @@ pub(crate) fn bin_dir(given: Option<PathBuf>) -> Result<PathBuf> {
 }
 
 fn main() -> Result<()> {
-    // The jail is exec'd by thaw serve and must do nothing else first (no threads).
-    if std::env::args_os().nth(1).as_deref()
-        == Some(thaw_runtime::sandbox::jail::SUBCOMMAND.as_ref())
-    {
-        std::process::exit(thaw_runtime::sandbox::jail::main());
+    // The jail and the shim are exec'd by thaw serve and must do nothing else first (no
+    // threads, no logging set-up).
+    match std::env::args_os().nth(1) {
+        Some(a) if a == thaw_runtime::sandbox::jail::SUBCOMMAND => {
+            std::process::exit(thaw_runtime::sandbox::jail::main())
+        }
+        Some(a) if a == thaw_runtime::sandbox::jail::SHIM_SUBCOMMAND => {
+            std::process::exit(thaw_runtime::sandbox::jail::shim_main())
+        }
+        _ => {}
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -124,6 +124,9 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     // This binary runs the jail (`thaw __jail`) that waits in each spare sandbox; through
     // /proc/self/exe, which still works if the file is replaced while thaw runs.
     sandbox.jail_exe = Some(std::path::PathBuf::from("/proc/self/exe"));
+    sandbox.shim_exe = std::env::current_exe()
+        .ok()
+        .filter(|exe| thaw_runtime::sandbox::readable_by_others(exe));
     let sandbox = std::sync::Arc::new(sandbox);
     for warning in &sandbox.warnings {
         tracing::warn!("sandbox: {warning}");

@@ -36,7 +36,7 @@ use super::{
 };
 use crate::logs::LogRing;
 use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup, Limits};
-use crate::sandbox::jail::JailSpec;
+use crate::sandbox::jail::{JailSpec, ShimSpec, SHIM_PATH, SHIM_SUBCOMMAND};
 use crate::sandbox::netns::NetNs;
 use crate::sandbox::{bwrap, Sandbox, SandboxReport};
 
@@ -55,7 +55,12 @@ impl ProcessLauncher {
     pub fn new(sandbox: Arc<Sandbox>, plan: &FunctionPlan, index: usize) -> Self {
         let report = sandbox.report(plan, index);
         let isolated_net = matches!(report.network.as_str(), "isolated" | "outbound");
-        let spare = match &sandbox.jail_exe {
+        let mut launcher = Self {
+            sandbox: Arc::clone(&sandbox),
+            report,
+            spare: None,
+        };
+        launcher.spare = match &sandbox.jail_exe {
             Some(exe) if sandbox.enabled && (isolated_net || sandbox.cgroups.is_some()) => {
                 Some(Spare::new(SlotConfig {
                     jail_exe: exe.clone(),
@@ -63,15 +68,36 @@ impl ProcessLauncher {
                     cgroups: sandbox.cgroups.clone(),
                     limits: limits(plan),
                     name: plan.name.to_string(),
+                    prelude: launcher.prelude(plan),
                 }))
             }
             _ => None,
         };
-        Self {
-            sandbox,
-            report,
-            spare,
-        }
+        launcher
+    }
+
+    /// bubblewrap around the shim, for a sandbox built ahead of the cold start: where
+    /// thaw's binary can be bound in and the function's snapshots are all local already
+    /// (a snapshot pulled from a store on the first cold start changes the mounts).
+    fn prelude(&self, plan: &FunctionPlan) -> Option<JailSpec> {
+        let (Some(bwrap_path), Some(shim), true, true) = (
+            &self.sandbox.bwrap,
+            &self.sandbox.shim_exe,
+            self.jailed(),
+            plan.missing_snapshots.is_empty(),
+        ) else {
+            return None;
+        };
+        let mut args = lossy(&bwrap::args(plan, Some(shim)));
+        args.push(SHIM_PATH.to_owned());
+        args.push(SHIM_SUBCOMMAND.to_owned());
+        Some(JailSpec {
+            program: bwrap_path.display().to_string(),
+            args,
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            uid: self.report.uid,
+            parent: std::process::id() as i32,
+        })
     }
 
     /// What this function's instances get.
@@ -88,7 +114,7 @@ impl ProcessLauncher {
     fn command(&self, plan: &FunctionPlan) -> (PathBuf, Vec<OsString>) {
         match (&self.sandbox.bwrap, self.jailed()) {
             (Some(bwrap_path), true) => {
-                let mut args = bwrap::args(plan);
+                let mut args = bwrap::args(plan, None);
                 args.push(plan.binary_path.clone().into_os_string());
                 (bwrap_path.clone(), args)
             }
@@ -164,18 +190,27 @@ impl ProcessLauncher {
         let listener = slot.listener.try_clone().map_err(LaunchError::RuntimeApi)?;
         let api_addr = serve_api(req, listener)?;
         let slirp = self.outbound(slot.netns.as_ref()).await?;
-        let (program, args) = self.command(req.plan);
-        let spec = JailSpec {
-            program: program.display().to_string(),
-            args: args
-                .iter()
-                .map(|a| a.to_string_lossy().into_owned())
-                .collect(),
-            env: instance_env(req.plan, req, api_addr),
-            uid: if self.jailed() { self.report.uid } else { None },
-            parent: std::process::id() as i32,
+        let env = instance_env(req.plan, req, api_addr);
+        let (program, sent) = if slot.shim {
+            // The sandbox is built: only the function and its environment are left.
+            let program = req.plan.binary_path.clone();
+            let spec = ShimSpec {
+                program: program.display().to_string(),
+                env,
+            };
+            (program, slot.send(&spec, true).await)
+        } else {
+            let (program, args) = self.command(req.plan);
+            let spec = JailSpec {
+                program: program.display().to_string(),
+                args: lossy(&args),
+                env,
+                uid: if self.jailed() { self.report.uid } else { None },
+                parent: std::process::id() as i32,
+            };
+            (program, slot.send(&spec, true).await)
         };
-        if let Err(source) = slot.start(&spec).await {
+        if let Err(source) = sent {
             slot.discard().await;
             return Err(LaunchError::Spawn {
                 program: program.display().to_string(),
@@ -256,6 +291,12 @@ impl ProcessLauncher {
         .boxed();
         Launched { control, exited }
     }
+}
+
+fn lossy(args: &[OsString]) -> Vec<String> {
+    args.iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect()
 }
 
 fn limits(plan: &FunctionPlan) -> Limits {

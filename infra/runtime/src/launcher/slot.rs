@@ -35,6 +35,9 @@ pub(super) struct SlotConfig {
     pub limits: Limits,
     /// Prefix of the slots' cgroup names.
     pub name: String,
+    /// Handed to the jail as soon as it is in the cgroup: bubblewrap around the shim, so
+    /// the whole sandbox is built ahead. `None`: the jail waits for the cold start.
+    pub prelude: Option<JailSpec>,
 }
 
 /// A sandbox with its jail waiting inside.
@@ -44,6 +47,9 @@ pub(super) struct Slot {
     pub listener: std::net::TcpListener,
     pub cgroup: Option<Arc<InstanceCgroup>>,
     pub jail: Child,
+    /// A shim waits inside a built sandbox (the prelude was sent): it takes a
+    /// [`ShimSpec`](crate::sandbox::jail::ShimSpec), not a [`JailSpec`].
+    pub shim: bool,
 }
 
 impl Slot {
@@ -87,16 +93,29 @@ impl Slot {
                 .map_err(|e| LaunchError::Cgroup(std::io::Error::other(e)))?
                 .map_err(LaunchError::Cgroup)?;
         }
-        Ok(Self {
+        let mut slot = Self {
             netns,
             listener,
             cgroup,
             jail,
-        })
+            shim: false,
+        };
+        if let Some(prelude) = &config.prelude {
+            slot.send(prelude, false)
+                .await
+                .map_err(LaunchError::RuntimeApi)?;
+            slot.shim = true;
+        }
+        Ok(slot)
     }
 
-    /// Hands the jail its command. Fails if the jail is gone.
-    pub(super) async fn start(&mut self, spec: &JailSpec) -> std::io::Result<()> {
+    /// Writes one JSON line to the jail (or the shim it became); `last` closes the pipe,
+    /// the cue that nothing more comes. Fails if the process is gone.
+    pub(super) async fn send(
+        &mut self,
+        spec: &impl serde::Serialize,
+        last: bool,
+    ) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(spec).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let stdin = self
@@ -106,8 +125,9 @@ impl Slot {
             .ok_or_else(|| std::io::Error::other("the jail's stdin is gone"))?;
         stdin.write_all(&line).await?;
         stdin.flush().await?;
-        // Closing it is the jail's cue that nothing more comes.
-        drop(self.jail.stdin.take());
+        if last {
+            drop(self.jail.stdin.take());
+        }
         Ok(())
     }
 
@@ -119,6 +139,10 @@ impl Slot {
         }
     }
 }
+
+/// How long a refill waits after a take: making a sandbox costs a few milliseconds of CPU,
+/// which on a small machine would be taken from the cold start that just began.
+const REFILL_DELAY: std::time::Duration = std::time::Duration::from_millis(150);
 
 /// One spare slot per function, refilled in the background after each take.
 #[derive(Debug)]
@@ -143,10 +167,15 @@ impl Spare {
         spare
     }
 
-    /// Takes the ready slot, if there is one, and starts making the next.
+    /// Takes the ready slot, if there is one, and starts making the next once the
+    /// instance taking it has had [`REFILL_DELAY`] to initialise.
     pub(super) fn take(self: &Arc<Self>) -> Option<Slot> {
         let slot = self.slot.lock().ok().and_then(|mut s| s.take());
-        Arc::clone(self).refill();
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(REFILL_DELAY).await;
+            me.refill();
+        });
         slot
     }
 

@@ -91,8 +91,9 @@ fn root_links() -> Vec<OsString> {
     args
 }
 
-/// The arguments before the function's binary.
-pub fn args(plan: &FunctionPlan) -> Vec<OsString> {
+/// The arguments before the command. `shim`: thaw's binary, bound read-only at
+/// [`SHIM_PATH`](super::jail::SHIM_PATH) to run the shim inside.
+pub fn args(plan: &FunctionPlan, shim: Option<&Path>) -> Vec<OsString> {
     let spec = &plan.spec;
     let mut a: Vec<OsString> = [
         // Run as root (the root-mapped fallback) bubblewrap keeps its capabilities unless
@@ -143,6 +144,13 @@ pub fn args(plan: &FunctionPlan) -> Vec<OsString> {
         }
         a.extend(["--ro-bind-try", "/sys", "/sys"].map(OsString::from));
     }
+    if let Some(shim) = shim {
+        a.extend([
+            "--ro-bind".into(),
+            shim.into(),
+            super::jail::SHIM_PATH.into(),
+        ]);
+    }
     a.extend(["--chdir", "/tmp", "--remount-ro", "/", "--"].map(OsString::from));
     a
 }
@@ -177,7 +185,7 @@ mod tests {
 
     #[test]
     fn binds_only_the_functions_own_files_and_caps_tmp() {
-        let a = args(&plan("tmp = \"64MiB\""));
+        let a = args(&plan("tmp = \"64MiB\""), None);
         assert!(has_pair(&a, "--ro-bind", "/opt/fns/f", "/opt/fns/f"));
         assert!(has_pair(
             &a,
@@ -199,7 +207,11 @@ mod tests {
 
     #[test]
     fn volumes_are_bound_read_write() {
-        let a = args(&plan("volumes = { \"/mnt/data\" = \"/tmp\" }"));
+        let a = args(
+            &plan("volumes = { \"/mnt/data\" = \"/tmp\" }"),
+            Some(Path::new("/opt/thaw")),
+        );
+        assert!(has_pair(&a, "--ro-bind", "/opt/thaw", "/run/thaw/shim"));
         assert!(has_pair(&a, "--bind", "/tmp", "/mnt/data"));
     }
 }

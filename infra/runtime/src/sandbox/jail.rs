@@ -1,5 +1,5 @@
-//! `thaw __jail`: a process with one job, so that a sandbox can be made *before* the cold
-//! start that needs it.
+//! `thaw __jail` and `thaw __shim`: processes with one job each, so that a sandbox can be
+//! made *before* the cold start that needs it.
 //!
 //! Joining a cgroup costs an RCU grace period in the kernel (about 15 ms here for the first
 //! move after a quiet spell), which would otherwise be paid on every cold start. So thaw
@@ -7,15 +7,34 @@
 //! listener, a cgroup, and this jail process already inside both, blocked reading its
 //! standard input. A cold start writes one line, a [`JailSpec`], and the jail drops to the
 //! function's uid, re-arms `PR_SET_PDEATHSIG` (a uid change clears it), and execs
-//! bubblewrap with the function's command and environment. It never starts a thread.
+//! bubblewrap. It never starts a thread.
+//!
+//! Where the function's files can be bound into a sandbox, the whole sandbox is built ahead:
+//! the jail is handed its command as soon as it is in the cgroup, bubblewrap builds the
+//! namespaces and mounts, and runs [`shim_main`] (thaw's own binary, bound read-only at
+//! [`SHIM_PATH`]) inside, which waits for a [`ShimSpec`]: the function's binary and the
+//! instance's environment, the only things that depend on which instance it becomes. A
+//! cold start then costs one line on a pipe and the function's exec.
 
-use std::io::BufRead as _;
 use std::os::unix::process::CommandExt as _;
 
 use serde::{Deserialize, Serialize};
 
 /// The hidden subcommand that runs [`main`].
 pub const SUBCOMMAND: &str = "__jail";
+/// The hidden subcommand that runs [`shim_main`].
+pub const SHIM_SUBCOMMAND: &str = "__shim";
+/// Where thaw's binary is bound inside a sandbox, to run the shim.
+pub const SHIM_PATH: &str = "/run/thaw/shim";
+
+/// What the shim execs, as one JSON line on its standard input.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShimSpec {
+    /// The function's binary.
+    pub program: String,
+    /// The instance's whole environment.
+    pub env: Vec<(String, String)>,
+}
 
 /// What the jail execs, as one JSON line on its standard input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,22 +51,45 @@ pub struct JailSpec {
     pub parent: i32,
 }
 
+/// One JSON line from stdin, read without buffering past it (the rest of the pipe belongs
+/// to whoever runs next). `Ok(None)`: end of input.
+fn read_spec<T: serde::de::DeserializeOwned>() -> Result<Option<T>, String> {
+    let mut line = Vec::new();
+    loop {
+        // Not std's stdin: it buffers, and would swallow the line meant for the shim.
+        match read_byte() {
+            Ok(None) if line.is_empty() => return Ok(None),
+            Ok(None) | Ok(Some(b'\n')) => break,
+            Ok(Some(b)) => line.push(b),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read the spec: {e}")),
+        }
+    }
+    serde_json::from_slice(&line)
+        .map(Some)
+        .map_err(|e| format!("bad spec: {e}"))
+}
+
+/// One byte of fd 0, unbuffered; `None` at end of input.
+#[allow(unsafe_code)]
+fn read_byte() -> std::io::Result<Option<u8>> {
+    let mut byte = 0u8;
+    // SAFETY: read(2) into one byte we own.
+    match unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) } {
+        1 => Ok(Some(byte)),
+        0 => Ok(None),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
 /// Waits for a [`JailSpec`] on stdin, then becomes it. Returns only on error (the exit code
 /// to use); end of input (thaw dropped the spare sandbox) is a quiet exit 0.
 pub fn main() -> i32 {
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(0) => return 0,
-        Ok(_) => {}
+    let spec: JailSpec = match read_spec() {
+        Ok(Some(s)) => s,
+        Ok(None) => return 0,
         Err(e) => {
-            eprintln!("thaw jail: cannot read the spec: {e}");
-            return 1;
-        }
-    }
-    let spec: JailSpec = match serde_json::from_str(&line) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("thaw jail: bad spec: {e}");
+            eprintln!("thaw jail: {e}");
             return 1;
         }
     };
@@ -55,14 +97,33 @@ pub fn main() -> i32 {
         eprintln!("thaw jail: cannot drop privileges: {e}");
         return 1;
     }
-    // stdin stays open to thaw's pipe otherwise; the function gets /dev/null as before.
+    // stdin stays thaw's pipe: a shim inside reads its spec from it.
     let err = std::process::Command::new(&spec.program)
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
-        .stdin(std::process::Stdio::null())
         .exec();
     eprintln!("thaw jail: cannot exec {}: {err}", spec.program);
+    127
+}
+
+/// Inside a ready sandbox: waits for a [`ShimSpec`], then execs the function with the
+/// instance's environment and /dev/null for stdin. Returns only on error.
+pub fn shim_main() -> i32 {
+    let spec: ShimSpec = match read_spec() {
+        Ok(Some(s)) => s,
+        Ok(None) => return 0,
+        Err(e) => {
+            eprintln!("thaw shim: {e}");
+            return 1;
+        }
+    };
+    let err = std::process::Command::new(&spec.program)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(std::process::Stdio::null())
+        .exec();
+    eprintln!("thaw shim: cannot exec {}: {err}", spec.program);
     127
 }
 

@@ -53,6 +53,10 @@ pub struct Sandbox {
     /// thaw's own executable, which runs [`jail`]: with it, a spare sandbox per function
     /// is made ahead of each cold start. `None` makes every sandbox on the cold start.
     pub jail_exe: Option<PathBuf>,
+    /// thaw's binary by a path an unprivileged uid can read, bound into each sandbox to
+    /// run the [`jail::shim_main`], so the whole sandbox is built ahead of a cold start.
+    /// `None`: the spare stops at the jail, and bubblewrap runs on the cold start.
+    pub shim_exe: Option<PathBuf>,
     /// One line per part that is missing, and why.
     pub warnings: Vec<String>,
 }
@@ -110,6 +114,7 @@ impl Sandbox {
             slirp4netns: None,
             uid_base: DEFAULT_UID_BASE,
             jail_exe: None,
+            shim_exe: None,
             warnings: vec![
                 "the sandbox is off (--no-sandbox): instances are bare processes \
                             with thaw's user, network and filesystem, and no limits"
@@ -180,6 +185,7 @@ impl Sandbox {
             slirp4netns,
             uid_base,
             jail_exe: None,
+            shim_exe: None,
             warnings,
         }
     }
@@ -294,6 +300,11 @@ impl Sandbox {
             missing,
         }
     }
+}
+
+/// Whether an unprivileged user can read `path` (every directory on the way traversable).
+pub fn readable_by_others(path: &Path) -> bool {
+    unreachable_by_others(path).is_none()
 }
 
 /// The first directory on the way to `path` that others cannot traverse (or the file
