@@ -307,6 +307,14 @@ fn limits(plan: &FunctionPlan) -> Limits {
     }
 }
 
+/// Where an instance lives: its network namespace (if isolated), its Runtime API's
+/// listener, its cgroup (if limits are on).
+pub(super) type Places = (
+    Option<NetNs>,
+    std::net::TcpListener,
+    Option<Arc<InstanceCgroup>>,
+);
+
 /// The Runtime API's place and the instance's limits: a network namespace with the
 /// listener inside (or a listener on the host's loopback), and a cgroup. Blocking.
 pub(super) fn make_places(
@@ -314,14 +322,7 @@ pub(super) fn make_places(
     cgroups: Option<&CgroupRoot>,
     name: &str,
     limits: Limits,
-) -> Result<
-    (
-        Option<NetNs>,
-        std::net::TcpListener,
-        Option<Arc<InstanceCgroup>>,
-    ),
-    LaunchError,
-> {
+) -> Result<Places, LaunchError> {
     let (netns, listener) = if isolated_net {
         let (ns, l) = NetNs::with_listener().map_err(LaunchError::RuntimeApi)?;
         (Some(ns), l)
@@ -437,29 +438,7 @@ impl ChildSetup {
                 return fail();
             }
         }
-        if let Some(uid) = self.uid {
-            // SAFETY: setgroups/setgid/setuid take plain values; the child is the only
-            // thread after fork, so no other thread can observe mixed credentials.
-            unsafe {
-                if libc::setgroups(0, std::ptr::null()) != 0
-                    || libc::setgid(uid) != 0
-                    || libc::setuid(uid) != 0
-                {
-                    return fail();
-                }
-            }
-        }
-        // SAFETY: prctl and getppid take plain values; _exit never returns.
-        unsafe {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return fail();
-            }
-            // thaw may have died between fork and prctl: then nobody would signal us.
-            if libc::getppid() != self.parent {
-                libc::_exit(1);
-            }
-        }
-        Ok(())
+        crate::sandbox::jail::drop_to(self.uid, self.parent)
     }
 }
 

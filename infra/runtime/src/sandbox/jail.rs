@@ -127,11 +127,16 @@ pub fn shim_main() -> i32 {
     127
 }
 
+/// Drops to `uid` (same gid, no supplementary groups), arms `PR_SET_PDEATHSIG` (a uid
+/// change clears it), and exits at once if the parent is no longer `parent` (thaw died
+/// before the signal was armed, so nobody would send it). Only async-signal-safe calls
+/// and no allocation: it also runs between fork and exec.
 #[allow(unsafe_code)]
-fn drop_to(uid: Option<u32>, parent: i32) -> std::io::Result<()> {
+pub(crate) fn drop_to(uid: Option<u32>, parent: i32) -> std::io::Result<()> {
     let fail = || Err(std::io::Error::last_os_error());
     if let Some(uid) = uid {
-        // SAFETY: plain-value syscalls in a single-threaded process.
+        // SAFETY: plain-value syscalls; the caller is single-threaded (a forked child, or
+        // the jail, which starts no thread).
         unsafe {
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(uid) != 0
@@ -141,13 +146,13 @@ fn drop_to(uid: Option<u32>, parent: i32) -> std::io::Result<()> {
             }
         }
     }
-    // SAFETY: prctl and getppid take plain values.
+    // SAFETY: prctl and getppid take plain values; _exit never returns.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
             return fail();
         }
         if libc::getppid() != parent {
-            return Err(std::io::Error::other("thaw is gone"));
+            libc::_exit(1);
         }
     }
     Ok(())
