@@ -404,3 +404,62 @@ fn without_sandbox_parts_thaw_serves_and_says_what_is_off() {
         "{text}"
     );
 }
+
+#[test]
+fn cpu_and_pids_limits_are_written_to_the_instances_cgroup() {
+    let s = Serve::start(&manifest(
+        "[function.capped]\nbinary = \"thaw-fault\"\ncpu = 0.5\npids = 64\n",
+    ));
+    assert_eq!(call(&s, "capped", json!({})).status, 200);
+    let v = s.get("/v1/functions").json();
+    let sb = &v["functions"][0]["sandbox"];
+    if sb["cpu_limit"].is_null() {
+        println!("no cpu controller here: cpu not enforced, and the report says so ({sb})");
+        assert!(sb["missing"].to_string().contains("cpu"), "{sb}");
+        return;
+    }
+    assert_eq!(sb["cpu_limit"], 0.5, "{sb}");
+    assert_eq!(sb["pids_limit"], 64, "{sb}");
+    // The running instance's cgroup, found from the host by its pid.
+    let pid = s.state("capped")["instances"][0]["pid"]
+        .as_u64()
+        .expect("pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("cgroup");
+    let rel = |controller: &str| {
+        cgroups
+            .lines()
+            .find(|l| {
+                l.split(':')
+                    .nth(1)
+                    .is_some_and(|c| c.split(',').any(|x| x == controller))
+            })
+            .and_then(|l| l.splitn(3, ':').nth(2))
+            .map(str::to_owned)
+    };
+    match (rel("cpu"), rel("pids")) {
+        (Some(cpu), Some(pids)) => {
+            let quota =
+                std::fs::read_to_string(format!("/sys/fs/cgroup/cpu{cpu}/cpu.cfs_quota_us"))
+                    .expect("quota");
+            assert_eq!(quota.trim(), "50000", "cpu = 0.5 of a 100 ms period");
+            let max = std::fs::read_to_string(format!("/sys/fs/cgroup/pids{pids}/pids.max"))
+                .expect("pids.max");
+            assert_eq!(max.trim(), "64");
+            println!(
+                "instance cgroup: cpu.cfs_quota_us {}, pids.max {}",
+                quota.trim(),
+                max.trim()
+            );
+        }
+        _ => {
+            // cgroup v2: one directory.
+            let rel = cgroups
+                .lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .expect("v2 path");
+            let dir = format!("/sys/fs/cgroup{rel}");
+            let cpu_max = std::fs::read_to_string(format!("{dir}/cpu.max")).expect("cpu.max");
+            assert_eq!(cpu_max.trim(), "50000 100000");
+        }
+    }
+}
