@@ -463,3 +463,36 @@ fn cpu_and_pids_limits_are_written_to_the_instances_cgroup() {
         }
     }
 }
+
+#[test]
+fn tmp_is_private_and_capped_at_its_size() {
+    let s = Serve::start(&manifest(
+        "[function.small]\nbinary = \"thaw-fault\"\ntmp = \"16MiB\"\n\
+         [function.other]\nbinary = \"thaw-fault\"\n",
+    ));
+    let full = report(
+        &s,
+        "small",
+        json!({"action": "write", "paths": ["/tmp/fill"], "mb": 64}),
+    );
+    assert_eq!(full["ok"], false, "{full}");
+    assert!(full["written_mb"].as_u64().unwrap_or(99) <= 16, "{full}");
+    assert!(
+        full["error"].as_str().unwrap_or("").contains("StorageFull"),
+        "{full}"
+    );
+    // Another function's /tmp is its own: the file is not there, and it has room.
+    let seen = report(
+        &s,
+        "other",
+        json!({"action": "read", "paths": ["/tmp/fill"]}),
+    );
+    assert_eq!(seen["/tmp/fill"]["ok"], false, "{seen}");
+    let fits = report(
+        &s,
+        "other",
+        json!({"action": "write", "paths": ["/tmp/fill"], "mb": 32}),
+    );
+    assert_eq!(fits["ok"], true, "{fits}");
+    println!("tmp = 16MiB: {full}");
+}

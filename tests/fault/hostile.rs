@@ -226,3 +226,19 @@ pub fn daemonize(marker: &str) -> ! {
     };
     std::process::exit(code)
 }
+
+/// `write`: `mb` MiB of zeros into `path`, 1 MiB at a time; `{"ok", "written_mb", "error"}`.
+pub fn write(path: &str, mb: usize) -> Value {
+    use std::io::Write as _;
+    let chunk = vec![0u8; 1 << 20];
+    let mut file = match std::fs::File::create(path) {
+        Ok(f) => f,
+        Err(e) => return json!({"ok": false, "written_mb": 0, "error": crate::probe::io_error(&e)}),
+    };
+    for i in 0..mb {
+        if let Err(e) = file.write_all(&chunk).and_then(|()| file.flush()) {
+            return json!({"ok": false, "written_mb": i, "error": crate::probe::io_error(&e)});
+        }
+    }
+    json!({"ok": true, "written_mb": mb})
+}

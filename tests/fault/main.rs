@@ -17,6 +17,7 @@
 //! - `environ`: this process's environment, as a map.
 //! - `proc_environ`: `{"self_pid", "visible_pids", "readable": {pid: first 200 bytes of
 //!   /proc/PID/environ, NULs as newlines}}`, other pids only.
+//! - `write` (`paths[0]`, `mb`): write `mb` MiB to a file, report how much went in.
 //! - `connect` (`addr`): open one TCP connection (an outbound-network check).
 //! - `probe`: learn ports (environment values, LISTEN sockets in `/proc/net/tcp{,6}`, and,
 //!   unless `scan: false`, a connect scan of 127.0.0.1:1024-65535), send every open port
@@ -172,6 +173,15 @@ impl Fault {
             "proc_environ" => report = Some(hostile::proc_environ()),
             "probe" => report = Some(probe::probe(r.scan.unwrap_or(true))),
             "connect" => report = Some(probe::connect(r.addr.as_deref().unwrap_or_default())),
+            "write" => {
+                let path = r
+                    .paths
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .cloned()
+                    .unwrap_or_default();
+                report = Some(hostile::write(&path, r.mb.unwrap_or(1)));
+            }
             "spawn_tree" => {
                 let marker = r.marker.as_deref().unwrap_or(DEFAULT_MARKER);
                 let (found, children) = hostile::spawn_tree(marker)?;
