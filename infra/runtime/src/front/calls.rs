@@ -12,15 +12,14 @@
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{error, pool, read_body, store_error, Shared};
+use super::{pool, read_body, ApiError, ApiPath, ApiQuery, Shared};
 use crate::calls::store::CallRecord;
 use crate::calls::{now_ms, CallKind, CallStatus};
 
@@ -35,11 +34,6 @@ pub(super) struct WaitQuery {
     wait: Option<f64>,
 }
 
-/// A query string that does not parse: 400, in the platform's error shape.
-pub(super) fn bad_query(e: &QueryRejection) -> Response {
-    error(StatusCode::BAD_REQUEST, "BadRequest", e.body_text())
-}
-
 /// The `wait` of a query, bounded by [`MAX_WAIT`].
 pub(super) fn wait_of(wait: Option<f64>) -> Duration {
     match wait {
@@ -50,114 +44,85 @@ pub(super) fn wait_of(wait: Option<f64>) -> Duration {
 
 pub(super) async fn spawn(
     State(rt): State<Shared>,
-    Path(function): Path<String>,
+    ApiPath(function): ApiPath<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
-    if let Err(r) = pool(&rt, &function) {
-        return r;
-    }
+) -> Result<Response, ApiError> {
+    pool(&rt, &function)?;
     let key = match headers.get("idempotency-key").map(|v| v.to_str()) {
         None => None,
         Some(Ok(k)) if !k.is_empty() && k.len() <= MAX_KEY => Some(k.to_owned()),
         Some(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!("Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"),
-            )
+            return Err(ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY} visible ASCII characters"
+            )))
         }
     };
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = read_body(body).await?;
     let input = if body.is_empty() {
         axum::body::Bytes::from_static(b"{}")
     } else {
         body
     };
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&input) {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("request body is not JSON: {e}"),
-        );
+        return Err(ApiError::BadRequest(format!(
+            "request body is not JSON: {e}"
+        )));
     }
-    match rt.store.spawn(&function, CallKind::Spawn, input, key).await {
-        Ok(spawned) => {
-            let mut resp = (
-                StatusCode::ACCEPTED,
-                Json(json!({"call_id": spawned.call_id})),
-            )
-                .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("/v1/calls/{}", spawned.call_id)) {
-                resp.headers_mut().insert("location", v);
-            }
-            if spawned.replayed {
-                resp.headers_mut()
-                    .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            }
-            resp
-        }
-        Err(e) => store_error(&e),
+    let spawned = rt
+        .store
+        .spawn(&function, CallKind::Spawn, input, key)
+        .await?;
+    let mut resp = (
+        StatusCode::ACCEPTED,
+        Json(json!({"call_id": spawned.call_id})),
+    )
+        .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/calls/{}", spawned.call_id)) {
+        resp.headers_mut().insert("location", v);
     }
+    if spawned.replayed {
+        resp.headers_mut()
+            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+    }
+    Ok(resp)
 }
 
 fn expired(record: &CallRecord) -> bool {
     record.expired || record.expires_ms.is_some_and(|t| t <= now_ms())
 }
 
-fn call_response(status: StatusCode, record: &CallRecord) -> Response {
+fn call_response(record: &CallRecord) -> Result<Response, ApiError> {
     if expired(record) {
-        return error(
-            StatusCode::GONE,
-            "CallExpired",
-            format!(
-                "call {} expired: its result was kept for the function's result_ttl",
-                record.call_id
-            ),
-        );
+        return Err(ApiError::CallExpired(record.call_id.clone()));
     }
-    (status, Json(record)).into_response()
-}
-
-fn not_found(id: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "CallNotFound",
-        format!("no call {id:?}"),
-    )
+    Ok(Json(record).into_response())
 }
 
 pub(super) async fn get(
     State(rt): State<Shared>,
-    Path(id): Path<String>,
-    q: Result<Query<WaitQuery>, QueryRejection>,
-) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(&e),
-    };
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> Result<Response, ApiError> {
     let wait = wait_of(q.wait);
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before the first read, so a finish between the read and the wait wakes us.
     let mut watch = (!wait.is_zero()).then(|| rt.store.signals().watch_call(&id));
     let mut closing = rt.closing_signal();
     loop {
-        let record = match rt.store.get(&id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return not_found(&id),
-            Err(e) => return store_error(&e),
-        };
+        let record = rt
+            .store
+            .get(&id)
+            .await?
+            .ok_or_else(|| ApiError::CallNotFound(id.clone()))?;
         let Some(w) = watch.as_mut() else {
-            return call_response(StatusCode::OK, &record);
+            return call_response(&record);
         };
         if record.status.is_terminal()
             || tokio::time::Instant::now() >= deadline
             || *closing.borrow()
         {
-            return call_response(StatusCode::OK, &record);
+            return call_response(&record);
         }
         tokio::select! {
             () = w.changed() => {}
@@ -167,25 +132,21 @@ pub(super) async fn get(
     }
 }
 
-pub(super) async fn cancel(State(rt): State<Shared>, Path(id): Path<String>) -> Response {
-    match rt.store.cancel(&id).await {
-        Ok(None) => not_found(&id),
-        Ok(Some(record)) => match record.status {
-            CallStatus::Cancelled => call_response(StatusCode::OK, &record),
-            CallStatus::Running => error(
-                StatusCode::CONFLICT,
-                "CallRunning",
-                format!("call {id} is running; only a queued call can be cancelled"),
-            ),
-            _ => error(
-                StatusCode::CONFLICT,
-                "CallFinished",
-                format!(
-                    "call {id} has already finished ({})",
-                    record.status.as_str()
-                ),
-            ),
-        },
-        Err(e) => store_error(&e),
+pub(super) async fn cancel(
+    State(rt): State<Shared>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let record = rt
+        .store
+        .cancel(&id)
+        .await?
+        .ok_or_else(|| ApiError::CallNotFound(id.clone()))?;
+    match record.status {
+        CallStatus::Cancelled => call_response(&record),
+        CallStatus::Running => Err(ApiError::CallRunning(id)),
+        status => Err(ApiError::CallFinished {
+            id,
+            status: status.as_str(),
+        }),
     }
 }

@@ -19,8 +19,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -29,8 +28,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::calls::{bad_query, wait_of};
-use super::{error, pool, store_error, Shared};
+use super::calls::wait_of;
+use super::{pool, ApiError, ApiPath, ApiQuery, Shared};
 use crate::calls::input::{Item, Splitter};
 use crate::calls::signals::Watch;
 use crate::calls::store::{CallStore, MapItem, MapOrder as Order, StoreError};
@@ -59,21 +58,12 @@ fn window(rt: &Shared, function: &str) -> usize {
 
 pub(super) async fn map(
     State(rt): State<Shared>,
-    Path(function): Path<String>,
-    q: Result<Query<MapQuery>, QueryRejection>,
+    ApiPath(function): ApiPath<String>,
+    ApiQuery(q): ApiQuery<MapQuery>,
     body: Body,
-) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(&e),
-    };
-    if let Err(r) = pool(&rt, &function) {
-        return r;
-    }
-    let map_id = match rt.store.create_map(&function).await {
-        Ok(id) => id,
-        Err(e) => return store_error(&e),
-    };
+) -> Result<Response, ApiError> {
+    pool(&rt, &function)?;
+    let map_id = rt.store.create_map(&function).await?;
     // Both watches exist before the first item is committed, so no finish is missed.
     let ingest_watch = rt.store.signals().watch_map(&map_id);
     let emit_watch = rt.store.signals().watch_map(&map_id);
@@ -98,35 +88,27 @@ pub(super) async fn map(
     if let Ok(v) = HeaderValue::from_str(&map_id) {
         resp.headers_mut().insert("thaw-map-id", v);
     }
-    resp
+    Ok(resp)
 }
 
 pub(super) async fn spawn_map(
     State(rt): State<Shared>,
-    Path(function): Path<String>,
+    ApiPath(function): ApiPath<String>,
     body: Body,
-) -> Response {
-    if let Err(r) = pool(&rt, &function) {
-        return r;
+) -> Result<Response, ApiError> {
+    pool(&rt, &function)?;
+    let map_id = rt.store.create_map(&function).await?;
+    let (total, input_error) =
+        ingest(rt.store.clone(), function, map_id.clone(), body, None).await?;
+    let mut reply = json!({"map_id": map_id, "total": total});
+    if let Some(e) = input_error {
+        reply["input_error"] = Value::String(e);
     }
-    let map_id = match rt.store.create_map(&function).await {
-        Ok(id) => id,
-        Err(e) => return store_error(&e),
-    };
-    match ingest(rt.store.clone(), function, map_id.clone(), body, None).await {
-        Ok((total, input_error)) => {
-            let mut reply = json!({"map_id": map_id, "total": total});
-            if let Some(e) = input_error {
-                reply["input_error"] = Value::String(e);
-            }
-            let mut resp = (StatusCode::ACCEPTED, Json(reply)).into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("/v1/maps/{map_id}")) {
-                resp.headers_mut().insert("location", v);
-            }
-            resp
-        }
-        Err(e) => store_error(&e),
+    let mut resp = (StatusCode::ACCEPTED, Json(reply)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("/v1/maps/{map_id}")) {
+        resp.headers_mut().insert("location", v);
     }
+    Ok(resp)
 }
 
 /// Items read but not yet committed, and how many came before them.
@@ -323,13 +305,9 @@ fn item_value(item: &MapItem) -> Value {
 
 pub(super) async fn get(
     State(rt): State<Shared>,
-    Path(map_id): Path<String>,
-    q: Result<Query<PageQuery>, QueryRejection>,
-) -> Response {
-    let q = match q {
-        Ok(Query(q)) => q,
-        Err(e) => return bad_query(&e),
-    };
+    ApiPath(map_id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PageQuery>,
+) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
     let offset = q.offset.unwrap_or(0).max(0);
     let after = q.after.unwrap_or(0).max(0);
@@ -338,21 +316,17 @@ pub(super) async fn get(
     let mut watch = (!wait.is_zero()).then(|| rt.store.signals().watch_map(&map_id));
     let mut closing = rt.closing_signal();
     loop {
-        let summary = match rt.store.map_summary(&map_id).await {
-            Ok(Some(s)) => s,
-            Ok(None) => return map_not_found(&map_id),
-            Err(e) => return store_error(&e),
-        };
+        let summary = rt
+            .store
+            .map_summary(&map_id)
+            .await?
+            .ok_or_else(|| ApiError::MapNotFound(map_id.clone()))?;
         let from = if q.order == Order::Index {
             offset
         } else {
             after
         };
-        let items = rt.store.map_items(&map_id, q.order, from, limit).await;
-        let items = match items {
-            Ok(i) => i,
-            Err(e) => return store_error(&e),
-        };
+        let items = rt.store.map_items(&map_id, q.order, from, limit).await?;
         let done = summary.done();
         let waiting = watch.is_some()
             && items.is_empty()
@@ -379,7 +353,7 @@ pub(super) async fn get(
             if let Some(e) = summary.input_error {
                 reply["input_error"] = Value::String(e);
             }
-            return Json(reply).into_response();
+            return Ok(Json(reply).into_response());
         }
         if let Some(w) = watch.as_mut() {
             tokio::select! {
@@ -391,22 +365,13 @@ pub(super) async fn get(
     }
 }
 
-fn map_not_found(map_id: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "MapNotFound",
-        format!("no map {map_id:?}"),
-    )
-}
-
-pub(super) async fn cancel(State(rt): State<Shared>, Path(map_id): Path<String>) -> Response {
-    match rt.store.map_summary(&map_id).await {
-        Ok(Some(_)) => {}
-        Ok(None) => return map_not_found(&map_id),
-        Err(e) => return store_error(&e),
+pub(super) async fn cancel(
+    State(rt): State<Shared>,
+    ApiPath(map_id): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    if rt.store.map_summary(&map_id).await?.is_none() {
+        return Err(ApiError::MapNotFound(map_id));
     }
-    match rt.store.cancel_map(&map_id).await {
-        Ok(n) => Json(json!({"map_id": map_id, "cancelled": n})).into_response(),
-        Err(e) => store_error(&e),
-    }
+    let n = rt.store.cancel_map(&map_id).await?;
+    Ok(Json(json!({"map_id": map_id, "cancelled": n})).into_response())
 }

@@ -15,17 +15,21 @@
 //!
 //! Platform errors are `{"error": {"type", "message"}}`: 400, 401, 404, 413 (over 6 MiB),
 //! 429 (queue full, with `Retry-After`), 502 (crash, init failure), 503 (shutting down),
-//! 504 (timeout). The Invoke API answers in AWS's shapes instead.
+//! 504 (timeout). The Invoke API answers in AWS's shapes instead. Both are mapped in one
+//! place each, [`ApiError`] and [`AwsError`].
 
 mod calls;
+mod error;
 mod maps;
+
+pub use error::{ApiError, ApiPath, ApiQuery, AwsError, BodyError};
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -34,9 +38,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use thaw_protocol::url_event::{HttpContext, RequestContext, UrlEvent, UrlResponse};
-use thaw_protocol::ApiErrorBody;
 
-use crate::calls::store::StoreError;
 use crate::calls::CallKind;
 use crate::pool::{CallError, FunctionPool};
 use crate::runtime_api::Outcome;
@@ -70,7 +72,7 @@ pub fn router(runtime: Shared) -> Router {
         .route("/v1/functions/{function}/logs", get(logs))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "NotFound", "no such route") })
+        .fallback(|| async { ApiError::RouteNotFound })
         .with_state(runtime)
 }
 
@@ -96,7 +98,7 @@ pub fn single_router(runtime: Shared, function: String) -> Router {
         .route(
             "/{*path}",
             any(
-                move |State(rt): State<Shared>, Path(path): Path<String>, req: Request| {
+                move |State(rt): State<Shared>, ApiPath(path): ApiPath<String>, req: Request| {
                     url_call(rt, f2.clone(), path, req)
                 },
             ),
@@ -104,100 +106,45 @@ pub fn single_router(runtime: Shared, function: String) -> Router {
         .with_state(runtime)
 }
 
-async fn readiness(rt: Shared, function: String) -> Response {
-    let Some(pool) = rt.pools.get(&function) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "FunctionNotFound",
-            format!("no function {function:?}"),
-        );
-    };
+async fn readiness(rt: Shared, function: String) -> Result<Response, ApiError> {
+    let pool = rt
+        .pools
+        .get(&function)
+        .ok_or_else(|| ApiError::FunctionNotFound(function.clone()))?;
     let state = pool.status();
     if rt.accepting() && state.idle + state.busy > 0 {
-        return Json(json!({"status": "ready", "function": function, "state": state}))
-            .into_response();
+        return Ok(
+            Json(json!({"status": "ready", "function": function, "state": state}))
+                .into_response(),
+        );
     }
-    let message = match &state.init_error {
+    Err(ApiError::NotReady(match &state.init_error {
         Some(e) => format!("{function} failed to initialise: {e}"),
         None => format!("{function} is starting"),
-    };
-    error(StatusCode::SERVICE_UNAVAILABLE, "NotReady", message)
+    }))
 }
 
-/// A platform error response.
-pub fn error(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (status, Json(ApiErrorBody::new(kind, message))).into_response()
-}
-
-/// A call-store failure: 503 while thaw stops, else 500.
-fn store_error(e: &StoreError) -> Response {
-    match e {
-        StoreError::Stopped => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ShuttingDown",
-            "thaw is shutting down",
-        ),
-        other => error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "StoreError",
-            other.to_string(),
-        ),
-    }
-}
-
-fn call_error(e: &CallError) -> Response {
-    let status = match e {
-        CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-        CallError::FunctionCrashed(_)
-        | CallError::InitFailed(_)
-        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
-        CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-        CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-    };
-    let mut resp = error(status, e.kind(), e.to_string());
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        resp.headers_mut()
-            .insert("retry-after", HeaderValue::from_static("1"));
-    }
-    resp
-}
-
-// The error is the response itself, returned as is by the handlers.
-#[allow(clippy::result_large_err)]
-fn pool<'a>(rt: &'a Runtime, name: &str) -> Result<&'a Arc<FunctionPool>, Response> {
+/// The pool of a function that exists, while thaw accepts calls.
+fn pool<'a>(rt: &'a Runtime, name: &str) -> Result<&'a Arc<FunctionPool>, ApiError> {
     if !rt.accepting() {
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ShuttingDown",
-            "thaw is shutting down",
-        ));
+        return Err(ApiError::ShuttingDown);
     }
-    rt.pools.get(name).ok_or_else(|| {
-        error(
-            StatusCode::NOT_FOUND,
-            "FunctionNotFound",
-            format!("no function {name:?}"),
-        )
-    })
+    rt.pools
+        .get(name)
+        .ok_or_else(|| ApiError::FunctionNotFound(name.to_owned()))
 }
 
 /// Reads a request body of at most [`MAX_BODY`] bytes. An oversized body is read on (and
 /// discarded) up to [`DRAIN_CAP`] before the 413, so the client finishes sending and reads
 /// our answer instead of a connection reset.
-async fn read_body(body: Body) -> Result<Bytes, Response> {
+async fn read_body(body: Body) -> Result<Bytes, BodyError> {
     use http_body_util::BodyExt as _;
     let read = async move {
         let mut body = body;
         let mut buf = Vec::new();
         let mut total = 0usize;
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    "BadRequest",
-                    format!("cannot read request body: {e}"),
-                )
-            })?;
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
             if let Ok(data) = frame.into_data() {
                 total += data.len();
                 if total <= MAX_BODY {
@@ -208,45 +155,39 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
             }
         }
         if total > MAX_BODY {
-            return Err(error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "PayloadTooLarge",
-                format!("request body exceeds {MAX_BODY} bytes"),
-            ));
+            return Err(BodyError::TooLarge(MAX_BODY));
         }
         Ok(Bytes::from(buf))
     };
     match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(result) => result,
-        Err(_) => Err(error(
-            StatusCode::REQUEST_TIMEOUT,
-            "RequestTimeout",
-            "request body not received in time",
-        )),
+        Err(_) => Err(BodyError::Timeout),
     }
 }
 
 async fn function_url_root(
     State(rt): State<Shared>,
-    Path(function): Path<String>,
+    ApiPath(function): ApiPath<String>,
     req: Request,
-) -> Response {
+) -> Result<Response, ApiError> {
     url_call(rt, function, String::new(), req).await
 }
 
 async fn function_url(
     State(rt): State<Shared>,
-    Path((function, path)): Path<(String, String)>,
+    ApiPath((function, path)): ApiPath<(String, String)>,
     req: Request,
-) -> Response {
+) -> Result<Response, ApiError> {
     url_call(rt, function, path, req).await
 }
 
-async fn url_call(rt: Shared, function: String, path: String, req: Request) -> Response {
-    let pool = match pool(&rt, &function) {
-        Ok(p) => Arc::clone(p),
-        Err(r) => return r,
-    };
+async fn url_call(
+    rt: Shared,
+    function: String,
+    path: String,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let pool = Arc::clone(pool(&rt, &function)?);
     if pool.plan().spec.url.auth == thaw_manifest::UrlAuth::Token {
         let expected = rt.url_token.as_deref().map(|t| format!("Bearer {t}"));
         let given = req
@@ -254,24 +195,16 @@ async fn url_call(rt: Shared, function: String, path: String, req: Request) -> R
             .get("authorization")
             .and_then(|v| v.to_str().ok());
         if expected.is_none() || given != expected.as_deref() {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "missing or wrong bearer token",
-            );
+            return Err(ApiError::Unauthorized);
         }
     }
     let (parts, body) = req.into_parts();
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let body = read_body(body).await?;
     let event = url_event(&parts, &path, &body);
     let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
-    match pool.invoke(payload).await {
-        Ok(Outcome::Response(bytes)) => url_response(&bytes),
-        Ok(Outcome::Error(d)) => error(StatusCode::BAD_GATEWAY, &d.error_type, d.error_message),
-        Err(e) => call_error(&e),
+    match pool.invoke(payload).await? {
+        Outcome::Response(bytes) => Ok(url_response(&bytes)),
+        Outcome::Error(d) => Err(ApiError::Function(d)),
     }
 }
 
@@ -381,39 +314,21 @@ fn url_response(bytes: &[u8]) -> Response {
     resp
 }
 
-/// AWS's error shape: `x-amzn-ErrorType` and `{"Type", "message"}`.
-fn aws_error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let mut resp = (status, Json(json!({"Type": "User", "message": message}))).into_response();
-    if let Ok(v) = HeaderValue::from_str(kind) {
-        resp.headers_mut().insert("x-amzn-errortype", v);
-    }
-    resp
-}
-
 async fn invoke_api(
     State(rt): State<Shared>,
     Path(function): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Response {
+) -> Result<Response, AwsError> {
     if !rt.accepting() {
-        return aws_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ServiceException",
-            "thaw is shutting down",
-        );
+        return Err(AwsError::Service("thaw is shutting down".into()));
     }
-    let Some(pool) = rt.pools.get(&function).cloned() else {
-        return aws_error(
-            StatusCode::NOT_FOUND,
-            "ResourceNotFoundException",
-            &format!("Function not found: arn:aws:lambda:local:000000000000:function:{function}"),
-        );
-    };
-    let body = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    let pool = rt
+        .pools
+        .get(&function)
+        .cloned()
+        .ok_or(AwsError::ResourceNotFound(function.clone()))?;
+    let body = read_body(body).await?;
     let kind = headers
         .get("x-amz-invocation-type")
         .and_then(|v| v.to_str().ok())
@@ -424,35 +339,25 @@ async fn invoke_api(
         body
     };
     if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
-        return aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequestContentException",
-            "Could not parse request body into json",
-        );
+        return Err(AwsError::InvalidRequestContent);
     }
     match kind {
-        "DryRun" => StatusCode::NO_CONTENT.into_response(),
+        "DryRun" => Ok(StatusCode::NO_CONTENT.into_response()),
         // Durable before the 202, and retried as the manifest says, as on AWS.
-        "Event" => match rt
-            .store
-            .spawn(&function, CallKind::Event, payload, None)
-            .await
-        {
-            Ok(spawned) => {
-                let mut resp = StatusCode::ACCEPTED.into_response();
-                if let Ok(v) = HeaderValue::from_str(&spawned.call_id) {
-                    resp.headers_mut().insert("thaw-call-id", v);
-                }
-                resp
+        "Event" => {
+            let spawned = rt
+                .store
+                .spawn(&function, CallKind::Event, payload, None)
+                .await
+                .map_err(|e| AwsError::Service(e.to_string()))?;
+            let mut resp = StatusCode::ACCEPTED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&spawned.call_id) {
+                resp.headers_mut().insert("thaw-call-id", v);
             }
-            Err(e) => aws_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ServiceException",
-                &e.to_string(),
-            ),
-        },
+            Ok(resp)
+        }
         "RequestResponse" => match pool.invoke(payload).await {
-            Ok(Outcome::Response(bytes)) => (
+            Ok(Outcome::Response(bytes)) => Ok((
                 StatusCode::OK,
                 [
                     ("content-type", "application/json"),
@@ -460,35 +365,16 @@ async fn invoke_api(
                 ],
                 bytes,
             )
-                .into_response(),
-            Ok(Outcome::Error(d)) => function_error(&d.error_type, &d.error_message),
-            Err(CallError::QueueFull(_)) => {
-                let mut resp = (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    Json(json!({"Type": "User", "message": "Rate Exceeded.", "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded"})),
-                )
-                    .into_response();
-                resp.headers_mut().insert(
-                    "x-amzn-errortype",
-                    HeaderValue::from_static("TooManyRequestsException"),
-                );
-                resp.headers_mut()
-                    .insert("retry-after", HeaderValue::from_static("1"));
-                resp
-            }
-            Err(CallError::ShuttingDown) => aws_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "ServiceException",
-                "thaw is shutting down",
-            ),
+                .into_response()),
+            Ok(Outcome::Error(d)) => Ok(function_error(&d.error_type, &d.error_message)),
+            Err(CallError::QueueFull(_)) => Err(AwsError::TooManyRequests),
+            Err(CallError::ShuttingDown) => Err(AwsError::Service("thaw is shutting down".into())),
             // As on AWS, a crash, timeout or init failure is the function's error.
-            Err(e) => function_error(e.kind(), &e.to_string()),
+            Err(e) => Ok(function_error(e.kind(), &e.to_string())),
         },
-        other => aws_error(
-            StatusCode::BAD_REQUEST,
-            "InvalidParameterValueException",
-            &format!("unknown X-Amz-Invocation-Type {other:?}: RequestResponse, Event or DryRun"),
-        ),
+        other => Err(AwsError::InvalidParameterValue(format!(
+            "unknown X-Amz-Invocation-Type {other:?}: RequestResponse, Event or DryRun"
+        ))),
     }
 }
 
@@ -532,16 +418,13 @@ struct LogQuery {
 
 async fn logs(
     State(rt): State<Shared>,
-    Path(function): Path<String>,
-    Query(q): Query<LogQuery>,
-) -> Response {
-    let Some(pool) = rt.pools.get(&function) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "FunctionNotFound",
-            format!("no function {function:?}"),
-        );
-    };
+    ApiPath(function): ApiPath<String>,
+    ApiQuery(q): ApiQuery<LogQuery>,
+) -> Result<Response, ApiError> {
+    let pool = rt
+        .pools
+        .get(&function)
+        .ok_or(ApiError::FunctionNotFound(function))?;
     let since = q.since.unwrap_or(0);
     let lines: Vec<_> = pool
         .logs
@@ -549,18 +432,14 @@ async fn logs(
         .into_iter()
         .filter(|l| l.ts_ms > since)
         .collect();
-    Json(json!({"lines": lines})).into_response()
+    Ok(Json(json!({"lines": lines})).into_response())
 }
 
-async fn healthz(State(rt): State<Shared>) -> Response {
+async fn healthz(State(rt): State<Shared>) -> Result<Response, ApiError> {
     if rt.accepting() {
-        Json(json!({"status": "ok"})).into_response()
+        Ok(Json(json!({"status": "ok"})).into_response())
     } else {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "ShuttingDown",
-            "thaw is shutting down",
-        )
+        Err(ApiError::ShuttingDown)
     }
 }
 
