@@ -61,6 +61,9 @@ pub enum ApiError {
     /// The request body is over the limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// A map's input is over one of its limits; nothing of it was kept.
+    #[error("{0}")]
+    MapTooLarge(String),
     /// The client did not send its body in time.
     #[error("request body not received in time")]
     RequestTimeout,
@@ -93,12 +96,15 @@ impl ApiError {
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::CallExpired(_) => StatusCode::GONE,
             Self::CallRunning(_) | Self::CallFinished { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::MapTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ShuttingDown | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Call(e) => call_status(e),
             Self::Function(_) => StatusCode::BAD_GATEWAY,
-            Self::Store(StoreError::Stopped) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(StoreError::QueueFull { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(StoreError::IdempotencyKeyReused { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -116,11 +122,15 @@ impl ApiError {
             Self::CallRunning(_) => "CallRunning",
             Self::CallFinished { .. } => "CallFinished",
             Self::PayloadTooLarge(_) => "PayloadTooLarge",
+            Self::MapTooLarge(_) => "MapTooLarge",
             Self::RequestTimeout => "RequestTimeout",
-            Self::ShuttingDown | Self::Store(StoreError::Stopped) => "ShuttingDown",
+            Self::ShuttingDown => "ShuttingDown",
             Self::NotReady(_) => "NotReady",
             Self::Call(e) => e.kind(),
             Self::Function(d) => &d.error_type,
+            Self::Store(StoreError::QueueFull { .. }) => "QueueFull",
+            Self::Store(StoreError::IdempotencyKeyReused { .. }) => "IdempotencyKeyReused",
+            Self::Store(StoreError::Unavailable(_)) => "StoreUnavailable",
             Self::Store(_) => "StoreError",
         }
     }
@@ -141,11 +151,7 @@ fn call_status(e: &CallError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = match &self {
-            Self::Store(StoreError::Stopped) => "thaw is shutting down".to_owned(),
-            other => other.to_string(),
-        };
-        let mut resp = (status, Json(ApiErrorBody::new(self.kind(), message))).into_response();
+        let mut resp = (status, Json(ApiErrorBody::new(self.kind(), self.to_string()))).into_response();
         let headers = resp.headers_mut();
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert("retry-after", HeaderValue::from_static("1"));
@@ -181,9 +187,21 @@ pub enum AwsError {
     /// The function's queue is full.
     #[error("Rate Exceeded.")]
     TooManyRequests,
-    /// thaw itself failed or is stopping.
+    /// thaw is stopping.
     #[error("{0}")]
     Service(String),
+    /// thaw itself failed (its call store, say).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AwsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QueueFull { .. } => Self::TooManyRequests,
+            other => Self::Internal(other.to_string()),
+        }
+    }
 }
 
 impl AwsError {
@@ -204,6 +222,7 @@ impl AwsError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "UnrecognizedClientException"),
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException"),
             Self::Service(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceException"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceException"),
         }
     }
 }
