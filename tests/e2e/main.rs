@@ -5,6 +5,7 @@
 
 mod analyze;
 mod durable;
+mod durable_bounds;
 mod embed_function;
 mod parity;
 mod rerank;

@@ -153,7 +153,9 @@ fn backoff(base: Duration, failures: i64) -> Duration {
 
 fn record(result: Result<(), super::store::StoreError>, id: &str) {
     if let Err(e) = result {
-        // The call stays running in the store; the next start queues it again.
+        // The store retries an outcome until it commits, so this is only reached once
+        // its writer has been stopped for good (and `/healthz` says so): the call stays
+        // running until the next start queues it again.
         tracing::error!(call = id, error = %e, "cannot record a call's outcome");
     }
 }

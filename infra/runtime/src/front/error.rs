@@ -140,9 +140,9 @@ impl ApiError {
 fn call_status(e: &CallError) -> StatusCode {
     match e {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-        CallError::FunctionCrashed(_) | CallError::InitFailed(_) | CallError::OutOfMemory { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
+        CallError::FunctionCrashed(_)
+        | CallError::InitFailed(_)
+        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -151,7 +151,11 @@ fn call_status(e: &CallError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let mut resp = (status, Json(ApiErrorBody::new(self.kind(), self.to_string()))).into_response();
+        let mut resp = (
+            status,
+            Json(ApiErrorBody::new(self.kind(), self.to_string())),
+        )
+            .into_response();
         let headers = resp.headers_mut();
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert("retry-after", HeaderValue::from_static("1"));
@@ -304,5 +308,68 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|Path(p)| Self(p))
             .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_are_told_apart_and_none_is_shutting_down() {
+        let cases = [
+            (
+                StoreError::Unavailable("the writer panicked".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "StoreUnavailable",
+            ),
+            (
+                StoreError::Commit("disk full".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "StoreError",
+            ),
+            (
+                StoreError::QueueFull {
+                    function: "f".into(),
+                    limit: 2,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "QueueFull",
+            ),
+            (
+                StoreError::IdempotencyKeyReused { key: "k".into() },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IdempotencyKeyReused",
+            ),
+        ];
+        for (store, status, kind) in cases {
+            let e = ApiError::from(store);
+            assert_eq!((e.status(), e.kind()), (status, kind));
+            let message = e.to_string();
+            assert!(!message.contains("shutting down"), "{message}");
+            let resp = e.into_response();
+            assert_eq!(
+                resp.headers().contains_key("retry-after"),
+                status == StatusCode::TOO_MANY_REQUESTS
+            );
+        }
+        let e = ApiError::MapTooLarge("a map is limited to 100000 items".into());
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_full_durable_queue_on_the_invoke_api_is_too_many_requests() {
+        let e = AwsError::from(StoreError::QueueFull {
+            function: "f".into(),
+            limit: 2,
+        });
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key("retry-after"));
+        let e = AwsError::from(StoreError::Unavailable("down".into()));
+        assert_eq!(
+            e.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

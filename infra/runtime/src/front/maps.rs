@@ -63,8 +63,10 @@ pub const MAX_MAP_BYTES: u64 = 32 << 20;
 pub const MAX_MAP_ITEMS: i64 = 100_000;
 /// Most bytes of results in one page, and in one read of a streaming map's results.
 pub const PAGE_BYTES: usize = 4 << 20;
-/// Items committed per transaction while reading a map's input.
+/// Items committed per transaction while reading a map's input...
 const INSERT_BATCH: usize = 512;
+/// ...or fewer, once they hold this many bytes: memory holds one batch, not the map.
+const BATCH_BYTES: usize = 4 << 20;
 /// Longest wait for the next chunk of a map's body.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Results read from the store per query.
@@ -135,26 +137,14 @@ pub(super) async fn map(
     let emit_watch = rt.store.signals().watch_map(&map_id);
     let window = window(&rt, &function);
     let (end_tx, end_rx) = watch::channel(None);
-    let store = rt.store.clone();
-    let id = map_id.clone();
-    tokio::spawn(async move {
-        let ingested = ingest(
-            &store,
-            &function,
-            &id,
-            &mut chunks,
-            Some((window, ingest_watch)),
-            false,
-        )
-        .await;
-        if matches!(ingested.ended, Ended::TooLarge(_)) {
-            drain(&mut chunks).await;
-        }
-        let end = ingested.end();
-        record_end(&store, &id, &end).await;
-        // Told directly too: the stream ends even if the store could not record it.
-        let _ = end_tx.send(Some(end));
-    });
+    tokio::spawn(stream_ingest(
+        rt.store.clone(),
+        function,
+        map_id.clone(),
+        chunks,
+        Some((window, ingest_watch)),
+        end_tx,
+    ));
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     tokio::spawn(emit(
         rt.store.clone(),
@@ -176,6 +166,25 @@ pub(super) async fn map(
         resp.headers_mut().insert("thaw-map-id", v);
     }
     Ok(resp)
+}
+
+/// A streaming map's input: read, then its end recorded in the store and told to
+/// [`emit`] directly, so the stream ends even if the store could not record it.
+async fn stream_ingest(
+    store: CallStore,
+    function: String,
+    map_id: String,
+    mut chunks: BodyDataStream,
+    window: Option<(usize, Watch<u64>)>,
+    end_tx: watch::Sender<Option<IngestEnd>>,
+) {
+    let ingested = ingest(&store, &function, &map_id, &mut chunks, window, false).await;
+    if matches!(ingested.ended, Ended::TooLarge(_)) {
+        drain(&mut chunks).await;
+    }
+    let end = ingested.end();
+    record_end(&store, &map_id, &end).await;
+    let _ = end_tx.send(Some(end));
 }
 
 /// Records how a streaming map's input ended: a few tries, since the store may be what
@@ -253,6 +262,8 @@ struct Batch<'a> {
     held: bool,
     committed: i64,
     items: Vec<Item>,
+    /// Input bytes in `items`.
+    bytes: usize,
 }
 
 impl Batch<'_> {
@@ -268,6 +279,7 @@ impl Batch<'_> {
     /// committed.
     async fn commit(&mut self, store: &CallStore) -> Result<(), StoreError> {
         let items = std::mem::take(&mut self.items);
+        self.bytes = 0;
         let n = items.len() as i64;
         store
             .add_map_items(self.map_id, self.function, self.committed, items, self.held)
@@ -328,7 +340,7 @@ impl Ingested {
     }
 }
 
-/// Reads a map's input into the store, `INSERT_BATCH` items per commit. With a window,
+/// Reads a map's input into the store, `INSERT_BATCH` items (or `BATCH_BYTES`) per commit. With a window,
 /// waits while `window` items are unfinished. `held` items wait for [`CallStore::close_map`].
 /// Never records the end: its caller does, as the kind of map requires.
 async fn ingest(
@@ -345,6 +357,7 @@ async fn ingest(
         held,
         committed: 0,
         items: Vec::new(),
+        bytes: 0,
     };
     let ended = match read_input(store, &mut batch, chunks, window).await {
         Ok(input_error) => Ended::Input(input_error),
@@ -388,8 +401,9 @@ async fn read_input(
                             "a map is limited to {MAX_MAP_ITEMS} items"
                         )));
                     }
+                    batch.bytes += item.as_ref().map_or(0, Bytes::len);
                     batch.items.push(item);
-                    if batch.len() >= INSERT_BATCH {
+                    if batch.len() >= INSERT_BATCH || batch.bytes >= BATCH_BYTES {
                         batch.commit(store).await?;
                     }
                 }
@@ -455,7 +469,10 @@ async fn emit(
         } else {
             after_seq
         };
-        let items = match store.map_items(&map_id, order, from, PAGE, PAGE_BYTES).await {
+        let items = match store
+            .map_items(&map_id, order, from, PAGE, PAGE_BYTES)
+            .await
+        {
             Ok(items) => items,
             Err(e) => {
                 let _ = tx.send(error_line("StoreError", &e.to_string())).await;
@@ -606,4 +623,146 @@ pub(super) async fn cancel(
     }
     let n = rt.store.cancel_map(&map_id).await?;
     Ok(Json(json!({"map_id": map_id, "cancelled": n})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::calls::signals::Signals;
+    use crate::calls::store::Fault;
+
+    fn store(dir: &std::path::Path) -> CallStore {
+        CallStore::open(dir, BTreeMap::new(), Arc::new(Signals::default())).expect("open")
+    }
+
+    /// Runs a streaming map's ingest and emit over `body`, returning the NDJSON lines.
+    async fn stream(store: &CallStore, map_id: &str, body: Body) -> Vec<Value> {
+        let watch = store.signals().watch_map(map_id);
+        let (end_tx, end_rx) = watch::channel(None);
+        let (tx, mut rx) = mpsc::channel(64);
+        tokio::spawn(stream_ingest(
+            store.clone(),
+            "f".into(),
+            map_id.into(),
+            body.into_data_stream(),
+            None,
+            end_tx,
+        ));
+        tokio::spawn(emit(
+            store.clone(),
+            map_id.into(),
+            Order::Index,
+            watch,
+            end_rx,
+            tx,
+        ));
+        let mut lines = Vec::new();
+        let collect = async {
+            while let Some(line) = rx.recv().await {
+                lines.push(serde_json::from_slice(&line).expect("a JSON line"));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), collect)
+            .await
+            .expect("the stream ends");
+        lines
+    }
+
+    #[tokio::test]
+    async fn a_store_failure_mid_ingest_is_recorded_and_ends_the_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let map_id = store.create_map("f").await.expect("map");
+        // The first batch of items cannot be committed.
+        store.inject(Fault::Commit, 1);
+        let lines = stream(&store, &map_id, Body::from("1\n2\n3\n")).await;
+        let last = lines.last().expect("an error line");
+        assert_eq!(last["error"]["type"], "StoreError", "{lines:?}");
+        let (total, input_error) = store.map_total(&map_id).await.expect("read").expect("map");
+        assert_eq!(total, Some(0), "total is what was committed, not NULL");
+        assert!(input_error
+            .expect("input_error")
+            .contains("call store failed"));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_is_recorded_and_ends_the_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let map_id = store.create_map("f").await.expect("map");
+        let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
+            Ok(Bytes::from_static(b"1\n2\n")),
+            Err(std::io::Error::other("connection reset")),
+        ];
+        let body = Body::from_stream(futures_util::stream::iter(chunks));
+        // Nothing runs the items, so the stream waits for them; cancel them to finish.
+        let canceller = {
+            let store = store.clone();
+            let map_id = map_id.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(Some((Some(_), _))) = store.map_total(&map_id).await {
+                        store.cancel_map(&map_id).await.expect("cancel");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            })
+        };
+        let lines = stream(&store, &map_id, body).await;
+        canceller.await.expect("canceller");
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[2]["error"]["type"], "InvalidInput", "{lines:?}");
+        let (total, input_error) = store.map_total(&map_id).await.expect("read").expect("map");
+        assert_eq!(total, Some(2));
+        assert!(input_error.expect("input_error").contains("broke off"));
+    }
+
+    #[tokio::test]
+    async fn a_spawn_map_over_the_item_limit_is_refused_and_keeps_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let map_id = store.create_map("f").await.expect("map");
+        let body = "1\n".repeat(MAX_MAP_ITEMS as usize + 1);
+        let mut chunks = Body::from(body).into_data_stream();
+        let ingested = ingest(&store, "f", &map_id, &mut chunks, None, true).await;
+        assert!(
+            matches!(ingested.ended, Ended::TooLarge(_)),
+            "{:?}",
+            ingested.ended
+        );
+        let (claimed, _) = store.claim("f", 10).await.expect("claim");
+        assert!(claimed.is_empty(), "no item of a refused spawn_map runs");
+        store.discard_map(&map_id).await.expect("discard");
+        assert!(store.map_summary(&map_id).await.expect("read").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_map_body_over_the_byte_limit_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = store(dir.path());
+        let map_id = store.create_map("f").await.expect("map");
+        // Undeclared length: counted as it arrives, in 1 MiB chunks of one big item each.
+        let item = Bytes::from(format!("\"{}\"\n", "x".repeat((1 << 20) - 4)));
+        let chunks = (0..=MAX_MAP_BYTES >> 20).map(move |_| Ok::<_, std::io::Error>(item.clone()));
+        let mut chunks = Body::from_stream(futures_util::stream::iter(chunks)).into_data_stream();
+        let ingested = ingest(&store, "f", &map_id, &mut chunks, None, true).await;
+        assert!(
+            matches!(ingested.ended, Ended::TooLarge(_)),
+            "{:?}",
+            ingested.ended
+        );
+        // Declared length: refused before anything is read.
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(64u64 << 20));
+        assert!(matches!(
+            declared_too_large(&headers),
+            Some(ApiError::MapTooLarge(_))
+        ));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(MAX_MAP_BYTES));
+        assert!(declared_too_large(&headers).is_none());
+    }
 }

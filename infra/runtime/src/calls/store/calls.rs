@@ -17,8 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::maps::HELD;
 use super::{
-    failure_json, failure_of, raw_json, CallRecord, CallStore, Claimed, Finish, Spawned,
-    StoreError,
+    failure_json, failure_of, raw_json, CallRecord, CallStore, Claimed, Finish, Spawned, StoreError,
 };
 use crate::calls::{new_id, now_ms, CallFailure, CallKind, CallStatus};
 
@@ -29,8 +28,12 @@ const RECORD_COLUMNS: &str = "id, function, kind, status, attempts, result, erro
      started_ms, finished_ms, expires_ms, map_id, map_index, expired";
 
 /// A call by id: the one query behind every read of a call, on any connection.
-pub(super) fn call_record(conn: &Connection, call_id: &str) -> Result<Option<CallRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM calls WHERE id = ?1"))?;
+pub(super) fn call_record(
+    conn: &Connection,
+    call_id: &str,
+) -> Result<Option<CallRecord>, StoreError> {
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {RECORD_COLUMNS} FROM calls WHERE id = ?1"))?;
     let record = stmt
         .query_row([call_id], |row| {
             let status: String = row.get(3)?;
@@ -190,7 +193,9 @@ impl CallStore {
                             r.get::<_, i64>(0)?,
                             Claimed {
                                 call_id: r.get(1)?,
-                                input: Bytes::from(r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default()),
+                                input: Bytes::from(
+                                    r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                                ),
                                 attempts: r.get::<_, i64>(3)? + 1,
                                 failures: r.get(4)?,
                             },
@@ -251,8 +256,10 @@ impl CallStore {
 
     /// Records the final outcome of a running call, retrying until it commits.
     pub async fn finish(&self, call_id: &str, outcome: Finish) -> Result<(), StoreError> {
-        self.until_recorded(call_id, "outcome", || self.finish_once(call_id, outcome.clone()))
-            .await
+        self.until_recorded(call_id, "outcome", || {
+            self.finish_once(call_id, outcome.clone())
+        })
+        .await
     }
 
     async fn finish_once(&self, call_id: &str, outcome: Finish) -> Result<(), StoreError> {

@@ -23,11 +23,7 @@
 //! (`finish`, `retry`, `unclaim`) are retried by the store until they commit, so a failed
 //! commit never leaves a call `running` (see `calls.rs`).
 //!
-//! # Reads
-//!
-//! Reads run on up to [`READERS`] read-only connections on the blocking pool, beside the
-//! writer (WAL), so they neither wait for a group commit nor depend on the writer being
-//! alive.
+//! Reads do not come here: see [`super::read`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -37,15 +33,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot};
 
+use super::read::Readers;
 use super::{schema, FunctionSettings, StoreError};
 use crate::calls::signals::Signals;
 
 /// Most ops committed in one transaction.
 const GROUP_MAX: usize = 1024;
-/// Read-only connections open at once.
-const READERS: usize = 4;
 /// Panics outside an op the writer survives within [`PANIC_WINDOW`]; one more stops it.
 pub const PANIC_BUDGET: usize = 5;
 /// See [`PANIC_BUDGET`].
@@ -170,7 +165,9 @@ impl Health {
             )));
         }
         match &st.failing {
-            Some(why) => Err(StoreError::Unavailable(format!("the last commit failed: {why}"))),
+            Some(why) => Err(StoreError::Unavailable(format!(
+                "the last commit failed: {why}"
+            ))),
             None => Ok(()),
         }
     }
@@ -243,7 +240,10 @@ struct Faults {
 #[cfg(test)]
 impl Faults {
     fn take(&self, fault: Fault) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match pending.iter().position(|f| *f == fault) {
             Some(i) => {
                 pending.remove(i);
@@ -286,9 +286,14 @@ impl Handle {
         let recovered = super::calls::recover(&conn)?;
         let (released, discarded, cut_off) = super::maps::recover(&conn)?;
         let next_done_seq: i64 =
-            conn.query_row("SELECT COALESCE(MAX(done_seq), 0) FROM calls", [], |r| r.get(0))?;
-        let queued: i64 =
-            conn.query_row("SELECT COUNT(*) FROM calls WHERE status = 'queued'", [], |r| r.get(0))?;
+            conn.query_row("SELECT COALESCE(MAX(done_seq), 0) FROM calls", [], |r| {
+                r.get(0)
+            })?;
+        let queued: i64 = conn.query_row(
+            "SELECT COUNT(*) FROM calls WHERE status = 'queued'",
+            [],
+            |r| r.get(0),
+        )?;
         tracing::info!(
             path = %path.display(), queued, recovered, maps_cut_off = cut_off,
             map_items_released = released, map_items_discarded = discarded, "call store open"
@@ -318,11 +323,7 @@ impl Handle {
             .map_err(dir_err)?;
         Ok(Self {
             jobs,
-            readers: Arc::new(Readers {
-                path,
-                idle: Mutex::default(),
-                permits: Arc::new(Semaphore::new(READERS)),
-            }),
+            readers: Arc::new(Readers::new(path)),
             health,
             #[cfg(test)]
             faults,
@@ -330,7 +331,7 @@ impl Handle {
     }
 
     pub(super) fn path(&self) -> &Path {
-        &self.readers.path
+        self.readers.path()
     }
 
     pub(super) fn health(&self) -> &Health {
@@ -371,10 +372,9 @@ impl Handle {
             signals,
             tx: Some(tx),
         });
-        self.jobs
-            .send(op)
-            .await
-            .map_err(|_| StoreError::Unavailable("the call store's writer thread is gone".into()))?;
+        self.jobs.send(op).await.map_err(|_| {
+            StoreError::Unavailable("the call store's writer thread is gone".into())
+        })?;
         rx.await.map_err(|_| {
             StoreError::Unavailable(
                 "the call store's writer failed while running this operation".into(),
@@ -387,53 +387,7 @@ impl Handle {
         R: Send + 'static,
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let permit = Arc::clone(&self.readers.permits)
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("the call store's readers are closed".into()))?;
-        let readers = Arc::clone(&self.readers);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit;
-            let conn = match readers.take() {
-                Some(conn) => conn,
-                None => readers.open()?,
-            };
-            let result = f(&conn);
-            readers.put(conn);
-            result
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("a call store read failed: {e}")))?
-    }
-}
-
-/// Idle read-only connections.
-#[derive(Debug)]
-struct Readers {
-    path: PathBuf,
-    idle: Mutex<Vec<Connection>>,
-    permits: Arc<Semaphore>,
-}
-
-impl Readers {
-    fn take(&self) -> Option<Connection> {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
-    }
-
-    fn put(&self, conn: Connection) {
-        self.idle
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(conn);
-    }
-
-    fn open(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(&self.path)?;
-        conn.execute_batch("PRAGMA busy_timeout = 5000; PRAGMA query_only = 1;")?;
-        Ok(conn)
+        self.readers.read(f).await
     }
 }
 
@@ -474,7 +428,11 @@ impl Engine {
             }
         }
         while let Some(op) = rx.blocking_recv() {
-            let why = self.health.check().err().map_or_else(String::new, |e| e.to_string());
+            let why = self
+                .health
+                .check()
+                .err()
+                .map_or_else(String::new, |e| e.to_string());
             op.answer(Err(StoreError::Unavailable(why)));
         }
     }
@@ -484,7 +442,9 @@ impl Engine {
         let _ = self.writer.conn.execute_batch("ROLLBACK");
         match open_connection(&self.path) {
             Ok(conn) => self.writer.conn = conn,
-            Err(e) => tracing::error!(error = %e, "call store: cannot reopen; keeping the old connection"),
+            Err(e) => {
+                tracing::error!(error = %e, "call store: cannot reopen; keeping the old connection")
+            }
         }
     }
 

@@ -57,7 +57,9 @@ fn map_item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<MapItem>> {
             kind: "Expired".into(),
             message: "the result was collected after result_ttl".into(),
         }),
-        CallStatus::Succeeded => Ok(raw_json(&r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default())),
+        CallStatus::Succeeded => Ok(raw_json(
+            &r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+        )),
         CallStatus::Cancelled => Err(CallFailure {
             kind: "Cancelled".into(),
             message: "cancelled before it ran".into(),
@@ -77,7 +79,9 @@ fn map_item_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Option<MapItem>> {
 fn map_summary(conn: &Connection, map_id: &str) -> Result<Option<MapSummary>, StoreError> {
     let head: Option<(String, i64, Option<i64>, Option<String>)> = conn
         .prepare_cached("SELECT function, created_ms, total, input_error FROM maps WHERE id = ?1")?
-        .query_row([map_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .query_row([map_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
     let Some((function, created_ms, total, input_error)) = head else {
         return Ok(None);
@@ -85,7 +89,9 @@ fn map_summary(conn: &Connection, map_id: &str) -> Result<Option<MapSummary>, St
     let mut counts = MapCounts::default();
     let mut stmt = conn
         .prepare_cached("SELECT status, COUNT(*) FROM calls WHERE map_id = ?1 GROUP BY status")?;
-    let rows = stmt.query_map([map_id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    let rows = stmt.query_map([map_id], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })?;
     for row in rows {
         let (status, n) = row?;
         match CallStatus::parse(&status) {

@@ -8,7 +8,7 @@
 //!   spawn is acknowledged only once it is on disk, and a burst of spawns shares one fsync.
 //!   The async side never blocks: it awaits a oneshot.
 //! - **Reads** go through one helper, [`CallStore::read`], on a small pool of read-only
-//!   connections on the blocking pool. WAL lets them run beside the writer, so a long-poll
+//!   connections on the blocking pool ([`read`]). WAL lets them run beside the writer, so a long-poll
 //!   or a page of results never waits behind a group commit, and a reader sees exactly
 //!   what was acknowledged.
 //!
@@ -25,6 +25,7 @@ mod calls;
 mod engine;
 mod gc;
 mod maps;
+mod read;
 mod schema;
 #[cfg(test)]
 mod tests;
@@ -40,9 +41,9 @@ use serde_json::value::RawValue;
 use super::signals::Signals;
 use super::{CallFailure, CallStatus};
 
-pub use engine::Health;
 #[cfg(test)]
 pub(crate) use engine::Fault;
+pub use engine::Health;
 pub use schema::SCHEMA_VERSION;
 
 /// What can go wrong with the call store.

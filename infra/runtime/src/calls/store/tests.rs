@@ -28,7 +28,11 @@ fn json(s: &'static str) -> Bytes {
     Bytes::from_static(s.as_bytes())
 }
 
-async fn spawn(store: &CallStore, input: &'static str, key: Option<&str>) -> Result<Spawned, StoreError> {
+async fn spawn(
+    store: &CallStore,
+    input: &'static str,
+    key: Option<&str>,
+) -> Result<Spawned, StoreError> {
     store
         .spawn("f", CallKind::Spawn, json(input), key.map(str::to_owned))
         .await
@@ -67,7 +71,11 @@ async fn a_cancelled_call_is_never_claimed() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let s = spawn(&store, "{}", None).await.expect("spawn");
-    let r = store.cancel(&s.call_id).await.expect("cancel").expect("exists");
+    let r = store
+        .cancel(&s.call_id)
+        .await
+        .expect("cancel")
+        .expect("exists");
     assert_eq!(r.status, CallStatus::Cancelled);
     let (claimed, _) = store.claim("f", 10).await.expect("claim");
     assert!(claimed.is_empty());
@@ -79,7 +87,8 @@ async fn a_store_from_before_versioning_is_migrated_and_keeps_its_calls() {
     {
         // The layout every store had before `user_version` was set: version 0.
         let conn = rusqlite::Connection::open(dir.path().join("calls.db")).expect("db");
-        conn.execute_batch(schema::MIGRATIONS[0]).expect("old schema");
+        conn.execute_batch(schema::MIGRATIONS[0])
+            .expect("old schema");
         conn.execute(
             "INSERT INTO calls (id, function, kind, status, input, idempotency_key, created_ms) \
              VALUES ('call_old', 'f', 'spawn', 'queued', X'7B7D', 'k', 1)",
@@ -136,7 +145,9 @@ async fn a_failed_begin_is_reported_as_unavailable_and_the_writer_goes_on() {
     let e = spawn(&store, "{}", None).await.expect_err("BEGIN failed");
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     assert!(store.health().is_err(), "the failure shows in health");
-    spawn(&store, "{}", None).await.expect("the next batch commits");
+    spawn(&store, "{}", None)
+        .await
+        .expect("the next batch commits");
     assert!(store.health().is_ok());
 }
 
@@ -145,7 +156,9 @@ async fn a_writer_panic_fails_its_batch_and_the_writer_is_restarted() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     store.inject(Fault::Panic, 1);
-    let e = spawn(&store, "{}", None).await.expect_err("the writer panicked");
+    let e = spawn(&store, "{}", None)
+        .await
+        .expect_err("the writer panicked");
     assert!(matches!(e, StoreError::Unavailable(_)), "{e:?}");
     let s = spawn(&store, "{}", None).await.expect("restarted");
     assert!(store.get(&s.call_id).await.expect("get").is_some());
@@ -162,8 +175,10 @@ async fn an_operation_that_panics_is_rolled_back_alone() {
     let store = open(dir.path());
     let bad = store.write(
         |w: &mut engine::Writer| -> Result<(), StoreError> {
-            w.conn
-                .execute("INSERT INTO maps (id, function, created_ms) VALUES ('m', 'f', 0)", [])?;
+            w.conn.execute(
+                "INSERT INTO maps (id, function, created_ms) VALUES ('m', 'f', 0)",
+                [],
+            )?;
             panic!("a bug in an operation");
         },
         |_, _| {},
@@ -171,7 +186,10 @@ async fn an_operation_that_panics_is_rolled_back_alone() {
     let (bad, good) = tokio::join!(bad, spawn(&store, "{}", None));
     assert!(matches!(bad, Err(StoreError::Unavailable(_))), "{bad:?}");
     good.expect("the other op in the batch commits");
-    assert!(store.map_summary("m").await.expect("read").is_none(), "rolled back");
+    assert!(
+        store.map_summary("m").await.expect("read").is_none(),
+        "rolled back"
+    );
     assert_eq!(store.writer_health().restarts(), 0);
 }
 
@@ -210,7 +228,10 @@ async fn a_failed_outcome_record_is_retried_until_it_commits() {
     let r = store.get(&a.call_id).await.expect("get").expect("exists");
     assert_eq!(r.status, CallStatus::Succeeded, "not left running");
     store.inject(Fault::Begin, 1);
-    store.unclaim(&b.call_id, 0).await.expect("put back in the end");
+    store
+        .unclaim(&b.call_id, 0)
+        .await
+        .expect("put back in the end");
     let r = store.get(&b.call_id).await.expect("get").expect("exists");
     assert_eq!(r.status, CallStatus::Queued);
 }
@@ -228,7 +249,12 @@ async fn spawns_and_maps_past_max_queue_are_refused() {
         Err(StoreError::QueueFull { .. })
     ));
     // A replay adds nothing, so it is answered.
-    assert!(spawn(&store, "1", Some("a")).await.expect("replay").replayed);
+    assert!(
+        spawn(&store, "1", Some("a"))
+            .await
+            .expect("replay")
+            .replayed
+    );
     // Running calls are not the backlog: claiming one makes room.
     store.claim("f", 1).await.expect("claim");
     spawn(&store, "3", None).await.expect("room again");
@@ -239,9 +265,16 @@ async fn an_idempotency_key_reused_with_another_input_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let first = spawn(&store, "{\"n\":1}", Some("k")).await.expect("first");
-    let e = spawn(&store, "{\"n\":2}", Some("k")).await.expect_err("another input");
-    assert!(matches!(e, StoreError::IdempotencyKeyReused { .. }), "{e:?}");
-    let again = spawn(&store, "{\"n\":1}", Some("k")).await.expect("same input");
+    let e = spawn(&store, "{\"n\":2}", Some("k"))
+        .await
+        .expect_err("another input");
+    assert!(
+        matches!(e, StoreError::IdempotencyKeyReused { .. }),
+        "{e:?}"
+    );
+    let again = spawn(&store, "{\"n\":1}", Some("k"))
+        .await
+        .expect("same input");
     assert_eq!(again.call_id, first.call_id);
     // Still refused once the result has been collected (the digest stays).
     store.claim("f", 1).await.expect("claim");
@@ -253,7 +286,8 @@ async fn an_idempotency_key_reused_with_another_input_is_refused() {
         .write(
             |w| {
                 let now = crate::calls::now_ms();
-                Ok(w.conn.execute("UPDATE calls SET expires_ms = ?1", [now - 1])?)
+                Ok(w.conn
+                    .execute("UPDATE calls SET expires_ms = ?1", [now - 1])?)
             },
             |_, _| {},
         )
@@ -275,7 +309,10 @@ async fn held_map_items_run_only_once_closed_and_a_discarded_map_leaves_nothing(
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let map = store.create_map("f").await.expect("map");
-    store.add_map_items(&map, "f", 0, items(3), true).await.expect("items");
+    store
+        .add_map_items(&map, "f", 0, items(3), true)
+        .await
+        .expect("items");
     let (claimed, next_due) = store.claim("f", 10).await.expect("claim");
     assert!(claimed.is_empty(), "held items are not due");
     assert_eq!(next_due, None, "and not waited for");
@@ -284,7 +321,10 @@ async fn held_map_items_run_only_once_closed_and_a_discarded_map_leaves_nothing(
     assert_eq!(claimed.len(), 3);
 
     let refused = store.create_map("f").await.expect("map");
-    store.add_map_items(&refused, "f", 0, items(2500), true).await.expect("items");
+    store
+        .add_map_items(&refused, "f", 0, items(2500), true)
+        .await
+        .expect("items");
     store.discard_map(&refused).await.expect("discard");
     assert!(store.map_summary(&refused).await.expect("read").is_none());
     let (claimed, _) = store.claim("f", 5000).await.expect("claim");
@@ -297,7 +337,10 @@ async fn a_large_map_is_cancelled_a_chunk_per_commit() {
     let store = open(dir.path());
     let map = store.create_map("f").await.expect("map");
     let n = 2 * maps::CHUNK + maps::CHUNK / 2;
-    store.add_map_items(&map, "f", 0, items(n), false).await.expect("items");
+    store
+        .add_map_items(&map, "f", 0, items(n), false)
+        .await
+        .expect("items");
     let before = store.writer_health().commits();
     assert_eq!(store.cancel_map(&map).await.expect("cancel"), n);
     // One commit per chunk, so a spawn waits for one chunk at most, never the map.
@@ -312,7 +355,10 @@ async fn a_page_of_results_is_bounded_in_bytes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = open(dir.path());
     let map = store.create_map("f").await.expect("map");
-    store.add_map_items(&map, "f", 0, items(10), false).await.expect("items");
+    store
+        .add_map_items(&map, "f", 0, items(10), false)
+        .await
+        .expect("items");
     let (claimed, _) = store.claim("f", 10).await.expect("claim");
     let big = Bytes::from(format!("\"{}\"", "x".repeat(1000)));
     for c in &claimed {
