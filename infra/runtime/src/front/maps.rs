@@ -236,6 +236,8 @@ pub(super) async fn spawn_map(
         discard(store, &map_id).await;
         return Err(e.into());
     }
+    // Accepted now: a failure to release is answered, and the next start releases them.
+    store.release_map(&map_id, &function).await?;
     let mut reply = json!({"map_id": map_id, "total": total});
     if let Some(e) = input_error {
         reply["input_error"] = Value::String(e);
@@ -340,8 +342,9 @@ impl Ingested {
     }
 }
 
-/// Reads a map's input into the store, `INSERT_BATCH` items (or `BATCH_BYTES`) per commit. With a window,
-/// waits while `window` items are unfinished. `held` items wait for [`CallStore::close_map`].
+/// Reads a map's input into the store, `INSERT_BATCH` items (or `BATCH_BYTES`) per
+/// commit. With a window, waits while `window` items are unfinished. `held` items wait for
+/// [`CallStore::release_map`].
 /// Never records the end: its caller does, as the kind of map requires.
 async fn ingest(
     store: &CallStore,

@@ -1,8 +1,8 @@
 //! Maps: a map's items, its progress, its results page by page, and cancellation.
 //!
 //! A `spawn_map`'s items are committed **held** (`not_before_ms` = [`HELD`]): stored but
-//! not due, so none runs before its whole input is accepted. [`CallStore::close_map`]
-//! releases them; [`CallStore::discard_map`] deletes them instead, when the input is
+//! not due, so none runs before its whole input is accepted. [`CallStore::release_map`]
+//! releases them once the map is closed; [`CallStore::discard_map`] deletes them instead, when the input is
 //! refused (over a limit) or cannot be stored. A streaming map's items are due at once.
 //!
 //! Anything that touches every item of a map (release, discard, cancel) goes in chunks of
@@ -169,7 +169,7 @@ impl CallStore {
     }
 
     /// Commits a run of a map's items, indexed from `first_index`; `held` ones do not run
-    /// before [`Self::close_map`]. An item that is already an error (input that is not
+    /// before [`Self::release_map`]. An item that is already an error (input that is not
     /// JSON) is stored as failed and never runs.
     pub async fn add_map_items(
         &self,
@@ -247,7 +247,7 @@ impl CallStore {
     }
 
     /// Records that a map's input has ended with `total` items, and why it ended early
-    /// if it did; then releases its held items, a chunk per commit.
+    /// if it did.
     pub async fn close_map(
         &self,
         map_id: &str,
@@ -255,25 +255,27 @@ impl CallStore {
         input_error: Option<String>,
     ) -> Result<(), StoreError> {
         let id = map_id.to_owned();
-        let function: Option<String> = self
-            .write(
-                move |w| {
-                    Ok(w.conn
-                        .query_row(
-                            "UPDATE maps SET total = ?2, input_error = ?3 WHERE id = ?1 \
-                             RETURNING function",
-                            params![id, total, input_error],
-                            |r| r.get(0),
-                        )
-                        .optional()?)
-                },
-                |_, _| {},
-            )
-            .await?;
+        self.write(
+            move |w| {
+                w.conn.execute(
+                    "UPDATE maps SET total = ?2, input_error = ?3 WHERE id = ?1",
+                    params![id, total, input_error],
+                )?;
+                Ok(id)
+            },
+            |signals, id| signals.map_progressed(id, 0),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Releases a closed map's held items, a chunk per commit. Should it fail part way,
+    /// the next start releases the rest (the map is closed, so it was accepted).
+    pub async fn release_map(&self, map_id: &str, function: &str) -> Result<(), StoreError> {
         let mut after = -1;
         loop {
             let id = map_id.to_owned();
-            let function = function.clone().unwrap_or_default();
+            let function = function.to_owned();
             let (n, last) = self
                 .write(
                     move |w| {
@@ -295,11 +297,9 @@ impl CallStore {
                 .await?;
             after = last;
             if n < CHUNK {
-                break;
+                return Ok(());
             }
         }
-        self.signals.map_progressed(map_id, 0);
-        Ok(())
     }
 
     /// Deletes a map that was never acknowledged and every item of it, a chunk per commit.

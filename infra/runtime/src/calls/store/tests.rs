@@ -13,6 +13,20 @@ fn open(dir: &Path) -> CallStore {
     CallStore::open(dir, BTreeMap::new(), Arc::new(Signals::default())).expect("open")
 }
 
+/// Opens again once a dropped store's writer thread has let go of the directory.
+async fn reopen(dir: &Path) -> Result<CallStore, StoreError> {
+    let open = || CallStore::open(dir, BTreeMap::new(), Arc::new(Signals::default()));
+    let mut opened = open();
+    for _ in 0..100 {
+        if !matches!(opened, Err(StoreError::Locked(_))) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        opened = open();
+    }
+    opened
+}
+
 fn open_bounded(dir: &Path, max_queue: u32) -> CallStore {
     let settings = BTreeMap::from([(
         "f".to_owned(),
@@ -117,16 +131,7 @@ async fn a_store_written_by_a_newer_thaw_is_refused_with_a_typed_error() {
         .expect("db")
         .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
         .expect("bump");
-    // The dropped store's writer lets go of the directory as its thread ends.
-    let reopen = || CallStore::open(dir.path(), BTreeMap::new(), Arc::new(Signals::default()));
-    let mut opened = reopen();
-    for _ in 0..100 {
-        if !matches!(opened, Err(StoreError::Locked(_))) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        opened = reopen();
-    }
+    let opened = reopen(dir.path()).await;
     match opened {
         Err(StoreError::SchemaTooNew {
             found, supported, ..
@@ -317,6 +322,7 @@ async fn held_map_items_run_only_once_closed_and_a_discarded_map_leaves_nothing(
     assert!(claimed.is_empty(), "held items are not due");
     assert_eq!(next_due, None, "and not waited for");
     store.close_map(&map, 3, None).await.expect("close");
+    store.release_map(&map, "f").await.expect("release");
     let (claimed, _) = store.claim("f", 10).await.expect("claim");
     assert_eq!(claimed.len(), 3);
 
@@ -383,4 +389,32 @@ async fn a_page_of_results_is_bounded_in_bytes() {
         .await
         .expect("page");
     assert_eq!(all.len(), 10);
+}
+
+#[tokio::test]
+async fn a_restart_discards_an_unacknowledged_spawn_map_and_releases_an_accepted_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let cut = store.create_map("f").await.expect("map");
+    store
+        .add_map_items(&cut, "f", 0, items(3), true)
+        .await
+        .expect("items");
+    let accepted = store.create_map("f").await.expect("map");
+    store
+        .add_map_items(&accepted, "f", 0, items(2), true)
+        .await
+        .expect("items");
+    store.close_map(&accepted, 2, None).await.expect("close");
+    // Stopped before the 202 of `cut` and before `accepted` was released.
+    drop(store);
+    let store = reopen(dir.path()).await.expect("reopen");
+    let cut = store.map_summary(&cut).await.expect("read").expect("map");
+    assert_eq!(
+        cut.total,
+        Some(0),
+        "none of an unacknowledged spawn_map is kept"
+    );
+    let (claimed, _) = store.claim("f", 10).await.expect("claim");
+    assert_eq!(claimed.len(), 2, "the accepted map's items run");
 }
