@@ -34,9 +34,7 @@ fn wait_done(s: &Serve, id: &str) -> Value {
 fn wait_map_done(s: &Serve, map_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let v = s
-            .get(&format!("/v1/maps/{map_id}?limit=1&wait=20"))
-            .json();
+        let v = s.get(&format!("/v1/maps/{map_id}?limit=1&wait=20")).json();
         if v["status"] == "done" || Instant::now() > deadline {
             return v;
         }
@@ -81,7 +79,10 @@ fn invalid_utf8_is_refused_on_spawn_event_and_map_items() {
         &[("x-amz-invocation-type", "Event")],
     );
     assert_eq!(r.status, 400);
-    assert_eq!(r.headers["x-amzn-errortype"], "InvalidRequestContentException");
+    assert_eq!(
+        r.headers["x-amzn-errortype"],
+        "InvalidRequestContentException"
+    );
     let mut body = b"{\"echo\": 0}\n".to_vec();
     body.extend_from_slice(bad);
     body.extend_from_slice(b"\n{\"echo\": 2}\n");
@@ -133,7 +134,12 @@ fn durable_paths_answer_429_with_retry_after_at_max_queue() {
     }));
     let queued = [spawn(&s, "one", &json!({})), spawn(&s, "one", &json!({}))];
     let full = |r: &thaw_tests::Reply, what: &str| {
-        assert_eq!(r.status, 429, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            429,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert!(r.headers.contains_key("retry-after"), "{what}");
     };
     let r = s.post("/v1/functions/one/spawn", b"{}", &[]);
@@ -147,7 +153,10 @@ fn durable_paths_answer_429_with_retry_after_at_max_queue() {
     full(&r, "Event");
     assert_eq!(r.headers["x-amzn-errortype"], "TooManyRequestsException");
     full(&s.post("/v1/functions/one/map", b"{}\n", &[]), "map");
-    full(&s.post("/v1/functions/one/spawn_map", b"{}\n", &[]), "spawn_map");
+    full(
+        &s.post("/v1/functions/one/spawn_map", b"{}\n", &[]),
+        "spawn_map",
+    );
     // Room again once the backlog shrinks.
     for id in &queued {
         assert_eq!(s.delete(&format!("/v1/calls/{id}")).status, 200);
@@ -164,7 +173,12 @@ fn a_64_mib_map_body_is_refused_with_413_in_bounded_memory() {
     let body: Vec<u8> = line.repeat((64 << 20) / line.len() + 1);
     for path in ["/v1/functions/f/spawn_map", "/v1/functions/f/map"] {
         let r = s.post(path, &body, &[]);
-        assert_eq!(r.status, 413, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            413,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         assert_eq!(r.json()["error"]["type"], "MapTooLarge");
     }
     // The same without a declared length: read until the limit, then refused, and the
@@ -176,7 +190,10 @@ fn a_64_mib_map_body_is_refused_with_413_in_bounded_memory() {
     );
     assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
     let functions = s.get("/v1/functions").json();
-    assert_eq!(functions["functions"][0]["durable"]["queued"], 0, "{functions}");
+    assert_eq!(
+        functions["functions"][0]["durable"]["queued"], 0,
+        "{functions}"
+    );
     let peak = s.peak_rss_kib();
     eprintln!("64 MiB map bodies refused: thaw peak RSS {before} KiB before, {peak} KiB after");
     assert!(peak < 200 * MIB, "thaw peak RSS {peak} KiB");
