@@ -230,7 +230,7 @@ fn four_concurrent_maximal_pages_stay_in_bounded_memory() {
         assert_eq!(r.status, 200);
         let v = r.json();
         let n = v["results"].as_array().map_or(0, Vec::len);
-        assert!(n >= 1 && n < ITEMS, "a page is bounded in bytes: {n} items");
+        assert!((1..ITEMS).contains(&n), "a page is bounded in bytes: {n} items");
         assert_eq!(v["next_offset"], n, "and says where the next one starts");
         assert!(r.body.len() <= 5 << 20, "{} bytes", r.body.len());
     }
