@@ -150,7 +150,8 @@ fn call_error(e: &CallError) -> Response {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
         CallError::FunctionCrashed(_)
         | CallError::InitFailed(_)
-        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
+        | CallError::OutOfMemory { .. }
+        | CallError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     };

@@ -12,7 +12,7 @@ use super::{
     CallError, FunctionPool, Pending, Phase, Reply, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE,
 };
 use crate::launcher::{InstanceControl, InstanceExit, LaunchRequest};
-use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle};
+use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle, Refused};
 
 impl FunctionPool {
     pub(super) fn instance_name(&self, id: u64) -> String {
@@ -56,7 +56,10 @@ impl FunctionPool {
                 () = tokio::time::sleep(timeout) => Err(()),
             };
             match answer {
-                Ok(Some(outcome)) => Ok(outcome),
+                Ok(Some(Ok(outcome))) => Ok(outcome),
+                Ok(Some(Err(Refused::TooLarge { limit }))) => {
+                    Err(CallError::ResponseTooLarge { limit })
+                }
                 Ok(None) => {
                     let oom = match &*exit.borrow() {
                         Some(InstanceExit::OutOfMemory { limit }) => Some(*limit),
@@ -260,8 +263,9 @@ impl FunctionPool {
                 .as_ref()
                 .map_or(BACKOFF_START, |f| (f.2 * 2).min(BACKOFF_MAX));
             st.init_failure = Some((msg.clone(), Instant::now() + backoff, backoff));
-            // Nothing can serve the queue now; tell its callers why rather than let them wait.
-            if st.instances.values().any(|i| i.phase == Phase::Ready) {
+            // With no sibling up or starting nothing can serve the queue now: tell its
+            // callers why rather than let them wait. A sibling still starting keeps it.
+            if st.instances.values().any(|i| i.phase != Phase::Stopping) {
                 Vec::new()
             } else {
                 st.queue.drain(..).collect()
