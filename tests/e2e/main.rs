@@ -6,6 +6,7 @@
 mod analyze;
 mod durable;
 mod embed_function;
+mod hardening_instances;
 mod parity;
 mod rerank;
 mod runtime;

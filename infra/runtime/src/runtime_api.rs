@@ -334,7 +334,9 @@ fn unknown_id() -> Response {
 enum Posted {
     Body(Bytes),
     /// Over the limit: the rest was discarded (`drained`) or the post was abandoned.
-    TooLarge { drained: bool },
+    TooLarge {
+        drained: bool,
+    },
     /// The connection failed mid-body.
     Broken,
 }
@@ -418,7 +420,11 @@ async fn complete(
             false => unknown_id(),
         },
         Posted::TooLarge { drained } => {
-            tracing::warn!(request_id = id, limit = MAX_RESPONSE, "instance posted a response over the limit");
+            tracing::warn!(
+                request_id = id,
+                limit = MAX_RESPONSE,
+                "instance posted a response over the limit"
+            );
             let mut resp = (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
@@ -499,15 +505,13 @@ async fn error(
     .await
 }
 
-async fn init_error(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let body = match read_posted(&headers, body, || {}).await {
         Posted::Body(b) => b,
         // An oversized init error still is one; its text is not worth the memory.
-        Posted::TooLarge { .. } | Posted::Broken => Bytes::from_static(b"(init error document too large or cut off)"),
+        Posted::TooLarge { .. } | Posted::Broken => {
+            Bytes::from_static(b"(init error document too large or cut off)")
+        }
     };
     let _ = shared
         .lifecycle

@@ -182,7 +182,13 @@ mod tests {
     fn input_errors_are_never_retried_and_the_rest_are() {
         assert!(input_at_fault("InvalidInput"));
         assert!(input_at_fault("PayloadTooLarge"));
-        for retried in ["ModelError", "Internal", "InitError", "Unhandled", "invalidinput"] {
+        for retried in [
+            "ModelError",
+            "Internal",
+            "InitError",
+            "Unhandled",
+            "invalidinput",
+        ] {
             assert!(!input_at_fault(retried), "{retried}");
         }
     }

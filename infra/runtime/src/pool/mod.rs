@@ -92,17 +92,6 @@ impl CallError {
             Self::ShuttingDown => "ShuttingDown",
         }
     }
-
-    /// Every [`CallError::kind`], for bounded metric labels.
-    pub const KINDS: [&'static str; 7] = [
-        "QueueFull",
-        "FunctionCrashed",
-        "InitError",
-        "Timeout",
-        "OutOfMemory",
-        "ResponseTooLarge",
-        "ShuttingDown",
-    ];
 }
 
 pub(super) type Reply = oneshot::Sender<Result<Outcome, CallError>>;
@@ -261,13 +250,15 @@ impl FunctionPool {
             let any_live = st.instances.values().any(|i| i.phase != Phase::Stopping);
             if let Some((msg, until, _)) = &st.init_failure {
                 if !any_live && Instant::now() < *until {
-                    self.metrics.error(self.name(), "InitError");
-                    return Err(CallError::InitFailed(msg.clone()));
+                    let e = CallError::InitFailed(msg.clone());
+                    self.metrics.call_error(self.name(), &e);
+                    return Err(e);
                 }
             }
             if st.queue.len() >= self.plan.spec.max_queue as usize {
-                self.metrics.error(self.name(), "QueueFull");
-                return Err(CallError::QueueFull(st.queue.len()));
+                let e = CallError::QueueFull(st.queue.len());
+                self.metrics.call_error(self.name(), &e);
+                return Err(e);
             }
             st.queue.push_back(Pending { payload, reply });
         }
@@ -276,9 +267,9 @@ impl FunctionPool {
             .await
             .unwrap_or_else(|_| Err(CallError::FunctionCrashed("call was dropped".into())));
         match &result {
-            Ok(Outcome::Error(d)) => self.metrics.error(self.name(), &d.error_type),
+            Ok(Outcome::Error(d)) => self.metrics.function_error(self.name(), &d.error_type),
             Ok(Outcome::Response(_)) => {}
-            Err(e) => self.metrics.error(self.name(), e.kind()),
+            Err(e) => self.metrics.call_error(self.name(), e),
         }
         self.metrics.invocation(self.name(), started.elapsed());
         result

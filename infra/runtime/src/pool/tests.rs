@@ -677,7 +677,11 @@ async fn a_crash_fails_the_calls_still_queued_inside_the_instance_at_once() {
     settle().await;
     let queued: Vec<_> = (0..2).map(|_| h.call("{}")).collect();
     settle().await;
-    assert_eq!(h.pool.status().in_flight, 3, "all three handed to the instance");
+    assert_eq!(
+        h.pool.status().in_flight,
+        3,
+        "all three handed to the instance"
+    );
     assert!(matches!(
         outcome(stall).await,
         Err(CallError::FunctionCrashed(_))
@@ -703,7 +707,7 @@ async fn a_caller_that_went_away_is_never_dispatched() {
     let h = start("max_containers = 1\nconcurrency = 1", Behaviour::default());
     let busy = h.call(r#"{"sleep_ms": 100}"#);
     sleep(Duration::from_millis(20)).await; // started, and running `busy`
-    // Ten callers queue behind it and go away (an HTTP client that disconnected).
+                                            // Ten callers queue behind it and go away (an HTTP client that disconnected).
     let gone: Vec<_> = (0..10).map(|_| h.call("{}")).collect();
     settle().await;
     assert_eq!(h.pool.status().queue_depth, 10);
@@ -712,7 +716,11 @@ async fn a_caller_that_went_away_is_never_dispatched() {
     }
     assert!(outcome(busy).await.is_ok());
     sleep(Duration::from_secs(1)).await;
-    assert_eq!(h.fake.answered(), 1, "only the call whose caller stayed ran");
+    assert_eq!(
+        h.fake.answered(),
+        1,
+        "only the call whose caller stayed ran"
+    );
     let s = h.pool.status();
     assert_eq!((s.queue_depth, s.in_flight), (0, 0));
     assert_eq!(h.fake.launches(), 1, "a gone caller is no demand");
@@ -724,7 +732,11 @@ async fn callers_gone_while_instances_start_are_never_dispatched() {
     let h = start("max_containers = 4", Behaviour::default());
     let gone: Vec<_> = (0..3).map(|_| h.call("{}")).collect();
     settle().await;
-    assert_eq!(h.pool.status().queue_depth, 3, "queued while instances start");
+    assert_eq!(
+        h.pool.status().queue_depth,
+        3,
+        "queued while instances start"
+    );
     for c in &gone {
         c.abort();
     }
