@@ -290,3 +290,49 @@ fn metrics_pass_promtool_and_hostile_error_types_make_a_bounded_set_of_series() 
     let (ok, said) = promtool_check(&m.body);
     assert!(ok, "promtool check metrics failed:\n{said}\n---\n{body}");
 }
+
+#[test]
+fn synchronous_calls_whose_client_went_away_never_run() {
+    let dir = thaw_tests::side_dir();
+    let keys = thaw_tests::side_keys(dir.path(), &[("FAULT_LOG", "ran.log")]);
+    let s = Serve::start(&manifest(&fault(
+        "f",
+        &format!("max_containers = 1\nconcurrency = 1\n{keys}"),
+    )));
+    let url = format!("{}/fn/f/", s.base);
+    std::thread::scope(|scope| {
+        let busy = scope.spawn(|| {
+            call(
+                &s,
+                "f",
+                &json!({"action": "record", "key": "busy", "ms": 1500}),
+            )
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        // Ten clients queue behind it and give up after 200 ms.
+        let gone: Vec<_> = (0..10)
+            .map(|i| {
+                let url = url.clone();
+                scope.spawn(move || {
+                    let body = json!({"action": "record", "key": format!("gone{i}")});
+                    ureq::post(&url)
+                        .timeout(Duration::from_millis(200))
+                        .send_string(&body.to_string())
+                        .is_err()
+                })
+            })
+            .collect();
+        for g in gone {
+            assert!(
+                g.join().expect("join"),
+                "a client that gave up got an answer"
+            );
+        }
+        assert_eq!(busy.join().expect("join").status, 200);
+    });
+    let after = call(&s, "f", &json!({"action": "record", "key": "after"}));
+    assert_eq!(after.status, 200, "{}", text(&after));
+    let ran = std::fs::read_to_string(dir.path().join("ran.log")).unwrap_or_default();
+    let ran: Vec<&str> = ran.lines().collect();
+    assert_eq!(ran, ["busy", "after"], "calls whose client went away ran");
+}

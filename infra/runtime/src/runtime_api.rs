@@ -397,14 +397,8 @@ async fn complete(
     body: Body,
     outcome: impl FnOnce(Bytes) -> Outcome,
 ) -> Response {
-    let known = shared
-        .in_flight
-        .lock()
-        .map(|m| m.contains_key(id))
-        .unwrap_or(false);
-    if !known {
-        return unknown_id();
-    }
+    // Read (or drain) the body even for an unknown id: a connection left with an unread
+    // body is closed, and the runtime's worker on it with it.
     let refuse = || {
         finish(
             shared,
