@@ -54,7 +54,7 @@ fn replies_up_to_6_mib_pass_and_larger_ones_fail_at_once_leaving_the_instance_us
         fault("one", "max_containers = 1\ntimeout = \"60s\""),
         fault(
             "two",
-            "max_containers = 1\nconcurrency = 2\ntimeout = \"60s\""
+            "max_containers = 1\nconcurrency = 2\ntimeout = \"60s\"\nmemory = \"1GiB\""
         ),
     )));
     for f in ["one", "two"] {
@@ -97,6 +97,28 @@ fn replies_up_to_6_mib_pass_and_larger_ones_fail_at_once_leaving_the_instance_us
             assert_eq!(r.status, 200, "{f}: {}", text(r));
             assert_eq!(r.json()["instance"], instance, "{f}: replaced, not reused");
         }
+    }
+
+    // 40 MiB: past what thaw drains (6 + 24 MiB), so the connection is dropped and the
+    // runtime worker on it may die; the instance is replaced and every call is served.
+    let r = call(
+        &s,
+        "two",
+        &json!({"action": "big_response", "bytes": 40 << 20}),
+    );
+    assert_eq!(r.status, 502, "{}", text(&r));
+    assert_eq!(r.json()["error"]["type"], "ResponseTooLarge");
+    let replies: Vec<thaw_tests::Reply> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| scope.spawn(|| call(&s, "two", &json!({"action": "sleep", "ms": 300}))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    for r in &replies {
+        assert_eq!(r.status, 200, "after a dropped post: {}", text(r));
     }
 }
 

@@ -16,8 +16,9 @@
 //! [`MAX_RESPONSE`] (6 MiB) completes the invocation; a larger one completes it at once
 //! as [`Refused::TooLarge`], and the instance is answered `413 RequestEntityTooLarge`
 //! after the rest of its body is read and discarded (up to [`MAX_DRAIN`]), so its
-//! connection, and the `lambda_runtime` worker on it, stay usable. Memory per post is
-//! bounded by the limit, never by what the function sends.
+//! connection, and the `lambda_runtime` worker on it, stay usable (past that, the
+//! connection is dropped and the instance reported [`Lifecycle::Unusable`], for the pool
+//! to replace). Memory per post is bounded by the limit, never by what the function sends.
 //!
 //! Error documents are normalised here, the one place instance errors enter thaw: an
 //! event `lambda_runtime` could not deserialize into the handler's type becomes
@@ -56,8 +57,9 @@ pub enum Outcome {
 pub const MAX_RESPONSE: usize = 6 << 20;
 
 /// How much of a refused (too large) post is read and discarded so the instance gets a
-/// clean `413` on a reusable connection; past this the connection is dropped.
-pub const MAX_DRAIN: usize = 64 << 20;
+/// clean `413` on a reusable connection; past this the connection is dropped and the
+/// instance is marked [`Lifecycle::Unusable`].
+pub const MAX_DRAIN: usize = 24 << 20;
 
 /// The `errorType` `lambda_runtime` reports for an event it could not deserialize into
 /// the handler's request type (its Rust type name, behind a reference).
@@ -101,6 +103,9 @@ pub enum Lifecycle {
     Ready,
     /// Posted `/runtime/init/error`.
     InitFailed(Diagnostic),
+    /// Its connection was dropped mid-post (a refused reply past [`MAX_DRAIN`]): the
+    /// runtime worker on it may be gone, so the instance must be replaced, not reused.
+    Unusable(String),
 }
 
 #[derive(Debug)]
@@ -223,6 +228,11 @@ impl InstanceApi {
             other => Ok(other),
         };
         finish(&self.shared, id, answer)
+    }
+
+    /// Marks the instance [`Lifecycle::Unusable`]: the pool replaces it.
+    pub fn mark_unusable(&self, why: String) {
+        self.shared.lifecycle.send_replace(Lifecycle::Unusable(why));
     }
 
     /// In-process `init/error`.
@@ -428,6 +438,10 @@ async fn complete(
             )
                 .into_response();
             if !drained {
+                shared.lifecycle.send_replace(Lifecycle::Unusable(format!(
+                    "posted a reply of more than {} bytes",
+                    MAX_RESPONSE + MAX_DRAIN
+                )));
                 resp.headers_mut().insert(
                     axum::http::header::CONNECTION,
                     HeaderValue::from_static("close"),

@@ -120,6 +120,8 @@ struct Instance {
     in_flight: u32,
     idle_since: Instant,
     started: Instant,
+    /// Taking no new calls, and stopped once those in flight are done.
+    retiring: bool,
 }
 
 #[derive(Debug, Default)]
@@ -344,6 +346,7 @@ impl FunctionPool {
                     in_flight: 0,
                     idle_since: now,
                     started: now,
+                    retiring: false,
                 },
             );
             tokio::spawn(Arc::clone(&me).run_instance(id, exit_tx));

@@ -9,6 +9,8 @@
 //! - `{"hang": true}`: never answers;
 //! - `{"crash": true}`: writes a line to stderr and exits without answering;
 //! - `{"crash_after_reply": true}`: answers, then exits before its next `next`;
+//! - `{"unusable": true}`: its Runtime API marks it unusable (as after a dropped post),
+//!   then it answers;
 //! - `{"stall_then_crash_ms": n}`: stops taking calls (as a runtime whose workers are all
 //!   busy), so calls dispatched meanwhile wait inside the instance; exits after `n` ms;
 //! - `{"oom": limit}`: is killed at its memory limit without answering.
@@ -306,6 +308,10 @@ impl FakeInstance {
                 }
                 self.logs.push(&self.name, "stderr", CRASH_LINE.into());
                 return InstanceExit::Exited("exit status: 101".into());
+            }
+            if doc["unusable"] == true {
+                self.api
+                    .mark_unusable("a worker's connection was dropped".into());
             }
             if doc["crash_after_reply"] == true {
                 self.answer(&id, Outcome::Response(payload));
@@ -743,6 +749,19 @@ async fn callers_gone_while_instances_start_are_never_dispatched() {
     assert!(echoed(&h.invoke("{}").await, "{}"));
     sleep(Duration::from_secs(1)).await;
     assert_eq!(h.fake.answered(), 1, "{} calls ran", h.fake.answered());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_its_runtime_api_marks_unusable_is_replaced() {
+    let h = start("max_containers = 1", Behaviour::default());
+    assert!(echoed(
+        &h.invoke(r#"{"unusable": true}"#).await,
+        r#"{"unusable": true}"#
+    ));
+    settle().await;
+    assert_eq!(h.fake.terminates(), 1, "stopped, gracefully");
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 2, "a fresh instance serves");
 }
 
 #[tokio::test(start_paused = true)]
