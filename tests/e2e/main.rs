@@ -7,6 +7,7 @@ mod analyze;
 mod durable;
 mod durable_bounds;
 mod embed_function;
+mod hardening_instances;
 mod parity;
 mod rerank;
 mod runtime;

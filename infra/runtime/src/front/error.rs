@@ -142,7 +142,8 @@ fn call_status(e: &CallError) -> StatusCode {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
         CallError::FunctionCrashed(_)
         | CallError::InitFailed(_)
-        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
+        | CallError::OutOfMemory { .. }
+        | CallError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }

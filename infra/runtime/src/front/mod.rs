@@ -448,7 +448,7 @@ async fn metrics(State(rt): State<Shared>) -> Response {
         rt.metrics.set_state(name, &pool.status());
     }
     (
-        [("content-type", "text/plain; version=0.0.4")],
+        [("content-type", crate::metrics::CONTENT_TYPE)],
         rt.metrics.render(),
     )
         .into_response()
