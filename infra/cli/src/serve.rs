@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use thaw_manifest::{Manifest, Resolver};
+use thaw_manifest::{LookupError, Manifest, Resolver};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -84,9 +84,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     // Absolute: instances run with another working directory (the sandbox's /tmp).
     let cache_dir =
         std::path::absolute(args.snapshots.clone().unwrap_or_else(crate::default_cache))?;
+    let cache = thaw_snapshot::cache::SnapshotCache::open(&cache_dir)?;
+    let lookup = |name: &str| -> Result<PathBuf, LookupError> { Ok(cache.resolve(name)?) };
     let resolver = Resolver {
         bin_dir,
-        snapshots: cache_dir.clone(),
+        snapshots: &lookup,
         allow_missing_snapshots: store_config.is_some(),
     };
     let mut plan = manifest.resolve(&resolver)?;
