@@ -54,8 +54,14 @@ fn deploy_and_manifest_compile_no_sdk_and_no_model_runtime() {
     ];
     for package in ["thaw-deploy", "thaw-manifest"] {
         let deps = normal_dependencies(package);
-        assert!(deps.iter().any(|d| d == package), "cargo tree of {package} is empty: {deps:?}");
-        let heavy: Vec<&String> = deps.iter().filter(|d| HEAVY.contains(&d.as_str())).collect();
+        assert!(
+            deps.iter().any(|d| d == package),
+            "cargo tree of {package} is empty: {deps:?}"
+        );
+        let heavy: Vec<&String> = deps
+            .iter()
+            .filter(|d| HEAVY.contains(&d.as_str()))
+            .collect();
         assert!(heavy.is_empty(), "{package} depends on {heavy:?} again");
     }
 }
