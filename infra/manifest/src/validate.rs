@@ -97,7 +97,7 @@ struct Bytes(u64);
 impl Shown for Bytes {
     fn show(self) -> String {
         for (unit, shift) in [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-            if self.0 >= 1 << shift && self.0 % (1 << shift) == 0 {
+            if self.0 >= 1 << shift && self.0.is_multiple_of(1 << shift) {
                 return format!("\"{}{unit}\"", self.0 >> shift);
             }
         }
@@ -124,12 +124,13 @@ impl Checker<'_> {
         min: T,
         max: T,
     ) -> Result<(), ManifestError> {
-        let limit = if !(value >= min) {
-            Limit::Minimum(min.show())
-        } else if !(value <= max) {
+        let limit = if value >= min && value <= max {
+            return Ok(());
+        } else if value > max {
             Limit::Maximum(max.show())
         } else {
-            return Ok(());
+            // Under the minimum, or NaN, which compares to nothing.
+            Limit::Minimum(min.show())
         };
         Err(ManifestError::OutOfRange {
             function: self.function.to_owned(),

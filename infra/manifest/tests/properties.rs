@@ -31,10 +31,26 @@ fn tomlish() -> impl Strategy<Value = String> {
         "\\[[a-z._\"-]{0,20}\\]",
     ];
     let key = prop_oneof![
-        Just("name"), Just("binary"), Just("max_containers"), Just("min_containers"),
-        Just("concurrency"), Just("timeout"), Just("memory"), Just("cpu"), Just("pids"),
-        Just("tmp"), Just("batch"), Just("gpu"), Just("env"), Just("volumes"), Just("max_size"),
-        Just("wait"), Just("url"), Just("network"), Just("snapshots"), Just("unknown"),
+        Just("name"),
+        Just("binary"),
+        Just("max_containers"),
+        Just("min_containers"),
+        Just("concurrency"),
+        Just("timeout"),
+        Just("memory"),
+        Just("cpu"),
+        Just("pids"),
+        Just("tmp"),
+        Just("batch"),
+        Just("gpu"),
+        Just("env"),
+        Just("volumes"),
+        Just("max_size"),
+        Just("wait"),
+        Just("url"),
+        Just("network"),
+        Just("snapshots"),
+        Just("unknown"),
     ];
     let value = prop_oneof![
         any::<i64>().prop_map(|n| n.to_string()),
@@ -67,23 +83,69 @@ fn wild_function() -> impl Strategy<Value = Vec<(String, String)>> {
     ]
     .prop_map(|n| n.to_string());
     let unit = prop_oneof![
-        Just("ns"), Just("ms"), Just("s"), Just("m"), Just("h"), Just("days"), Just("years"),
+        Just("ns"),
+        Just("ms"),
+        Just("s"),
+        Just("m"),
+        Just("h"),
+        Just("days"),
+        Just("years"),
     ];
-    let duration = (0u64..=u64::MAX >> 20, unit).prop_map(|(n, u)| format!("\"{}{u}\"", n % 100_000_000));
-    let size_unit = prop_oneof![Just("B"), Just("KiB"), Just("MiB"), Just("GiB"), Just("TiB"), Just("MB")];
+    let duration =
+        (0u64..=u64::MAX >> 20, unit).prop_map(|(n, u)| format!("\"{}{u}\"", n % 100_000_000));
+    let size_unit = prop_oneof![
+        Just("B"),
+        Just("KiB"),
+        Just("MiB"),
+        Just("GiB"),
+        Just("TiB"),
+        Just("MB")
+    ];
     let size = (0u64..=5_000, size_unit).prop_map(|(n, u)| format!("\"{n}{u}\""));
     let cpu = prop_oneof![
-        any::<f64>().prop_map(|x| if x.is_nan() { "nan".to_owned() } else if x.is_infinite() { if x > 0.0 { "inf".into() } else { "-inf".into() } } else { format!("{x:?}") }),
-        (0u32..=300_00).prop_map(|n| format!("{}", f64::from(n) / 100.0)),
+        any::<f64>().prop_map(|x| if x.is_nan() {
+            "nan".to_owned()
+        } else if x.is_infinite() {
+            if x > 0.0 {
+                "inf".into()
+            } else {
+                "-inf".into()
+            }
+        } else {
+            format!("{x:?}")
+        }),
+        (0u32..=30_000).prop_map(|n| format!("{}", f64::from(n) / 100.0)),
     ];
     let entry = prop_oneof![
-        (prop_oneof![Just("max_containers"), Just("min_containers"), Just("concurrency"), Just("max_queue"), Just("retries"), Just("pids")], int.clone())
+        (
+            prop_oneof![
+                Just("max_containers"),
+                Just("min_containers"),
+                Just("concurrency"),
+                Just("max_queue"),
+                Just("retries"),
+                Just("pids")
+            ],
+            int.clone()
+        )
             .prop_map(|(k, v)| (k.to_owned(), v)),
-        (prop_oneof![Just("timeout"), Just("startup_timeout"), Just("idle_timeout"), Just("retry_backoff"), Just("result_ttl")], duration.clone())
+        (
+            prop_oneof![
+                Just("timeout"),
+                Just("startup_timeout"),
+                Just("idle_timeout"),
+                Just("retry_backoff"),
+                Just("result_ttl")
+            ],
+            duration.clone()
+        )
             .prop_map(|(k, v)| (k.to_owned(), v)),
         (prop_oneof![Just("memory"), Just("tmp")], size).prop_map(|(k, v)| (k.to_owned(), v)),
         cpu.prop_map(|v| ("cpu".to_owned(), v)),
-        (int.clone(), duration).prop_map(|(n, d)| ("batch".to_owned(), format!("{{ max_size = {n}, wait = {d} }}"))),
+        (int.clone(), duration).prop_map(|(n, d)| (
+            "batch".to_owned(),
+            format!("{{ max_size = {n}, wait = {d} }}")
+        )),
         (1u32..=40).prop_map(|n| ("gpu".to_owned(), format!("\"T4:{n}\""))),
     ];
     prop::collection::vec(entry, 0..10)
