@@ -203,3 +203,66 @@ fn assert_no_staging(cache: &SnapshotCache) {
         .collect();
     assert!(leftovers.is_empty(), "cache holds leftovers: {leftovers:?}");
 }
+
+/// The defect: digests were checked only when a snapshot entered the cache, so a byte
+/// flipped afterwards in a cached model.safetensors gave HTTP 200 with wrong embeddings
+/// (cosine 0.995). `thaw serve` now verifies each snapshot once before its first
+/// instance: every call gets a typed init error naming the file, never an answer.
+#[test]
+fn serve_refuses_a_cached_snapshot_changed_after_it_was_verified() {
+    use thaw_tests::{snapshot_dir, Serve};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cache = SnapshotCache::open(tmp.path().join("snapshots")).expect("private cache");
+    let entry = cache
+        .insert(&snapshot_dir("minilm-l6"))
+        .expect("copy minilm-l6");
+    let weights = entry.dir.join("model.safetensors");
+    {
+        use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&weights)
+            .expect("open weights");
+        // A byte of the last tensor's data: the header still parses, the model loads.
+        let at = f.seek(SeekFrom::End(-4096)).expect("seek");
+        let mut byte = [0u8];
+        f.read_exact(&mut byte).expect("read");
+        f.seek(SeekFrom::Start(at)).expect("seek back");
+        f.write_all(&[byte[0] ^ 0x10]).expect("flip");
+    }
+    let s = Serve::start_with_args(
+        "[app]\nname = \"t\"\n[function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n",
+        &[
+            "--snapshots",
+            tmp.path().join("snapshots").to_str().expect("utf-8"),
+        ],
+    );
+    for attempt in 0..2 {
+        let r = s.post(
+            "/fn/embed/",
+            br#"{"texts": ["hello world"]}"#,
+            &[("content-type", "application/json")],
+        );
+        let body = String::from_utf8_lossy(&r.body).into_owned();
+        let head = body.chars().take(300).collect::<String>();
+        assert_eq!(r.status, 502, "attempt {attempt}, a wrong answer: {head}");
+        let err = r.json();
+        assert_eq!(err["error"]["type"], "InitError", "{body}");
+        let msg = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains("failed verification"), "{msg}");
+        assert!(msg.contains(&weights.display().to_string()), "{msg}");
+        assert!(msg.contains("digest mismatch"), "{msg}");
+    }
+    // The clean shared cache still serves: the verdict belongs to the corrupted copy.
+    drop(s);
+    let s = Serve::start(
+        "[app]\nname = \"t\"\n[function.embed]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\n",
+    );
+    let r = s.post(
+        "/fn/embed/",
+        br#"{"texts": ["hello world"]}"#,
+        &[("content-type", "application/json")],
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 use thaw_deploy::{RenderOptions, Target};
-use thaw_manifest::{Manifest, Resolver};
+use thaw_manifest::{LookupError, Manifest, Resolver};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum DeployCommand {
@@ -43,9 +43,13 @@ pub(crate) fn run(cmd: DeployCommand) -> Result<()> {
     let DeployCommand::Render(args) = cmd;
     let manifest = Manifest::load(&args.manifest)?;
     let bin_dir = crate::bin_dir(args.bin_dir)?;
+    let cache = thaw_snapshot::cache::SnapshotCache::open(
+        args.snapshots.unwrap_or_else(crate::default_cache),
+    )?;
+    let lookup = |name: &str| -> Result<PathBuf, LookupError> { Ok(cache.resolve(name)?) };
     let plan = manifest.resolve(&Resolver {
         bin_dir,
-        snapshots: args.snapshots.unwrap_or_else(crate::default_cache),
+        snapshots: &lookup,
         allow_missing_snapshots: false,
     })?;
     let targets: Vec<Target> = if args.target == "all" {

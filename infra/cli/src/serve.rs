@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use thaw_manifest::{Manifest, Resolver};
+use thaw_manifest::{LookupError, Manifest, Resolver};
 
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
@@ -84,9 +84,11 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     // Absolute: instances run with another working directory (the sandbox's /tmp).
     let cache_dir =
         std::path::absolute(args.snapshots.clone().unwrap_or_else(crate::default_cache))?;
+    let cache = thaw_snapshot::cache::SnapshotCache::open(&cache_dir)?;
+    let lookup = |name: &str| -> Result<PathBuf, LookupError> { Ok(cache.resolve(name)?) };
     let resolver = Resolver {
         bin_dir,
-        snapshots: cache_dir.clone(),
+        snapshots: &lookup,
         allow_missing_snapshots: store_config.is_some(),
     };
     let mut plan = manifest.resolve(&resolver)?;
@@ -138,14 +140,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             .await
             .with_context(|| format!("bind {listen}"))?;
         let addr = listener.local_addr()?;
+        // Every snapshot is verified once by this process before its first instance;
+        // missing ones are pulled from the store, if there is one.
+        let store = match store_config {
+            Some(config) => Some(thaw_snapshot::s3::S3Store::connect(&config).await?),
+            None => None,
+        };
         let fetcher: Option<std::sync::Arc<dyn thaw_runtime::fetch::SnapshotFetcher>> =
-            match store_config {
-                Some(config) => Some(std::sync::Arc::new(S3Fetcher {
-                    store: thaw_snapshot::s3::S3Store::connect(&config).await?,
-                    cache: thaw_snapshot::cache::SnapshotCache::open(&cache_dir)?,
-                })),
-                None => None,
-            };
+            Some(std::sync::Arc::new(ServingSnapshots(
+                thaw_snapshot::serving::Snapshots::new(cache, store),
+            )));
         let rt = thaw_runtime::Runtime::start(
             &plan,
             std::env::var("THAW_URL_TOKEN").ok(),
@@ -205,27 +209,16 @@ fn say(text: &str) {
     let _ = out.flush();
 }
 
-/// Pulls missing snapshots from S3 into the local cache.
+/// The runtime's snapshot source: thaw-snapshot's serving snapshots (cache, store, one
+/// verification per process).
 #[derive(Debug)]
-struct S3Fetcher {
-    store: thaw_snapshot::s3::S3Store,
-    cache: thaw_snapshot::cache::SnapshotCache,
-}
+struct ServingSnapshots(thaw_snapshot::serving::Snapshots);
 
-impl thaw_runtime::fetch::SnapshotFetcher for S3Fetcher {
+impl thaw_runtime::fetch::SnapshotFetcher for ServingSnapshots {
     fn fetch<'a>(
         &'a self,
         name: &'a str,
     ) -> thaw_runtime::fetch::BoxFuture<'a, Result<PathBuf, String>> {
-        Box::pin(async move {
-            if let Ok(dir) = self.cache.resolve(name) {
-                return Ok(dir);
-            }
-            self.store
-                .pull(name, &self.cache, thaw_snapshot::s3::PullOptions::default())
-                .await
-                .map(|(entry, _)| entry.dir)
-                .map_err(|e| e.to_string())
-        })
+        Box::pin(async move { self.0.ready(name).await.map_err(|e| e.to_string()) })
     }
 }

@@ -14,6 +14,35 @@ pub enum ManifestError {
     /// TOML syntax or schema error; the message names the key, line and column.
     #[error("{0}")]
     Parse(String),
+    /// A numeric setting is outside the range thaw accepts (see [`crate::limits`]).
+    #[error("function {function:?}: {key} = {value} is {limit}{}", at_line(*.line))]
+    OutOfRange {
+        /// The function.
+        function: String,
+        /// The key, such as `max_containers` or `batch.max_size`.
+        key: &'static str,
+        /// The value, as the manifest writes it.
+        value: String,
+        /// The bound it breaks.
+        limit: Limit,
+        /// The line the key is on, when the manifest was parsed from text.
+        line: Option<usize>,
+    },
+    /// `min_containers` is greater than `max_containers`.
+    #[error(
+        "function {function:?}: min_containers ({min}) is greater than max_containers ({max}){}",
+        at_line(*.line)
+    )]
+    MinOverMax {
+        /// The function.
+        function: String,
+        /// `min_containers`.
+        min: u32,
+        /// `max_containers`.
+        max: u32,
+        /// The line of `min_containers`, when the manifest was parsed from text.
+        line: Option<usize>,
+    },
     /// A semantic rule failed.
     #[error("function {function:?}: {message}")]
     Invalid {
@@ -50,12 +79,35 @@ pub enum ManifestError {
         /// The host path.
         host: PathBuf,
     },
-    /// A function's snapshot is not in the cache.
+    /// A function's snapshot could not be found (the [`crate::SnapshotLookup`] said why).
     #[error("function {function:?}: {source}")]
     Snapshot {
         /// The function.
         function: String,
-        /// The snapshot error.
-        source: thaw_snapshot::SnapshotError,
+        /// The lookup's error.
+        source: crate::plan::LookupError,
     },
+}
+
+/// The bound a setting breaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// Under this minimum.
+    Minimum(String),
+    /// Over this maximum.
+    Maximum(String),
+}
+
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Minimum(min) => write!(f, "under the minimum of {min}"),
+            Self::Maximum(max) => write!(f, "over the maximum of {max}"),
+        }
+    }
+}
+
+/// `" (line N)"`, or nothing for a manifest built in code.
+fn at_line(line: Option<usize>) -> String {
+    line.map(|l| format!(" (line {l})")).unwrap_or_default()
 }

@@ -2,22 +2,30 @@
 //!
 //! Three stages, as in Spin: [`Manifest::parse`] reads TOML into the schema (unknown keys
 //! are errors that name the key and its line; durations and sizes are typed);
-//! [`Manifest::validate`] checks what the schema cannot (min ≤ max, concurrency ≥ 1, ...);
+//! [`Manifest::validate`] checks what the schema cannot: every number within its
+//! [`limits`], min ≤ max, ..., each error naming the key and its line;
 //! [`Manifest::resolve`] finds each binary, snapshot and volume on disk and yields a [`Plan`], the
 //! only thing the runtime consumes.
+//!
+//! The crate does no snapshot I/O of its own: [`Resolver`] is handed a [`SnapshotLookup`]
+//! (the CLI passes the snapshot cache), so the deploy renderers that depend on this crate
+//! stay free of the snapshot crate's storage and model dependencies.
 
 mod error;
+mod lines;
 mod plan;
 mod schema;
 mod units;
+mod validate;
 
-pub use error::ManifestError;
-pub use plan::{FunctionPlan, Plan, Resolver};
+pub use error::{Limit, ManifestError};
+pub use plan::{FunctionPlan, LookupError, Plan, Resolver, SnapshotLookup};
 pub use schema::{
     App, Batch, EnvName, FunctionName, FunctionSpec, Gpu, Manifest, Network, SnapshotStore,
     UrlAuth, UrlConfig,
 };
 pub use units::{ByteSize, Duration};
+pub use validate::limits;
 
 #[cfg(test)]
 mod golden {

@@ -4,21 +4,45 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::Serialize;
-use thaw_snapshot::cache::SnapshotCache;
 
 use crate::schema::{FunctionName, FunctionSpec, Manifest};
 use crate::ManifestError;
 
+/// Why a snapshot lookup failed; shown as is, after the function's name.
+pub type LookupError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Finds a snapshot's local directory by name. The CLI passes the snapshot cache; any
+/// `Fn(&str) -> Result<PathBuf, LookupError>` is one.
+pub trait SnapshotLookup {
+    /// The directory of snapshot `name`.
+    fn find(&self, name: &str) -> Result<PathBuf, LookupError>;
+}
+
+impl<F: Fn(&str) -> Result<PathBuf, LookupError>> SnapshotLookup for F {
+    fn find(&self, name: &str) -> Result<PathBuf, LookupError> {
+        self(name)
+    }
+}
+
 /// Where to find binaries and snapshots.
-#[derive(Debug, Clone)]
-pub struct Resolver {
+#[derive(Clone)]
+pub struct Resolver<'a> {
     /// Directory of the function binaries (`target/release`).
     pub bin_dir: PathBuf,
-    /// The snapshot cache.
-    pub snapshots: PathBuf,
-    /// Snapshots missing from the cache are left for the runtime to pull (a snapshot
+    /// Finds snapshots by name.
+    pub snapshots: &'a dyn SnapshotLookup,
+    /// Snapshots the lookup cannot find are left for the runtime to pull (a snapshot
     /// store is configured) rather than refused.
     pub allow_missing_snapshots: bool,
+}
+
+impl std::fmt::Debug for Resolver<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolver")
+            .field("bin_dir", &self.bin_dir)
+            .field("allow_missing_snapshots", &self.allow_missing_snapshots)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the runtime runs: the manifest, validated and resolved.
@@ -53,13 +77,8 @@ pub struct FunctionPlan {
 
 impl Manifest {
     /// Resolves every binary, snapshot and volume. Errors name the function and the path.
-    pub fn resolve(&self, resolver: &Resolver) -> Result<Plan, ManifestError> {
+    pub fn resolve(&self, resolver: &Resolver<'_>) -> Result<Plan, ManifestError> {
         self.validate()?;
-        let cache =
-            SnapshotCache::open(&resolver.snapshots).map_err(|source| ManifestError::Snapshot {
-                function: String::new(),
-                source,
-            })?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &self.function {
             let binary_path = resolver.bin_dir.join(&spec.binary);
@@ -80,7 +99,7 @@ impl Manifest {
                 }
             }
             let mut missing_snapshots = Vec::new();
-            let mut find = |role: Option<&String>, s: &String| match cache.resolve(s) {
+            let mut find = |role: Option<&String>, s: &String| match resolver.snapshots.find(s) {
                 Ok(dir) => Ok(Some(dir)),
                 Err(_) if resolver.allow_missing_snapshots => {
                     missing_snapshots.push((role.cloned(), s.clone()));
@@ -125,7 +144,7 @@ impl Manifest {
 mod tests {
     use std::path::PathBuf;
 
-    use super::Resolver;
+    use super::{LookupError, Resolver};
     use crate::{Manifest, ManifestError};
 
     /// A fresh scratch directory under the system's temporary directory.
@@ -145,9 +164,12 @@ mod tests {
             "[app]\nname = \"x\"\n[function.w]\nbinary = \"worker\"\nvolumes = {{ \"/mnt/data\" = {:?} }}\n",
             host.display().to_string()
         );
+        let no_snapshots = |name: &str| -> Result<PathBuf, LookupError> {
+            Err(format!("no snapshot {name:?}").into())
+        };
         let resolver = Resolver {
             bin_dir: dir.join("bin"),
-            snapshots: dir.join("snapshots"),
+            snapshots: &no_snapshots,
             allow_missing_snapshots: false,
         };
         Manifest::parse(&text)?.resolve(&resolver).map(|plan| {

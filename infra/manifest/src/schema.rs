@@ -1,4 +1,5 @@
-//! The TOML schema. Every struct denies unknown fields.
+//! The TOML schema. Every struct denies unknown fields; [`crate::validate`] holds the
+//! rules the types cannot express.
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -6,6 +7,7 @@ use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
+use crate::lines::KeyLines;
 use crate::units::{ByteSize, Duration};
 use crate::ManifestError;
 
@@ -18,6 +20,9 @@ pub struct Manifest {
     /// `[function.<name>]`, by name.
     #[serde(default)]
     pub function: BTreeMap<FunctionName, FunctionSpec>,
+    /// Where each function key was written, for errors found after parsing.
+    #[serde(skip)]
+    pub(crate) lines: KeyLines,
 }
 
 /// `[app]`.
@@ -264,7 +269,7 @@ const RESERVED_MOUNTS: [&str; 12] = [
 ];
 
 /// Why a volume's paths are refused, if they are.
-fn volume_error(sandbox: &str, host: &str) -> Option<String> {
+pub(crate) fn volume_error(sandbox: &str, host: &str) -> Option<String> {
     let clean = |p: &str| {
         Path::new(p).is_absolute()
             && !p.contains('\0')
@@ -418,98 +423,12 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// Parses TOML text. Errors name the key, the line and the column.
+    /// Parses TOML text. Errors name the key, the line and the column; the lines of
+    /// the function keys are kept for [`Manifest::validate`]'s errors.
     pub fn parse(text: &str) -> Result<Self, ManifestError> {
-        toml::from_str(text).map_err(|e| ManifestError::Parse(e.to_string().trim_end().to_owned()))
-    }
-
-    /// The rules the schema cannot express.
-    pub fn validate(&self) -> Result<(), ManifestError> {
-        if self.function.is_empty() {
-            return Err(ManifestError::NoFunctions);
-        }
-        for (name, f) in &self.function {
-            let invalid = |message: String| ManifestError::Invalid {
-                function: name.to_string(),
-                message,
-            };
-            if f.max_containers == 0 {
-                return Err(invalid("max_containers must be at least 1".into()));
-            }
-            if f.min_containers > f.max_containers {
-                return Err(invalid(format!(
-                    "min_containers ({}) is greater than max_containers ({})",
-                    f.min_containers, f.max_containers
-                )));
-            }
-            if f.concurrency == 0 {
-                return Err(invalid("concurrency must be at least 1".into()));
-            }
-            if f.timeout.0.is_zero() || f.startup_timeout.0.is_zero() {
-                return Err(invalid(
-                    "timeout and startup_timeout must be greater than zero".into(),
-                ));
-            }
-            for role in f.snapshots.keys() {
-                let ok = !role.is_empty()
-                    && role.len() <= 32
-                    && role
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if !ok {
-                    return Err(invalid(format!(
-                        "snapshot role {role:?} must be a-z, 0-9 and '_', at most 32"
-                    )));
-                }
-            }
-            if f.gpu_required && f.gpu.kind.is_none() {
-                return Err(invalid("gpu_required = true needs a gpu".into()));
-            }
-            if f.result_ttl.0 < std::time::Duration::from_secs(1) {
-                return Err(invalid("result_ttl must be at least 1s".into()));
-            }
-            if f.retries > 100 {
-                return Err(invalid(format!("retries ({}) is over 100", f.retries)));
-            }
-            if f.binary.is_empty() || f.binary.contains('/') {
-                return Err(invalid(format!(
-                    "binary {:?} must be a cargo bin name, not a path",
-                    f.binary
-                )));
-            }
-            if let Some(b) = &f.batch {
-                if b.max_size == 0 {
-                    return Err(invalid("batch.max_size must be at least 1".into()));
-                }
-            }
-            if let Some(cpu) = f.cpu {
-                if !(cpu.is_finite() && cpu > 0.0 && cpu <= 256.0) {
-                    return Err(invalid(format!(
-                        "cpu ({cpu}) must be greater than 0 and at most 256 (cores, e.g. 0.5 or 2)"
-                    )));
-                }
-            }
-            if f.pids < 8 {
-                return Err(invalid(format!("pids ({}) must be at least 8", f.pids)));
-            }
-            if f.tmp.0 < 1 << 20 {
-                return Err(invalid(format!(
-                    "tmp ({} bytes) must be at least 1MiB",
-                    f.tmp.0
-                )));
-            }
-            let mut mounts = std::collections::BTreeSet::new();
-            for (sandbox, host) in &f.volumes {
-                if let Some(message) = volume_error(sandbox, host) {
-                    return Err(invalid(message));
-                }
-                if !mounts.insert(Path::new(sandbox).components().collect::<Vec<_>>()) {
-                    return Err(invalid(format!(
-                        "volume {sandbox:?} names a sandbox path another volume already mounts"
-                    )));
-                }
-            }
-        }
-        Ok(())
+        let mut manifest: Self = toml::from_str(text)
+            .map_err(|e| ManifestError::Parse(e.to_string().trim_end().to_owned()))?;
+        manifest.lines = KeyLines::scan(text);
+        Ok(manifest)
     }
 }

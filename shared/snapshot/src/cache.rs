@@ -196,6 +196,27 @@ impl SnapshotCache {
         Ok(dir)
     }
 
+    /// Verifies an object directory of this cache in full: its snapshot.json still
+    /// hashes to the directory's name (its address), and every file matches the size
+    /// and sha256 snapshot.json records. Reads every byte; see [`crate::serving`].
+    pub fn verify_object(dir: &Path) -> Result<SnapshotMeta, SnapshotError> {
+        let meta_path = dir.join(META_FILE);
+        let meta_bytes = std::fs::read(&meta_path).map_err(|e| SnapshotError::io(&meta_path, e))?;
+        let address = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let actual = sha256_bytes(&meta_bytes);
+        if actual != address {
+            return Err(SnapshotError::DigestMismatch {
+                path: meta_path,
+                expected: address,
+                actual,
+            });
+        }
+        verify(dir)
+    }
+
     /// Names currently in the cache, sorted.
     pub fn names(&self) -> Result<Vec<String>, SnapshotError> {
         let dir = self.root.join("names");

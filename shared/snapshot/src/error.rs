@@ -91,6 +91,21 @@ pub enum SnapshotError {
         /// The cache root.
         cache: PathBuf,
     },
+    /// A cached snapshot failed the check a serving process makes before first use;
+    /// the source names the file.
+    #[error(
+        "snapshot {name:?} failed verification and is not served: {source}; remove {} and \
+         build or pull the snapshot again",
+        dir.display()
+    )]
+    FailedVerification {
+        /// The snapshot's name.
+        name: String,
+        /// Its object directory in the cache.
+        dir: PathBuf,
+        /// What was wrong, naming the file.
+        source: std::sync::Arc<SnapshotError>,
+    },
     /// An I/O error on a named file.
     #[error("I/O error on {path}: {source}")]
     Io {

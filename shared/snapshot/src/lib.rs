@@ -8,8 +8,11 @@
 //! 2. [`cache::SnapshotCache::insert`] verifies every file's sha256 **once** and moves the
 //!    snapshot into a content-addressed cache. Everything is written under a temporary name
 //!    and renamed, so nothing half-written is ever visible.
-//! 3. [`restore::restore`] is the cold-start path: read `snapshot.json`, check file sizes,
-//!    mmap the weights. It never hashes: the cache already did.
+//! 3. [`serving::Snapshots::ready`] is how `thaw serve` finds a snapshot: in the cache,
+//!    or pulled from a store, and verified again **once per process** before the first
+//!    instance maps it, since a file on disk can change after it entered the cache.
+//! 4. [`restore::restore`] is the cold-start path: read `snapshot.json`, check file sizes,
+//!    mmap the weights. It never hashes: the cache and the serving process already did.
 
 pub mod build;
 pub mod cache;
@@ -20,6 +23,7 @@ pub mod meta;
 pub mod recipe;
 pub mod restore;
 pub mod s3;
+pub mod serving;
 mod wordfreq;
 
 pub use error::SnapshotError;

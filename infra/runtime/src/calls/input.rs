@@ -66,6 +66,11 @@ pub type Item = Result<Bytes, CallFailure>;
 
 fn item(raw: &[u8]) -> Item {
     let raw = raw.trim_ascii();
+    // A body that arrives whole is never cut at MAX_ITEM while scanning, so its items
+    // are measured here: an item's size must not depend on how the body was chunked.
+    if raw.len() > MAX_ITEM {
+        return too_large();
+    }
     match validate_json(raw) {
         Ok(_) => Ok(Bytes::copy_from_slice(raw)),
         Err(e) => Err(CallFailure {
@@ -377,5 +382,144 @@ mod tests {
         assert!(err.expect("error").0.contains("missing ']'"));
         let (_, err) = split(&[b"[1] 2"]);
         assert!(err.expect("error").0.contains("after the closing"));
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    //! Property tests: the splitter never panics, and how the body is cut into chunks
+    //! never changes what comes out of it.
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What a body splits into, comparable: each item's bytes or its error kind, then
+    /// the error of the whole input, if any.
+    type Split = (Vec<Result<Vec<u8>, String>>, Option<InputError>);
+
+    /// Splits `body` fed in pieces cut at `cuts` (offsets, any order, may repeat).
+    fn split_at(body: &[u8], cuts: &[usize]) -> Split {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(body.len());
+        let mut s = Splitter::default();
+        let mut items = Vec::new();
+        let drain = |s: &mut Splitter, items: &mut Vec<_>| -> Option<InputError> {
+            loop {
+                match s.next_item() {
+                    Ok(Some(item)) => items.push(item.map(|b| b.to_vec()).map_err(|e| e.kind)),
+                    Ok(None) => return None,
+                    Err(e) => return Some(e),
+                }
+            }
+        };
+        let mut from = 0;
+        for cut in cuts {
+            s.push(&body[from..cut]);
+            from = cut;
+            if let Some(e) = drain(&mut s, &mut items) {
+                return (items, Some(e));
+            }
+        }
+        s.finish();
+        let err = drain(&mut s, &mut items);
+        (items, err)
+    }
+
+    /// Bytes that exercise the splitter: JSON's structural characters, quotes,
+    /// escapes, newlines, whitespace and letters, with any byte now and then.
+    fn jsonish() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop_oneof![
+            8 => prop::sample::select(b"[]{},:\"\\\n\r\t 0123456789.-eEtrufalsn".to_vec()),
+            1 => any::<u8>(),
+        ];
+        prop::collection::vec(byte, 0..512)
+    }
+
+    /// A JSON value, to build well-formed bodies from.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[ -~\\n\"\\\\é]{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z,\\]\"]{0,4}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// An item over [`MAX_ITEM`] is `PayloadTooLarge` whether the body arrives whole or
+    /// in pieces, and the items after it are unaffected.
+    #[test]
+    fn an_oversized_item_is_too_large_however_it_arrives() {
+        let big = format!("\"{}\"", "x".repeat(MAX_ITEM + 10));
+        for body in [format!("{big}\n1\n"), format!("[{big}, 1]")] {
+            let cuts: Vec<usize> = (1..body.len() / 65_536).map(|i| i * 65_536).collect();
+            for (how, split) in [
+                ("whole", split_at(body.as_bytes(), &[])),
+                ("chunked", split_at(body.as_bytes(), &cuts)),
+            ] {
+                // Compared by kind and length: a failure must not print 6 MiB.
+                let got: Vec<Result<usize, String>> = split
+                    .0
+                    .iter()
+                    .map(|i| i.as_ref().map(Vec::len).map_err(Clone::clone))
+                    .collect();
+                assert_eq!(got, [Err("PayloadTooLarge".to_owned()), Ok(1)], "{how}");
+                assert_eq!(split.1, None, "{how}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Any bytes, any chunking: no panic, and the items and errors of a one-shot
+        /// split. Every item that is not an error is JSON.
+        #[test]
+        fn any_chunking_splits_like_one_shot(body in jsonish(), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
+            let once = split_at(&body, &[]);
+            let chunked = split_at(&body, &cuts);
+            prop_assert_eq!(&chunked, &once);
+            for item in once.0.iter().flatten() {
+                prop_assert!(serde_json::from_slice::<serde::de::IgnoredAny>(item).is_ok());
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512), cuts in prop::collection::vec(any::<usize>(), 0..8)) {
+            prop_assert_eq!(split_at(&body, &cuts), split_at(&body, &[]));
+        }
+
+        /// Well-formed NDJSON and JSON arrays give back exactly their values, in order.
+        #[test]
+        fn well_formed_bodies_give_back_their_values(
+            values in prop::collection::vec(json_value(), 0..8),
+            array in any::<bool>(),
+            cuts in prop::collection::vec(any::<usize>(), 0..8),
+        ) {
+            // The first byte decides the format: NDJSON cannot start with an array
+            // (documented above), so such bodies are JSON arrays by definition.
+            prop_assume!(array || !matches!(values.first(), Some(serde_json::Value::Array(_))));
+            let texts: Vec<String> = values.iter().map(|v| v.to_string()).collect();
+            let body = if array {
+                format!(" [{}] ", texts.join(" ,\n"))
+            } else {
+                format!("\n{}\n", texts.join("\n\n"))
+            };
+            let (items, err) = split_at(body.as_bytes(), &cuts);
+            prop_assert!(err.is_none(), "{err:?} for {body:?}");
+            let got: Vec<serde_json::Value> = items
+                .into_iter()
+                .map(|i| serde_json::from_slice(&i.expect("a JSON item")).expect("JSON"))
+                .collect();
+            prop_assert_eq!(got, values);
+        }
     }
 }

@@ -128,28 +128,32 @@ impl FunctionPool {
         }
     }
 
-    /// The plan to launch with: every snapshot in the local cache. Snapshots the cache
-    /// lacked at boot are pulled from the snapshot store here, once, by the first cold
-    /// start; later starts reuse the result.
+    /// The plan to launch with: every snapshot ready to serve. The first cold start asks
+    /// the fetcher for each of the function's snapshots (pulled if the cache lacked them
+    /// at boot, and verified once per process); later starts reuse the result. Without a
+    /// fetcher the plan's local snapshots are used as resolved.
     pub(super) async fn launch_plan(&self) -> Result<FunctionPlan, String> {
-        if self.plan.missing_snapshots.is_empty() {
-            return Ok(self.plan.clone());
-        }
-        let mut local = self.local_plan.lock().await;
-        if let Some(p) = local.as_ref() {
-            return Ok(p.clone());
-        }
         let Some(fetcher) = &self.fetcher else {
+            if self.plan.missing_snapshots.is_empty() {
+                return Ok(self.plan.clone());
+            }
             return Err(format!(
                 "snapshots {:?} are not in the local cache and no snapshot store is configured",
                 self.plan.missing_snapshots
             ));
         };
+        let mut local = self.local_plan.lock().await;
+        if let Some(p) = local.as_ref() {
+            return Ok(p.clone());
+        }
         let mut plan = self.plan.clone();
-        for (role, snapshot) in &self.plan.missing_snapshots {
+        let spec = &self.plan.spec;
+        let wanted = (spec.snapshot.iter().map(|s| (None, s)))
+            .chain(spec.snapshots.iter().map(|(role, s)| (Some(role), s)));
+        for (role, snapshot) in wanted {
             let t = Instant::now();
             let dir = fetcher.fetch(snapshot).await?;
-            tracing::info!(function = self.name(), snapshot, pull_ms = t.elapsed().as_millis() as u64, dir = %dir.display(), "snapshot pulled from the store");
+            tracing::info!(function = self.name(), snapshot, ready_ms = t.elapsed().as_millis() as u64, dir = %dir.display(), "snapshot ready");
             match role {
                 None => plan.snapshot_dir = Some(dir),
                 Some(r) => {

@@ -1094,3 +1094,97 @@ async fn stop_all_kills_what_ignores_sigterm_after_the_grace() {
     ));
     assert_eq!(h.fake.answered(), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Snapshots: made ready (pulled, verified) by the fetcher before the first instance.
+
+/// A fetcher that counts its calls and answers every snapshot with `answer`.
+#[derive(Debug)]
+struct FakeFetcher {
+    calls: AtomicUsize,
+    answer: Result<std::path::PathBuf, String>,
+}
+
+impl crate::fetch::SnapshotFetcher for FakeFetcher {
+    fn fetch<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> crate::fetch::BoxFuture<'a, Result<std::path::PathBuf, String>> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let answer = self.answer.clone().map(|dir| dir.join(name));
+        Box::pin(async move {
+            // Verification takes a while; the pool must wait for it, not race past.
+            sleep(Duration::from_millis(300)).await;
+            answer
+        })
+    }
+}
+
+fn start_with_fetcher(manifest: &str, fetcher: Arc<FakeFetcher>) -> Harness {
+    let plan = crate::test_support::plan(manifest);
+    let sandbox = Sandbox::disabled().report(&plan, 0);
+    let fake = Arc::new(Counters::default());
+    let launcher = Arc::new(FakeLauncher {
+        counters: Arc::clone(&fake),
+        behaviour: Behaviour::default(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let pool = FunctionPool::start(
+        plan,
+        launcher,
+        sandbox,
+        Arc::new(Metrics::default()),
+        shutdown_rx,
+        Some(fetcher),
+    );
+    Harness {
+        pool,
+        fake,
+        _shutdown: shutdown,
+    }
+}
+
+/// A snapshot already in the local cache is still handed to the fetcher (which verifies
+/// it) before the first instance starts, once for every snapshot, whatever the number
+/// of instances.
+#[tokio::test(start_paused = true)]
+async fn local_snapshots_are_made_ready_once_before_the_first_instance() {
+    let fetcher = Arc::new(FakeFetcher {
+        calls: AtomicUsize::new(0),
+        answer: Ok("/verified".into()),
+    });
+    let h = start_with_fetcher(
+        "snapshot = \"m\"\nsnapshots = { llm = \"l\" }\nmax_containers = 3\nmin_containers = 2",
+        Arc::clone(&fetcher),
+    );
+    let calls: Vec<_> = (0..3).map(|_| h.call("{\"sleep_ms\": 100}")).collect();
+    for c in calls {
+        assert!(echoed(&outcome(c).await, "{\"sleep_ms\": 100}"));
+    }
+    assert!(h.fake.launches() >= 2);
+    assert_eq!(
+        fetcher.calls.load(Ordering::SeqCst),
+        2,
+        "m and l, once each"
+    );
+}
+
+/// A snapshot the fetcher refuses (a digest mismatch) starts no instance: every call
+/// gets the init failure with the fetcher's message, which names the file.
+#[tokio::test(start_paused = true)]
+async fn a_snapshot_that_fails_verification_fails_calls_with_its_message() {
+    let why = "snapshot \"m\" failed verification and is not served: digest mismatch for /c/model.safetensors";
+    let fetcher = Arc::new(FakeFetcher {
+        calls: AtomicUsize::new(0),
+        answer: Err(why.into()),
+    });
+    let h = start_with_fetcher("snapshot = \"m\"", fetcher);
+    for _ in 0..2 {
+        assert_eq!(h.invoke("{}").await, Err(CallError::InitFailed(why.into())));
+    }
+    assert_eq!(
+        h.fake.launches(),
+        0,
+        "no instance ran on the corrupt snapshot"
+    );
+}
