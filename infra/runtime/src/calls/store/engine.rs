@@ -1,5 +1,5 @@
 //! The engine under the store: opening and locking the state directory, the writer
-//! thread and its group commit, its supervision, and the read-only connections.
+//! thread and its group commit, its supervision; it starts the readers ([`super::read`]).
 //!
 //! # Group commit
 //!
@@ -23,7 +23,7 @@
 //! (`finish`, `retry`, `unclaim`) are retried by the store until they commit, so a failed
 //! commit never leaves a call `running` (see `calls.rs`).
 //!
-//! Reads do not come here: see [`super::read`].
+//! Reads do not come here: they go to their own reader threads, see [`super::read`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -312,6 +312,7 @@ impl Handle {
             #[cfg(test)]
             faults: Arc::clone(&faults),
         };
+        let readers = Arc::new(Readers::start(path.clone())?);
         let (jobs, rx) = mpsc::channel::<Box<dyn Op>>(4 * GROUP_MAX);
         std::thread::Builder::new()
             .name("thaw-call-store".into())
@@ -323,7 +324,7 @@ impl Handle {
             .map_err(dir_err)?;
         Ok(Self {
             jobs,
-            readers: Arc::new(Readers::new(path)),
+            readers,
             health,
             #[cfg(test)]
             faults,
@@ -380,6 +381,16 @@ impl Handle {
                 "the call store's writer failed while running this operation".into(),
             )
         })?
+    }
+
+    #[cfg(test)]
+    pub(super) fn read_batches(&self) -> u64 {
+        self.readers.batches()
+    }
+
+    #[cfg(test)]
+    pub(super) fn queued_reads(&self) -> usize {
+        self.readers.queued()
     }
 
     pub(super) async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
@@ -576,7 +587,7 @@ impl Engine {
     }
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

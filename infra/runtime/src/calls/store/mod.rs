@@ -7,10 +7,12 @@
 //!   transaction, and only then answers each job's caller and fires its [`Signals`]. So a
 //!   spawn is acknowledged only once it is on disk, and a burst of spawns shares one fsync.
 //!   The async side never blocks: it awaits a oneshot.
-//! - **Reads** go through one helper, [`CallStore::read`], on a small pool of read-only
-//!   connections on the blocking pool ([`read`]). WAL lets them run beside the writer, so a long-poll
-//!   or a page of results never waits behind a group commit, and a reader sees exactly
-//!   what was acknowledged.
+//! - **Reads** go through one helper, [`CallStore::read`], to a fixed pair of reader
+//!   threads with one read-only connection each ([`read`]): a read is a push onto their
+//!   queue, and a reader takes every read waiting in one batch, so a commit that wakes a
+//!   thousand long-polls costs a few thread wake-ups, not a thousand. WAL lets them run
+//!   beside the writer, so a long-poll or a page of results never waits behind a group
+//!   commit, and a reader sees at least what was acknowledged before it asked.
 //!
 //! The writer is supervised: a job that panics is answered with an error and its
 //! savepoint rolled back; a panic elsewhere restarts the writer on a fresh connection;
@@ -347,6 +349,18 @@ impl CallStore {
     /// The writer's state in full.
     pub fn writer_health(&self) -> &Health {
         self.engine.health()
+    }
+
+    /// Batches the readers have taken so far.
+    #[cfg(test)]
+    pub(crate) fn read_batches(&self) -> u64 {
+        self.engine.read_batches()
+    }
+
+    /// Reads waiting for a reader.
+    #[cfg(test)]
+    pub(crate) fn queued_reads(&self) -> usize {
+        self.engine.queued_reads()
     }
 
     /// Makes the writer fail on purpose, for tests of what callers see.

@@ -418,3 +418,111 @@ async fn a_restart_discards_an_unacknowledged_spawn_map_and_releases_an_accepted
     let (claimed, _) = store.claim("f", 10).await.expect("claim");
     assert_eq!(claimed.len(), 2, "the accepted map's items run");
 }
+
+/// The thread a read ran on, and what it read.
+async fn count_on_thread(store: &CallStore) -> Result<(i64, String), StoreError> {
+    store
+        .read(|conn| {
+            let n: i64 = conn.query_row("SELECT COUNT(*) FROM calls", [], |r| r.get(0))?;
+            let thread = std::thread::current().name().unwrap_or("").to_owned();
+            Ok((n, thread))
+        })
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_reads_is_taken_in_batches_by_the_store_s_own_reader_threads() {
+    const N: usize = 1000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    spawn(&store, "{}", None).await.expect("spawn");
+    // Hold every reader, one at a time so that each holds its own, and queue the burst
+    // behind them.
+    let gate = Arc::new(std::sync::Barrier::new(read::READERS + 1));
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let mut holders = Vec::new();
+    for _ in 0..read::READERS {
+        let (gate, started_tx, store) = (Arc::clone(&gate), started_tx.clone(), store.clone());
+        holders.push(tokio::spawn(async move {
+            store
+                .read(move |_| {
+                    let _ = started_tx.send(());
+                    gate.wait();
+                    Ok(())
+                })
+                .await
+        }));
+        started.recv().await.expect("a reader took the holder");
+    }
+    let burst: Vec<_> = (0..N)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { count_on_thread(&store).await })
+        })
+        .collect();
+    while store.queued_reads() < N {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let before = store.read_batches();
+    let open_gate = Arc::clone(&gate);
+    tokio::task::spawn_blocking(move || open_gate.wait())
+        .await
+        .expect("gate");
+    let mut threads = std::collections::BTreeSet::new();
+    for read in burst {
+        let (n, thread) = read.await.expect("task").expect("read");
+        assert_eq!(n, 1);
+        threads.insert(thread);
+    }
+    for h in holders {
+        h.await.expect("task").expect("holder");
+    }
+    let batches = store.read_batches() - before;
+    assert!(
+        threads.iter().all(|t| t.starts_with("thaw-store-read-")),
+        "reads ran on {threads:?}"
+    );
+    assert!(threads.len() <= read::READERS, "{threads:?}");
+    assert!(
+        batches <= (N.div_ceil(read::BATCH_MAX) + read::READERS) as u64,
+        "{N} reads took {batches} batches"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_has_a_bounded_page_cache_a_busy_timeout_and_refuses_writes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    let (cache, busy): (i64, i64) = store
+        .read(|conn| {
+            Ok((
+                conn.query_row("PRAGMA cache_size", [], |r| r.get(0))?,
+                conn.query_row("PRAGMA busy_timeout", [], |r| r.get(0))?,
+            ))
+        })
+        .await
+        .expect("pragmas");
+    assert_eq!(cache, -read::CACHE_KIB);
+    assert_eq!(busy, i64::from(read::BUSY_TIMEOUT_MS));
+    let write = store
+        .read(|conn| Ok(conn.execute("DELETE FROM calls", [])?))
+        .await;
+    assert!(matches!(write, Err(StoreError::Sql(_))), "{write:?}");
+}
+
+#[tokio::test]
+async fn a_read_that_panics_answers_a_typed_error_and_the_readers_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(dir.path());
+    spawn(&store, "{}", None).await.expect("spawn");
+    let panicked = store
+        .read(|_| -> Result<(), StoreError> { panic!("boom in a read") })
+        .await;
+    match panicked {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("boom in a read"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..=read::READERS {
+        assert_eq!(count_on_thread(&store).await.expect("read").0, 1);
+    }
+}
