@@ -4,7 +4,10 @@
 //! binaries these tests use.
 
 mod analyze;
+mod auth;
 mod durable;
+mod edge;
+mod edge_load;
 mod embed_function;
 mod parity;
 mod rerank;
