@@ -323,7 +323,13 @@ impl Serve {
     }
 
     /// Any method on `path`, with a body and headers (`Authorization`, say).
-    pub fn request(&self, method: &str, path: &str, body: &[u8], headers: &[(&str, &str)]) -> Reply {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
         let mut req = ureq::request(method, &format!("{}{path}", self.base))
             .timeout(Duration::from_secs(120));
         for (k, v) in headers {

@@ -47,7 +47,12 @@ fn every_route(s: &Serve, function: &str, auth: Option<&str>) -> Vec<(String, Re
 }
 
 fn assert_unauthorized(path: &str, r: &Reply) {
-    assert_eq!(r.status, 401, "{path}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        401,
+        "{path}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     assert_eq!(
         r.headers.get("www-authenticate").map(String::as_str),
         Some("Bearer realm=\"thaw\""),
@@ -203,15 +208,30 @@ fn the_control_plane_token_guards_v1_invoke_and_metrics_and_opens_everything() {
         );
     }
     let out = cli(&["spawn", "locked", r#"{"echo": 2}"#], Some(CONTROL_TOKEN));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let out = cli(&["get", &id, "--wait", "60"], Some(CONTROL_TOKEN));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let input = tempfile::NamedTempFile::new().expect("tempfile");
     std::fs::write(input.path(), "{\"echo\": 1}\n{\"echo\": 2}\n").expect("write input");
     let input_path = input.path().display().to_string();
-    let out = cli(&["map", "locked", "--input", &input_path], Some(CONTROL_TOKEN));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(
+        &["map", "locked", "--input", &input_path],
+        Some(CONTROL_TOKEN),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
 }
 

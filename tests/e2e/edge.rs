@@ -57,7 +57,11 @@ fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
         match stream.read(&mut buf) {
             Ok(0) => return true,
             Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return true,
         }
     }
@@ -164,13 +168,20 @@ fn every_error_on_the_thaw_surface_is_json() {
         ("POST", "/healthz", 405, "MethodNotAllowed"),
         ("GET", "/v1/functions/f/spawn", 405, "MethodNotAllowed"),
         ("GET", "/no/such/route", 404, "NotFound"),
-        ("GET", "/v1/calls/0190a6e0-0000-7000-8000-000000000000", 404, "CallNotFound"),
+        (
+            "GET",
+            "/v1/calls/0190a6e0-0000-7000-8000-000000000000",
+            404,
+            "CallNotFound",
+        ),
     ] {
         let r = s.request(method, path, b"", &[]);
         assert_eq!(r.status, status, "{method} {path}");
         assert_eq!(r.json()["error"]["type"], kind, "{method} {path}");
         assert!(
-            r.json()["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+            r.json()["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
             "{method} {path}"
         );
     }

@@ -49,10 +49,7 @@ pub(crate) fn spawn(
     let body = read_input(input)?;
     serde_json::from_str::<Value>(&body).context("input is not valid JSON")?;
     let mut req = endpoint
-        .authorize(agent().post(&format!(
-            "{}/v1/functions/{function}/spawn",
-            endpoint.url()
-        )))
+        .authorize(agent().post(&format!("{}/v1/functions/{function}/spawn", endpoint.url())))
         .set("content-type", "application/json");
     if let Some(k) = idempotency_key {
         req = req.set("idempotency-key", k);
@@ -76,10 +73,7 @@ pub(crate) fn get(endpoint: &Endpoint, id: &str, wait: Option<f64>) -> Result<()
                 .min(POLL as f64)
         });
         let v: Value = endpoint
-            .authorize(agent().get(&format!(
-                "{}/v1/calls/{id}?wait={left:.3}",
-                endpoint.url()
-            )))
+            .authorize(agent().get(&format!("{}/v1/calls/{id}?wait={left:.3}", endpoint.url())))
             .call()
             .map_err(|e| http_error(e, endpoint))?
             .into_json()?;

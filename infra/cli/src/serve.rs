@@ -54,7 +54,12 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "THAW_TOKEN", hide_env_values = true, value_name = "TOKEN")]
     token: Option<String>,
     /// The token that opens functions with `url.auth = "token"`.
-    #[arg(long, env = "THAW_URL_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    #[arg(
+        long,
+        env = "THAW_URL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
     url_token: Option<String>,
     /// Listen on a non-loopback address without a control-plane token: anyone who can
     /// reach it can run functions and read every call's result.
@@ -89,7 +94,11 @@ fn auth_of(args: &ServeArgs) -> Result<thaw_runtime::front::Auth> {
 }
 
 /// Refuses an address other machines can reach while the control plane is open.
-fn check_exposure(addr: std::net::SocketAddr, auth: &thaw_runtime::front::Auth, allow: bool) -> Result<()> {
+fn check_exposure(
+    addr: std::net::SocketAddr,
+    auth: &thaw_runtime::front::Auth,
+    allow: bool,
+) -> Result<()> {
     if addr.ip().is_loopback() || auth.control.is_some() {
         return Ok(());
     }
@@ -198,7 +207,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let listener = thaw_runtime::front::bind(&listen)
             .await
             .with_context(|| format!("bind {listen}"))?;
         let addr = listener.local_addr()?;

@@ -400,7 +400,9 @@ fn knative_services_fit_the_serving_v1_schema() {
         );
         assert!(c.name.len() <= 63 && c.env.iter().all(|e| !e.name.is_empty()));
         assert!(
-            c.env.iter().all(|e| e.value.is_some() != e.value_from.is_some()),
+            c.env
+                .iter()
+                .all(|e| e.value.is_some() != e.value_from.is_some()),
             "each env var is a value or a reference"
         );
     }

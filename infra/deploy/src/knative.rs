@@ -45,9 +45,7 @@ pub const TOKEN_SECRET: &str = "thaw-tokens";
 
 /// The container's environment: the manifest's `env`, then the tokens by reference.
 fn container_env(f: &FunctionPlan) -> Vec<Value> {
-    let secret = |name: &str, key: &str| {
-        json!({"name": name, "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": key}}})
-    };
+    let secret = |name: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": key}}});
     let mut env: Vec<Value> = f
         .spec
         .env

@@ -31,8 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use aws_lambda_events::lambda_function_urls::{
-    LambdaFunctionUrlRequest as UrlEvent,
-    LambdaFunctionUrlRequestContext as RequestContext,
+    LambdaFunctionUrlRequest as UrlEvent, LambdaFunctionUrlRequestContext as RequestContext,
     LambdaFunctionUrlRequestContextHttpDescription as HttpContext,
 };
 

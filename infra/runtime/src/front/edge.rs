@@ -13,6 +13,11 @@
 //!   clients wait in the kernel's backlog) instead of running out of file descriptors,
 //!   which would fail instance starts and the call store alike.
 //!
+//! - **Listen backlog** ([`BACKLOG`], see [`bind`]): a burst of new connections (a
+//!   thousand clients at once, or slow clients reconnecting together after the header
+//!   timeout) waits in the kernel's accept queue instead of overflowing it: a dropped SYN
+//!   costs its client a one-second retransmit.
+//!
 //! Bodies have their own bound (30 s per body, in the handlers), and a long-poll, which
 //! has sent its head, is not cut by the header timeout.
 //!
@@ -62,6 +67,33 @@ impl Default for Edge {
             max_connections: 1024,
         }
     }
+}
+
+/// The accept queue asked of the kernel (which caps it at `net.core.somaxconn`).
+pub const BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`host:port`; port 0 picks a free one) with a [`BACKLOG`]-deep queue.
+pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As std's bind does: a restarted thaw can take its port back at once.
+        socket.set_reuseaddr(true)?;
+        match socket.bind(addr).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolves to nothing",
+        )
+    }))
 }
 
 /// Serves `app` on `listener` until `stop` turns true; then stops accepting and gives

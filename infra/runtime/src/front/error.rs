@@ -135,9 +135,9 @@ impl ApiError {
 fn call_status(e: &CallError) -> StatusCode {
     match e {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
-        CallError::FunctionCrashed(_) | CallError::InitFailed(_) | CallError::OutOfMemory { .. } => {
-            StatusCode::BAD_GATEWAY
-        }
+        CallError::FunctionCrashed(_)
+        | CallError::InitFailed(_)
+        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }

@@ -35,7 +35,7 @@ mod maps;
 mod url;
 
 pub use auth::{bearer, Auth, Token, TokenError};
-pub use edge::{serve, Edge};
+pub use edge::{bind, serve, Edge};
 pub use error::{ApiError, ApiPath, ApiQuery, AwsError, AwsPath, BodyError};
 
 use std::sync::Arc;
@@ -106,8 +106,10 @@ pub fn router(runtime: Shared, auth: Auth) -> Router {
     } else {
         control = control.route("/metrics", get(metrics));
     }
-    let control =
-        control.route_layer(from_fn_with_state(guard(Surface::Thaw), auth::control_plane));
+    let control = control.route_layer(from_fn_with_state(
+        guard(Surface::Thaw),
+        auth::control_plane,
+    ));
     let urls = Router::new()
         .route("/fn/{function}", any(url::prefixed))
         .route("/fn/{function}/", any(url::prefixed))
@@ -138,11 +140,15 @@ pub fn single_router(runtime: Shared, function: String, auth: Auth) -> Router {
     let urls = Router::new()
         .route(
             "/",
-            any(move |State(rt): State<Shared>, req: Request| url::single(rt, Arc::clone(&f1), req)),
+            any(move |State(rt): State<Shared>, req: Request| {
+                url::single(rt, Arc::clone(&f1), req)
+            }),
         )
         .route(
             "/{*path}",
-            any(move |State(rt): State<Shared>, req: Request| url::single(rt, Arc::clone(&f2), req)),
+            any(move |State(rt): State<Shared>, req: Request| {
+                url::single(rt, Arc::clone(&f2), req)
+            }),
         )
         .route_layer(from_fn_with_state(
             guard(Surface::Thaw).for_function(&name),
@@ -150,8 +156,10 @@ pub fn single_router(runtime: Shared, function: String, auth: Auth) -> Router {
         ));
     let mut metrics_route = Router::new().route("/metrics", get(metrics));
     if !public_metrics {
-        metrics_route = metrics_route
-            .route_layer(from_fn_with_state(guard(Surface::Thaw), auth::control_plane));
+        metrics_route = metrics_route.route_layer(from_fn_with_state(
+            guard(Surface::Thaw),
+            auth::control_plane,
+        ));
     }
     Router::new()
         .route(
@@ -174,8 +182,7 @@ async fn readiness(rt: Shared, function: String) -> Result<Response, ApiError> {
     let state = pool.status();
     if rt.accepting() && state.idle + state.busy > 0 {
         return Ok(
-            Json(json!({"status": "ready", "function": function, "state": state}))
-                .into_response(),
+            Json(json!({"status": "ready", "function": function, "state": state})).into_response(),
         );
     }
     Err(ApiError::NotReady(match &state.init_error {

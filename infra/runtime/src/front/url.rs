@@ -43,19 +43,31 @@ pub(super) async fn prefixed(State(rt): State<Shared>, req: Request) -> Result<R
 }
 
 /// `--single`: every path is `function`'s URL.
-pub(super) async fn single(rt: Shared, function: Arc<str>, req: Request) -> Result<Response, ApiError> {
+pub(super) async fn single(
+    rt: Shared,
+    function: Arc<str>,
+    req: Request,
+) -> Result<Response, ApiError> {
     let path = req.uri().path().to_owned();
     call(rt, &function, &path, req).await
 }
 
-async fn call(rt: Shared, function: &str, raw_path: &str, req: Request) -> Result<Response, ApiError> {
+async fn call(
+    rt: Shared,
+    function: &str,
+    raw_path: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
     let pool = Arc::clone(pool(&rt, function)?);
     let (parts, body) = req.into_parts();
     let body = read_body(body).await?;
     let source_ip = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "127.0.0.1".to_owned(), |ConnectInfo(a)| a.ip().to_string());
+        .map_or_else(
+            || "127.0.0.1".to_owned(),
+            |ConnectInfo(a)| a.ip().to_string(),
+        );
     let event = url_event::build(
         &HttpRequest {
             method: &parts.method,

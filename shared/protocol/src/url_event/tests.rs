@@ -35,7 +35,13 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
 fn query_values_are_percent_decoded_and_repeats_joined() {
     let h = HeaderMap::new();
     let e = build(
-        &request(&Method::GET, "/", "a=hello%20world&b=x+y&a=2&c=%2F%ff", &h, b""),
+        &request(
+            &Method::GET,
+            "/",
+            "a=hello%20world&b=x+y&a=2&c=%2F%ff",
+            &h,
+            b"",
+        ),
         Origin::default(),
     );
     let q = &e.query_string_parameters;
@@ -52,7 +58,10 @@ fn query_values_are_percent_decoded_and_repeats_joined() {
 #[test]
 fn raw_path_keeps_encoded_slashes() {
     let h = HeaderMap::new();
-    let e = build(&request(&Method::GET, "/a%2Fb/c", "", &h, b""), Origin::default());
+    let e = build(
+        &request(&Method::GET, "/a%2Fb/c", "", &h, b""),
+        Origin::default(),
+    );
     assert_eq!(e.raw_path.as_deref(), Some("/a%2Fb/c"));
     assert_eq!(e.request_context.http.path.as_deref(), Some("/a%2Fb/c"));
     let e = build(&request(&Method::GET, "", "", &h, b""), Origin::default());
@@ -62,19 +71,31 @@ fn raw_path_keeps_encoded_slashes() {
 #[test]
 fn utf8_octet_stream_is_base64_and_json_is_text() {
     let octet = headers(&[("content-type", "application/octet-stream")]);
-    let e = build(&request(&Method::POST, "/", "", &octet, b"plain ascii"), Origin::default());
+    let e = build(
+        &request(&Method::POST, "/", "", &octet, b"plain ascii"),
+        Origin::default(),
+    );
     assert!(e.is_base64_encoded, "octet-stream travels as base64");
     assert_eq!(body_bytes(&e).ok(), Some(b"plain ascii".to_vec()));
     let json = headers(&[("content-type", "application/json; charset=utf-8")]);
-    let e = build(&request(&Method::POST, "/", "", &json, b"{\"a\":1}"), Origin::default());
+    let e = build(
+        &request(&Method::POST, "/", "", &json, b"{\"a\":1}"),
+        Origin::default(),
+    );
     assert!(!e.is_base64_encoded);
     assert_eq!(e.body.as_deref(), Some("{\"a\":1}"));
     // Text that is not UTF-8 cannot travel as a JSON string.
     let text = headers(&[("content-type", "text/plain")]);
-    let e = build(&request(&Method::POST, "/", "", &text, &[0xff, 0xfe]), Origin::default());
+    let e = build(
+        &request(&Method::POST, "/", "", &text, &[0xff, 0xfe]),
+        Origin::default(),
+    );
     assert!(e.is_base64_encoded);
     assert_eq!(body_bytes(&e).ok(), Some(vec![0xff, 0xfe]));
-    let e = build(&request(&Method::POST, "/", "", &text, b""), Origin::default());
+    let e = build(
+        &request(&Method::POST, "/", "", &text, b""),
+        Origin::default(),
+    );
     assert_eq!(e.body, None);
 }
 
@@ -88,9 +109,15 @@ fn cookies_move_out_of_headers_and_repeated_headers_join() {
         ("host", "abc.lambda-url.local"),
     ]);
     let e = build(&request(&Method::GET, "/", "", &h, b""), Origin::default());
-    assert_eq!(e.cookies, Some(vec!["x=1".into(), "y=2".into(), "z=3".into()]));
+    assert_eq!(
+        e.cookies,
+        Some(vec!["x=1".into(), "y=2".into(), "z=3".into()])
+    );
     assert!(e.headers.get("cookie").is_none());
-    assert_eq!(e.headers.get("x-many").map(HeaderValue::as_bytes), Some(&b"a,b"[..]));
+    assert_eq!(
+        e.headers.get("x-many").map(HeaderValue::as_bytes),
+        Some(&b"a,b"[..])
+    );
     assert_eq!(e.request_context.domain_prefix.as_deref(), Some("abc"));
 }
 
@@ -135,10 +162,8 @@ fn header_map() -> impl Strategy<Value = HeaderMap> {
         "[a-z][a-z0-9-]{0,15}",
     ];
     // Any bytes a header value may hold, obs-text (>= 0x80) included.
-    let value = proptest::collection::vec(
-        prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff],
-        0..40,
-    );
+    let value =
+        proptest::collection::vec(prop_oneof![Just(b'\t'), 0x20u8..0x7f, 0x80u8..=0xff], 0..40);
     proptest::collection::vec((name, value), 0..12).prop_map(|pairs| {
         let mut h = HeaderMap::new();
         for (n, v) in pairs {
