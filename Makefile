@@ -26,7 +26,7 @@ WF_SHA     := 4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
 
 export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 
-.PHONY: help models snapshots build test iac-check bench run clean sandbox-tools
+.PHONY: help models snapshots build test iac-check bench run clean sandbox-tools metrics-tools
 
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
@@ -70,6 +70,16 @@ sandbox-tools:
 		echo "note: install bubblewrap and slirp4netns (as root: apt-get install bubblewrap slirp4netns) for the instance sandbox"; \
 	fi
 
+# promtool, which checks thaw's /metrics in the e2e tests, from Debian's prometheus package
+# (only the package: its service is not started). The test fails, saying so, without it.
+metrics-tools:
+	@if command -v promtool >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	else \
+		echo "note: install promtool (as root: apt-get install prometheus) for the /metrics test"; \
+	fi
+
 # --- build ----------------------------------------------------------------------------
 build:
 	$(CARGO) build --release --workspace --bins
@@ -83,7 +93,7 @@ snapshots: models build
 
 # --- test -----------------------------------------------------------------------------
 # cargo's tests, then the rendered infrastructure-as-code through real validators.
-test: snapshots sandbox-tools $(IAC_VENV)/.done $(S3S_FS)
+test: snapshots sandbox-tools metrics-tools $(IAC_VENV)/.done $(S3S_FS)
 	$(CARGO) test --release --workspace
 	$(MAKE) --no-print-directory iac-check
 

@@ -116,6 +116,7 @@ impl Harness {
             .await
             .expect("invocation timed out")
             .expect("instance died")
+            .expect("the Runtime API refused the answer")
     }
 }
 

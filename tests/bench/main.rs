@@ -253,7 +253,7 @@ async fn cold_starts() -> Result<Cold, Box<dyn std::error::Error>> {
             .wait_for(|l| *l != Lifecycle::Initialising)
             .await?;
         let ready = t0.elapsed();
-        let outcome = rx.await?;
+        let outcome = rx.await??;
         let total = t0.elapsed();
         if let Outcome::Error(d) = outcome {
             return Err(format!("cold start failed: {d:?}").into());

@@ -6,9 +6,11 @@
 mod analyze;
 mod auth;
 mod durable;
+mod durable_bounds;
 mod edge;
 mod edge_load;
 mod embed_function;
+mod hardening_instances;
 mod parity;
 mod rerank;
 mod runtime;

@@ -242,3 +242,16 @@ pub fn write(path: &str, mb: usize) -> Value {
     }
     json!({"ok": true, "written_mb": mb})
 }
+
+/// Writes `mb` MiB of `x` to stderr with no newline, 64 KiB at a time.
+pub fn long_line(mb: usize) {
+    use std::io::Write as _;
+    let chunk = [b'x'; 64 * 1024];
+    let mut err = std::io::stderr().lock();
+    for _ in 0..mb * 16 {
+        if err.write_all(&chunk).is_err() {
+            return;
+        }
+    }
+    let _ = err.flush();
+}

@@ -31,11 +31,18 @@
 //! - `forkbomb`: start up to `n` (default 2000) such processes, stopping at the first spawn
 //!   error, then kill and reap them. `{"started": n}`, or an Internal error
 //!   "process limit reached after N processes: <io error>".
+//! - `long_line`: write `mb` MiB (default 300) of `x` to stderr with no newline, in small
+//!   writes (the function's own memory stays small). `{"written_mb"}`.
+//! - `big_response`: answer with a `report` string of `bytes` bytes.
 //!
 //! Every success answers `{"instance", "pid", "echo"}` (plus `report`, if any) so tests
 //! can count instances. `FAULT_INIT=fail` makes init fail with a recognisable message;
 //! `FAULT_STARTS` names a file that gets one line per process start; `FAULT_MODE=raw` runs
-//! a plain lambda_runtime echo instead.
+//! a plain lambda_runtime echo instead; `FAULT_MODE=typed` a plain lambda_runtime function
+//! whose request type is `{"n": u32, "error_type"?, "message"?}`: any other event fails in
+//! lambda_runtime's own deserializer, and with `error_type` it fails with that Runtime API
+//! error type, whatever the string (newlines and quotes included), as a function not
+//! written with thaw-fn may.
 //!
 //! Argv modes, handled before anything else (the processes `spawn_tree` and `forkbomb`
 //! start): `--linger MARKER` sleeps forever; `--daemonize MARKER` starts `--linger MARKER`
@@ -86,6 +93,9 @@ struct Request {
     /// `forkbomb`: how many processes to try.
     #[serde(default)]
     n: Option<usize>,
+    /// `big_response`: the report's length.
+    #[serde(default)]
+    bytes: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,6 +202,14 @@ impl Fault {
                 let marker = r.marker.as_deref().unwrap_or(DEFAULT_MARKER);
                 report = Some(hostile::forkbomb(r.n.unwrap_or(2000), marker)?);
             }
+            "long_line" => {
+                let mb = r.mb.unwrap_or(300);
+                hostile::long_line(mb);
+                report = Some(serde_json::json!({"written_mb": mb}));
+            }
+            "big_response" => {
+                report = Some(serde_json::Value::String("x".repeat(r.bytes.unwrap_or(0))));
+            }
             other => return Err(FnError::invalid_input(format!("unknown action {other:?}"))),
         }
         Ok(Response {
@@ -257,6 +275,35 @@ fn raw_echo() -> Result<(), thaw_fn::Error> {
     )))
 }
 
+/// `FAULT_MODE=typed`'s request.
+#[derive(Debug, Deserialize)]
+struct Typed {
+    n: u32,
+    #[serde(default)]
+    error_type: Option<String>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// `FAULT_MODE=typed`: a plain lambda_runtime function with a typed request.
+fn typed() -> Result<(), thaw_fn::Error> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(lambda_runtime::run(lambda_runtime::service_fn(
+        |event: lambda_runtime::LambdaEvent<Typed>| async move {
+            let t = event.payload;
+            match t.error_type {
+                Some(error_type) => Err(lambda_runtime::Diagnostic {
+                    error_type,
+                    error_message: t.message.unwrap_or_default(),
+                }),
+                None => Ok(serde_json::json!({"n": t.n})),
+            }
+        },
+    )))
+}
+
 fn main() -> Result<(), thaw_fn::Error> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
@@ -264,8 +311,10 @@ fn main() -> Result<(), thaw_fn::Error> {
         Some("--daemonize") => hostile::daemonize(&args.next().unwrap_or_default()),
         _ => {}
     }
-    if std::env::var("FAULT_MODE").as_deref() == Ok("raw") {
-        return raw_echo();
+    match std::env::var("FAULT_MODE").as_deref() {
+        Ok("raw") => return raw_echo(),
+        Ok("typed") => return typed(),
+        _ => {}
     }
     thaw_fn::run(|| {
         if let Some(path) = std::env::var_os("FAULT_STARTS") {

@@ -180,14 +180,13 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         std::env::var_os("THAW_STATE_DIR")
             .map_or_else(|| PathBuf::from(".cache/state"), PathBuf::from)
     });
-    let ttl = plan
-        .functions
-        .iter()
-        .map(|(name, f)| (name.to_string(), f.spec.result_ttl.0))
-        .collect();
     // Opened before serving: it locks the directory and recovers interrupted calls.
-    let calls =
-        thaw_runtime::calls::store::CallStore::open(&state_dir, ttl, std::sync::Arc::default())?;
+    let settings = thaw_runtime::calls::store::settings(&plan);
+    let calls = thaw_runtime::calls::store::CallStore::open(
+        &state_dir,
+        settings,
+        std::sync::Arc::default(),
+    )?;
     let mut sandbox = if args.no_sandbox {
         thaw_runtime::sandbox::Sandbox::disabled()
     } else {

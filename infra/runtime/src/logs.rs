@@ -8,8 +8,9 @@ use tokio::sync::broadcast;
 
 /// Lines kept per function.
 const CAPACITY: usize = 2000;
-/// Longest line kept; a flood of one endless line cannot grow memory.
-const MAX_LINE: usize = 8 * 1024;
+/// Longest line kept; a flood of one endless line cannot grow memory (the launcher's
+/// reader cuts lines to this as it reads them).
+pub(crate) const MAX_LINE: usize = 8 * 1024;
 
 /// One captured line.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -1,157 +1,156 @@
 //! Prometheus metrics: cold starts and their durations, invocation latency, errors by
 //! type, billed instance-seconds; instance and queue gauges are filled at scrape time.
+//!
+//! `/metrics` is the Prometheus text format, version 0.0.4 ([`CONTENT_TYPE`]), which
+//! `promtool check metrics` and every scraper read; the `prometheus` crate renders it and
+//! escapes label values. Labels are bounded as well as escaped: a function's name comes
+//! from the manifest, and a failed call's type is reduced to a fixed set
+//! ([`error_label`]): thaw's own [`CallError`] kinds, the typed [`ErrorType`]s functions
+//! report, and `Other` for anything else a function may send, so a function inventing
+//! error types cannot invent series.
 
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::registry::Registry;
+use prometheus::{
+    CounterVec, Encoder as _, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use thaw_protocol::ErrorType;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FnLabel {
-    function: String,
-}
+use crate::pool::CallError;
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ErrLabel {
-    function: String,
-    error_type: String,
-}
+/// The content type of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    function: String,
-    state: String,
+/// The label for error types outside the typed set.
+pub const OTHER: &str = "Other";
+
+/// The `error_type` label of a function's own error: its [`ErrorType`], or [`OTHER`].
+pub fn error_label(error_type: &str) -> &'static str {
+    ErrorType::parse(error_type).map_or(OTHER, ErrorType::as_str)
 }
 
 /// thaw's metrics registry.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
-    cold_starts: Family<FnLabel, Counter>,
-    cold_start_seconds: Family<FnLabel, Histogram>,
-    invocation_seconds: Family<FnLabel, Histogram>,
-    errors: Family<ErrLabel, Counter>,
-    billed: Family<FnLabel, Counter<f64, AtomicU64>>,
-    oom_kills: Family<FnLabel, Counter>,
-    instances: Family<StateLabel, Gauge>,
-    queue_depth: Family<FnLabel, Gauge>,
+    cold_starts: IntCounterVec,
+    cold_start_seconds: HistogramVec,
+    invocation_seconds: HistogramVec,
+    errors: IntCounterVec,
+    billed: CounterVec,
+    oom_kills: IntCounterVec,
+    instances: IntGaugeVec,
+    queue_depth: IntGaugeVec,
 }
 
-fn histogram() -> Histogram {
-    Histogram::new(
-        [
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0,
-        ]
-        .into_iter(),
-    )
-}
+const BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("thaw");
-        let cold_starts = Family::<FnLabel, Counter>::default();
-        let cold_start_seconds =
-            Family::<FnLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
-        let invocation_seconds =
-            Family::<FnLabel, Histogram>::new_with_constructor(histogram as fn() -> Histogram);
-        let errors = Family::<ErrLabel, Counter>::default();
-        let billed = Family::<FnLabel, Counter<f64, AtomicU64>>::default();
-        let oom_kills = Family::<FnLabel, Counter>::default();
-        let instances = Family::<StateLabel, Gauge>::default();
-        let queue_depth = Family::<FnLabel, Gauge>::default();
-        registry.register(
-            "cold_starts",
-            "Instances started from zero",
-            cold_starts.clone(),
-        );
-        registry.register(
-            "cold_start_seconds",
-            "Exec to first next",
-            cold_start_seconds.clone(),
-        );
-        registry.register(
-            "invocation_seconds",
-            "Call latency at the front",
-            invocation_seconds.clone(),
-        );
-        registry.register("errors", "Failed calls by error type", errors.clone());
-        registry.register(
-            "billed_instance_seconds",
-            "Instance lifetime, start to exit",
-            billed.clone(),
-        );
-        registry.register(
-            "instance_oom_kills",
-            "Instances killed at their memory limit",
-            oom_kills.clone(),
-        );
-        registry.register("instances", "Instances by state", instances.clone());
-        registry.register(
-            "queue_depth",
-            "Calls waiting for an instance",
-            queue_depth.clone(),
-        );
-        Self {
-            registry,
-            cold_starts,
-            cold_start_seconds,
-            invocation_seconds,
-            errors,
-            billed,
-            oom_kills,
-            instances,
-            queue_depth,
-        }
-    }
-}
-
-fn label(function: &str) -> FnLabel {
-    FnLabel {
-        function: function.to_owned(),
+        // The definitions are constants: an error here is a bug in this file.
+        Self::build().expect("thaw's metric definitions are valid")
     }
 }
 
 impl Metrics {
+    fn build() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new_custom(Some("thaw".to_owned()), None)?;
+        let f = &["function"];
+        let histogram = |name: &str, help: &str| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()), f)
+        };
+        let m = Self {
+            cold_starts: IntCounterVec::new(
+                Opts::new("cold_starts_total", "Instances started from zero"),
+                f,
+            )?,
+            cold_start_seconds: histogram("cold_start_seconds", "Exec to first next")?,
+            invocation_seconds: histogram("invocation_seconds", "Call latency at the front")?,
+            errors: IntCounterVec::new(
+                Opts::new(
+                    "errors_total",
+                    "Failed calls by error type (thaw's and the typed function errors; Other for the rest)",
+                ),
+                &["function", "error_type"],
+            )?,
+            billed: CounterVec::new(
+                Opts::new(
+                    "billed_instance_seconds_total",
+                    "Instance lifetime, start to exit",
+                ),
+                f,
+            )?,
+            oom_kills: IntCounterVec::new(
+                Opts::new(
+                    "instance_oom_kills_total",
+                    "Instances killed at their memory limit",
+                ),
+                f,
+            )?,
+            instances: IntGaugeVec::new(
+                Opts::new("instances", "Instances by state"),
+                &["function", "state"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("queue_depth", "Calls waiting for an instance"),
+                f,
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.cold_starts.clone()))?;
+        m.registry
+            .register(Box::new(m.cold_start_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.invocation_seconds.clone()))?;
+        m.registry.register(Box::new(m.errors.clone()))?;
+        m.registry.register(Box::new(m.billed.clone()))?;
+        m.registry.register(Box::new(m.oom_kills.clone()))?;
+        m.registry.register(Box::new(m.instances.clone()))?;
+        m.registry.register(Box::new(m.queue_depth.clone()))?;
+        Ok(m)
+    }
+
     /// An instance reached its first `next`.
     pub fn cold_start(&self, function: &str, took: Duration) {
-        self.cold_starts.get_or_create(&label(function)).inc();
+        self.cold_starts.with_label_values(&[function]).inc();
         self.cold_start_seconds
-            .get_or_create(&label(function))
+            .with_label_values(&[function])
             .observe(took.as_secs_f64());
     }
 
     /// A call finished (either way).
     pub fn invocation(&self, function: &str, took: Duration) {
         self.invocation_seconds
-            .get_or_create(&label(function))
+            .with_label_values(&[function])
             .observe(took.as_secs_f64());
     }
 
-    /// A call failed with `error_type`.
-    pub fn error(&self, function: &str, error_type: &str) {
+    /// A call failed in thaw's hands (crash, timeout, full queue, ...).
+    pub fn call_error(&self, function: &str, error: &CallError) {
         self.errors
-            .get_or_create(&ErrLabel {
-                function: function.to_owned(),
-                error_type: error_type.to_owned(),
-            })
+            .with_label_values(&[function, error.kind()])
+            .inc();
+    }
+
+    /// The function answered with an error of type `error_type` (any string it chose).
+    pub fn function_error(&self, function: &str, error_type: &str) {
+        self.errors
+            .with_label_values(&[function, error_label(error_type)])
             .inc();
     }
 
     /// An instance was killed at its memory limit.
     pub fn oom_kill(&self, function: &str) {
-        self.oom_kills.get_or_create(&label(function)).inc();
+        self.oom_kills.with_label_values(&[function]).inc();
     }
 
     /// An instance lived this long.
     pub fn billed(&self, function: &str, lived: Duration) {
         self.billed
-            .get_or_create(&label(function))
+            .with_label_values(&[function])
             .inc_by(lived.as_secs_f64());
     }
 
@@ -163,21 +162,59 @@ impl Metrics {
             ("busy", status.busy),
             ("stopping", status.stopping),
         ] {
-            let l = StateLabel {
-                function: function.to_owned(),
-                state: state.to_owned(),
-            };
-            self.instances.get_or_create(&l).set(n as i64);
+            self.instances
+                .with_label_values(&[function, state])
+                .set(n as i64);
         }
         self.queue_depth
-            .get_or_create(&label(function))
+            .with_label_values(&[function])
             .set(status.queue_depth as i64);
     }
 
-    /// The Prometheus text exposition.
+    /// The Prometheus text exposition ([`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let mut out = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+            tracing::error!(error = %e, "cannot render metrics");
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_types_are_reduced_to_the_typed_set_and_labels_are_escaped() {
+        let m = Metrics::default();
+        m.function_error("f", "x\"} 1\nthaw_forged_total 9\n#");
+        for i in 0..5000 {
+            m.function_error("f", &format!("Distinct{i}"));
+        }
+        m.function_error("f", "InvalidInput");
+        m.call_error("f", &CallError::Timeout(Duration::from_secs(1)));
+        m.call_error("f", &CallError::ResponseTooLarge { limit: 6 << 20 });
+        m.cold_start("we\"ird\nname", Duration::from_millis(5));
+        let text = m.render();
+        let errors: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("thaw_errors_total{"))
+            .collect();
+        assert_eq!(errors.len(), 4, "{errors:?}");
+        assert!(
+            text.contains(r#"thaw_errors_total{error_type="Other",function="f"} 5001"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"error_type="ResponseTooLarge""#), "{text}");
+        assert!(
+            !text.lines().any(|l| l.starts_with("thaw_forged")),
+            "{text}"
+        );
+        assert!(text.contains(r#"function="we\"ird\nname""#), "{text}");
+        assert!(
+            text.contains("# TYPE thaw_cold_starts_total counter"),
+            "{text}"
+        );
     }
 }

@@ -11,6 +11,18 @@
 //!
 //! Several `next` polls may wait at once: that is how `AWS_LAMBDA_MAX_CONCURRENCY` > 1
 //! looks from this side. The server stops when the [`InstanceApi`] is dropped.
+//!
+//! What the instance posts is bounded, as on AWS: a response or error document up to
+//! [`MAX_RESPONSE`] (6 MiB) completes the invocation; a larger one completes it at once
+//! as [`Refused::TooLarge`], and the instance is answered `413 RequestEntityTooLarge`
+//! after the rest of its body is read and discarded (up to [`MAX_DRAIN`]), so its
+//! connection, and the `lambda_runtime` worker on it, stay usable (past that, the
+//! connection is dropped and the instance reported [`Lifecycle::Unusable`], for the pool
+//! to replace). Memory per post is bounded by the limit, never by what the function sends.
+//!
+//! Error documents are normalised here, the one place instance errors enter thaw: an
+//! event `lambda_runtime` could not deserialize into the handler's type becomes
+//! [`ErrorType::InvalidInput`], as it can never succeed however often it is retried.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,15 +30,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use bytes::BytesMut;
+use http_body_util::BodyExt as _;
 use serde::Deserialize;
 use thaw_protocol::runtime_api::header;
-use thaw_protocol::Diagnostic;
+use thaw_protocol::{Diagnostic, ErrorType};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// How an invocation ended, as the function reported it.
@@ -38,6 +52,34 @@ pub enum Outcome {
     Error(Diagnostic),
 }
 
+/// The largest response or error document an instance may post, as on AWS (6 MiB for a
+/// synchronous invocation).
+pub const MAX_RESPONSE: usize = 6 << 20;
+
+/// How much of a refused (too large) post is read and discarded so the instance gets a
+/// clean `413` on a reusable connection; past this the connection is dropped and the
+/// instance is marked [`Lifecycle::Unusable`].
+pub const MAX_DRAIN: usize = 24 << 20;
+
+/// The `errorType` `lambda_runtime` reports for an event it could not deserialize into
+/// the handler's request type (its Rust type name, behind a reference).
+const DESERIALIZE_ERROR: &str = "lambda_runtime::deserializer::DeserializeError";
+
+/// Why the Runtime API refused what an instance posted for an invocation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The response (or error document) is larger than [`MAX_RESPONSE`].
+    #[error("the function's response is larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
+}
+
+/// What an invocation's caller receives: the function's outcome, or why what the
+/// instance posted was refused.
+pub type Answer = Result<Outcome, Refused>;
+
 /// Work handed to the instance on its next `next`.
 #[derive(Debug)]
 pub struct Invocation {
@@ -47,8 +89,8 @@ pub struct Invocation {
     pub payload: Bytes,
     /// How long the function has, from when it receives the event.
     pub timeout: Duration,
-    /// Where the outcome goes.
-    pub reply: oneshot::Sender<Outcome>,
+    /// Where the answer goes.
+    pub reply: oneshot::Sender<Answer>,
 }
 
 /// What the instance has told the platform about itself.
@@ -61,12 +103,15 @@ pub enum Lifecycle {
     Ready,
     /// Posted `/runtime/init/error`.
     InitFailed(Diagnostic),
+    /// Its connection was dropped mid-post (a refused reply past [`MAX_DRAIN`]): the
+    /// runtime worker on it may be gone, so the instance must be replaced, not reused.
+    Unusable(String),
 }
 
 #[derive(Debug)]
 struct Shared {
     queue: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
-    in_flight: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
+    in_flight: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
     lifecycle: watch::Sender<Lifecycle>,
 }
 
@@ -172,9 +217,22 @@ impl InstanceApi {
             .map(|(id, payload, _)| (id, payload))
     }
 
-    /// In-process `response` / `error`: completes invocation `id`. False if unknown.
+    /// In-process `response` / `error`: completes invocation `id`, under the same size
+    /// limit and error normalisation as over HTTP. False if unknown.
     pub fn complete(&self, id: &str, outcome: Outcome) -> bool {
-        finish(&self.shared, id, outcome)
+        let answer = match outcome {
+            Outcome::Response(b) if b.len() > MAX_RESPONSE => Err(Refused::TooLarge {
+                limit: MAX_RESPONSE,
+            }),
+            Outcome::Error(d) => Ok(Outcome::Error(normalised(d))),
+            other => Ok(other),
+        };
+        finish(&self.shared, id, answer)
+    }
+
+    /// Marks the instance [`Lifecycle::Unusable`]: the pool replaces it.
+    pub fn mark_unusable(&self, why: String) {
+        self.shared.lifecycle.send_replace(Lifecycle::Unusable(why));
     }
 
     /// In-process `init/error`.
@@ -259,34 +317,150 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     (StatusCode::OK, headers, payload).into_response()
 }
 
-fn finish(shared: &Shared, id: &str, outcome: Outcome) -> bool {
+fn finish(shared: &Shared, id: &str, answer: Answer) -> bool {
     let reply = shared.in_flight.lock().ok().and_then(|mut m| m.remove(id));
     match reply {
         Some(reply) => {
-            let _ = reply.send(outcome);
+            let _ = reply.send(answer);
             true
         }
         None => false,
     }
 }
 
-fn complete(shared: &Shared, id: &str, outcome: Outcome) -> Response {
-    match finish(shared, id, outcome) {
-        true => (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response(),
-        false => (
-            StatusCode::NOT_FOUND,
-            "{\"errorType\":\"InvalidRequestID\"}",
-        )
-            .into_response(),
+fn accepted() -> Response {
+    (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response()
+}
+
+fn unknown_id() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        "{\"errorType\":\"InvalidRequestID\"}",
+    )
+        .into_response()
+}
+
+/// What the instance posted, read up to [`MAX_RESPONSE`].
+enum Posted {
+    Body(Bytes),
+    /// Over the limit: the rest was discarded (`drained`) or the post was abandoned.
+    TooLarge {
+        drained: bool,
+    },
+    /// The connection failed mid-body.
+    Broken,
+}
+
+/// Reads a posted body up to [`MAX_RESPONSE`]. Past the limit, `on_too_large` runs at
+/// once (the caller is answered before the rest arrives), then the rest is discarded
+/// up to [`MAX_DRAIN`].
+async fn read_posted(headers: &HeaderMap, mut body: Body, on_too_large: impl FnOnce()) -> Posted {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let mut kept = BytesMut::new();
+    let mut over = declared.is_some_and(|n| n > MAX_RESPONSE as u64);
+    let mut on_too_large = Some(on_too_large);
+    if over {
+        if let Some(f) = on_too_large.take() {
+            f();
+        }
+    }
+    let mut seen: usize = 0;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Posted::Broken;
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers: nothing of ours
+        };
+        seen = seen.saturating_add(data.len());
+        if !over && seen > MAX_RESPONSE {
+            over = true;
+            kept = BytesMut::new();
+            if let Some(f) = on_too_large.take() {
+                f();
+            }
+        }
+        if over {
+            if seen > MAX_RESPONSE.saturating_add(MAX_DRAIN) {
+                return Posted::TooLarge { drained: false };
+            }
+        } else {
+            kept.extend_from_slice(&data);
+        }
+    }
+    if over {
+        Posted::TooLarge { drained: true }
+    } else {
+        Posted::Body(kept.freeze())
+    }
+}
+
+/// Completes invocation `id` from what was posted for it: `outcome` builds its outcome
+/// from a body within the limit.
+async fn complete(
+    shared: &Shared,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+    outcome: impl FnOnce(Bytes) -> Outcome,
+) -> Response {
+    // Read (or drain) the body even for an unknown id: a connection left with an unread
+    // body is closed, and the runtime's worker on it with it.
+    let refuse = || {
+        finish(
+            shared,
+            id,
+            Err(Refused::TooLarge {
+                limit: MAX_RESPONSE,
+            }),
+        );
+    };
+    match read_posted(headers, body, refuse).await {
+        Posted::Body(bytes) => match finish(shared, id, Ok(outcome(bytes))) {
+            true => accepted(),
+            false => unknown_id(),
+        },
+        Posted::TooLarge { drained } => {
+            tracing::warn!(
+                request_id = id,
+                limit = MAX_RESPONSE,
+                "instance posted a response over the limit"
+            );
+            let mut resp = (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                format!(
+                    "{{\"errorType\":\"RequestEntityTooLarge\",\"errorMessage\":\"response is larger than {MAX_RESPONSE} bytes\"}}"
+                ),
+            )
+                .into_response();
+            if !drained {
+                shared.lifecycle.send_replace(Lifecycle::Unusable(format!(
+                    "posted a reply of more than {} bytes",
+                    MAX_RESPONSE + MAX_DRAIN
+                )));
+                resp.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    HeaderValue::from_static("close"),
+                );
+            }
+            resp
+        }
+        // The instance went away mid-post; its exit fails the call.
+        Posted::Broken => StatusCode::BAD_REQUEST.into_response(),
     }
 }
 
 async fn response(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Response {
-    complete(&shared, &id, Outcome::Response(body))
+    complete(&shared, &id, &headers, body, Outcome::Response).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -306,32 +480,69 @@ fn diagnostic(headers: &HeaderMap, body: &[u8]) -> Diagnostic {
         .get(header::FUNCTION_ERROR_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("Unhandled");
-    Diagnostic {
+    normalised(Diagnostic {
         error_type: if doc.error_type.is_empty() {
             header_type.to_owned()
         } else {
             doc.error_type
         },
         error_message: doc.error_message,
+    })
+}
+
+/// The one mapping of what runtimes report to thaw's typed errors: an event the runtime
+/// could not deserialize is the caller's [`ErrorType::InvalidInput`].
+fn normalised(mut d: Diagnostic) -> Diagnostic {
+    if d.error_type.trim_start_matches('&') == DESERIALIZE_ERROR {
+        d.error_type = ErrorType::InvalidInput.as_str().to_owned();
+        d.error_message = format!("the function cannot read this input: {}", d.error_message);
     }
+    d
 }
 
 async fn error(
     State(shared): State<Arc<Shared>>,
     Path(id): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
-    complete(&shared, &id, Outcome::Error(diagnostic(&headers, &body)))
+    let doc_headers = headers.clone();
+    complete(&shared, &id, &headers, body, move |b| {
+        Outcome::Error(diagnostic(&doc_headers, &b))
+    })
+    .await
 }
 
-async fn init_error(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+    let body = match read_posted(&headers, body, || {}).await {
+        Posted::Body(b) => b,
+        // An oversized init error still is one; its text is not worth the memory.
+        Posted::TooLarge { .. } | Posted::Broken => {
+            Bytes::from_static(b"(init error document too large or cut off)")
+        }
+    };
     let _ = shared
         .lifecycle
         .send(Lifecycle::InitFailed(diagnostic(&headers, &body)));
-    (StatusCode::ACCEPTED, "{\"status\":\"OK\"}").into_response()
+    accepted()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deserialize_error_is_invalid_input_and_other_types_are_kept() {
+        let d = normalised(Diagnostic {
+            error_type: "&lambda_runtime::deserializer::DeserializeError".into(),
+            error_message: "failed to deserialize the incoming data".into(),
+        });
+        assert_eq!(d.error_type, "InvalidInput");
+        assert!(d.error_message.contains("failed to deserialize"), "{d:?}");
+        let kept = normalised(Diagnostic {
+            error_type: "ModelError".into(),
+            error_message: "m".into(),
+        });
+        assert_eq!(kept.error_type, "ModelError");
+    }
 }

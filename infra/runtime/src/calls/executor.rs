@@ -12,7 +12,8 @@
 //! | outcome | recorded as |
 //! |---|---|
 //! | the function answered | succeeded |
-//! | `InvalidInput` or `PayloadTooLarge` from the function | failed, never retried |
+//! | `InvalidInput` or `PayloadTooLarge` from the function (an event the runtime could not deserialize arrives as `InvalidInput`, see [`crate::runtime_api`]) | failed, never retried |
+//! | a response over the Runtime API's limit (`ResponseTooLarge`) | failed, never retried: the same input makes the same reply |
 //! | any other function error, a crash, a timeout, an init failure | retried after `retry_backoff × 2^failures` while `retries` remain, else failed with this error |
 //! | the pool's queue was full, or thaw is closing | put back, the attempt not counted |
 //! | the instance was killed because thaw is stopping | left running; the next start queues it again, attempt counted |
@@ -20,6 +21,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use thaw_protocol::ErrorType;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::store::{CallStore, Claimed, Finish};
@@ -30,8 +32,14 @@ use crate::runtime_api::Outcome;
 /// The longest wait before a retry.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-/// Function error types that mean "this input will never work".
-const NOT_RETRIED: [&str; 2] = ["InvalidInput", "PayloadTooLarge"];
+/// Whether a function error type means "this input will never work", so a retry can
+/// only repeat the failure.
+fn input_at_fault(error_type: &str) -> bool {
+    matches!(
+        ErrorType::parse(error_type),
+        Some(ErrorType::InvalidInput | ErrorType::PayloadTooLarge)
+    )
+}
 
 /// Runs `pool`'s durable calls until `closing` turns true.
 pub async fn run(pool: Arc<FunctionPool>, store: CallStore, mut closing: watch::Receiver<bool>) {
@@ -113,7 +121,7 @@ async fn attempt(
                 kind: d.error_type,
                 message: d.error_message,
             };
-            if NOT_RETRIED.contains(&failure.kind.as_str()) {
+            if input_at_fault(&failure.kind) {
                 record(store.finish(id, Finish::Failed(failure)).await, id);
                 return;
             }
@@ -126,6 +134,14 @@ async fn attempt(
         }
         Err(_) if *closing.borrow() => {
             // Killed because thaw is stopping; recovery queues it again.
+            return;
+        }
+        Err(e @ CallError::ResponseTooLarge { .. }) => {
+            let failure = CallFailure {
+                kind: e.kind().to_owned(),
+                message: e.to_string(),
+            };
+            record(store.finish(id, Finish::Failed(failure)).await, id);
             return;
         }
         Err(e) => CallFailure {
@@ -153,7 +169,9 @@ fn backoff(base: Duration, failures: i64) -> Duration {
 
 fn record(result: Result<(), super::store::StoreError>, id: &str) {
     if let Err(e) = result {
-        // The call stays running in the store; the next start queues it again.
+        // The store retries an outcome until it commits, so this is only reached once
+        // its writer has been stopped for good (and `/healthz` says so): the call stays
+        // running until the next start queues it again.
         tracing::error!(call = id, error = %e, "cannot record a call's outcome");
     }
 }
@@ -161,6 +179,21 @@ fn record(result: Result<(), super::store::StoreError>, id: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn input_errors_are_never_retried_and_the_rest_are() {
+        assert!(input_at_fault("InvalidInput"));
+        assert!(input_at_fault("PayloadTooLarge"));
+        for retried in [
+            "ModelError",
+            "Internal",
+            "InitError",
+            "Unhandled",
+            "invalidinput",
+        ] {
+            assert!(!input_at_fault(retried), "{retried}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_is_capped() {

@@ -66,7 +66,7 @@ pub type Item = Result<Bytes, CallFailure>;
 
 fn item(raw: &[u8]) -> Item {
     let raw = raw.trim_ascii();
-    match serde_json::from_slice::<serde::de::IgnoredAny>(raw) {
+    match validate_json(raw) {
         Ok(_) => Ok(Bytes::copy_from_slice(raw)),
         Err(e) => Err(CallFailure {
             kind: "InvalidInput".into(),
@@ -80,6 +80,69 @@ fn too_large() -> Item {
         kind: "PayloadTooLarge".into(),
         message: format!("item exceeds {MAX_ITEM} bytes"),
     })
+}
+
+/// Checks that `bytes` is exactly one JSON value, as a function's deserializer will
+/// read it. Unlike `serde::de::IgnoredAny`, which skips over strings without decoding
+/// them, every string is decoded: invalid UTF-8 and lone surrogate escapes (`"\ud800"`)
+/// are refused. Nothing is allocated for strings without escapes.
+pub fn validate_json(bytes: &[u8]) -> Result<(), serde_json::Error> {
+    serde_json::from_slice::<Strict>(bytes).map(|_| ())
+}
+
+/// Any JSON value, every part of it decoded and then dropped.
+struct Strict;
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_key::<Strict>()?.is_some() {
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
 }
 
 impl Splitter {
@@ -291,6 +354,20 @@ mod tests {
         let (items, err) = split(&[b"[1, tru, 3]"]);
         assert!(err.is_none());
         assert_eq!(oks(&items), ["1", "ERR InvalidInput", "3"]);
+    }
+
+    #[test]
+    fn invalid_utf8_and_lone_surrogates_are_not_json() {
+        assert!(validate_json(br#"{"a": [1, "x", {"b": null}], "c": 1.5e3}"#).is_ok());
+        assert!(validate_json(b"\"\xff\xfe\"").is_err());
+        assert!(validate_json(b"{\"k\": \"ok \xc3\x28\"}").is_err());
+        assert!(validate_json(b"{\"\xff\": 1}").is_err());
+        assert!(validate_json(br#""\ud800""#).is_err());
+        assert!(validate_json(br#""\ud83d\ude00""#).is_ok());
+        assert!(validate_json(b"1 2").is_err());
+        // IgnoredAny, which this replaces, lets the first of these through.
+        let (items, _) = split(&[b"{\"a\": \"\xff\"}\n{\"b\": 1}\n"]);
+        assert_eq!(oks(&items), ["ERR InvalidInput", "{\"b\": 1}"]);
     }
 
     #[test]

@@ -4,9 +4,11 @@
 //! before thaw acknowledges it, and it runs through the function's pool like any other
 //! call. The pieces:
 //!
-//! - [`store`]: the call store. One thread owns the connection and commits whatever jobs
-//!   are waiting in one transaction (group commit), so durability costs one fsync per
-//!   batch rather than per call. Nothing is acknowledged before its commit.
+//! - [`store`]: the call store. One supervised thread owns the writing connection and
+//!   commits whatever jobs are waiting in one transaction (group commit), so durability
+//!   costs one fsync per batch rather than per call. Nothing is acknowledged before its
+//!   commit. Reads run beside it on read-only connections. It bounds each function's
+//!   durable backlog by `max_queue`.
 //! - [`executor`]: one task per function that claims queued calls as the pool has
 //!   capacity, runs them, and records the outcome: success, failure, or a retry with
 //!   exponential backoff.
@@ -14,7 +16,8 @@
 //!   streams waiting on their items, executors waiting for work. They carry no data; the
 //!   store is the only source of truth.
 //! - [`input`]: splits a map's request body, a JSON array or NDJSON, into items as it
-//!   arrives, so a 100,000-item map never sits in memory.
+//!   arrives, so a 100,000-item map never sits in memory; and checks that an input is
+//!   JSON as strictly as a function will read it.
 //!
 //! Delivery is at least once. A call that was running when thaw stopped is queued again
 //! when it starts, with that attempt counted in `attempts`.

@@ -1,10 +1,14 @@
 //! `/v1` durable calls: spawn, long-poll get, cancel.
 //!
-//! - `POST /v1/functions/{f}/spawn`: the body is the function's input. It is committed
-//!   before the 202 `{"call_id"}`. An `Idempotency-Key` header returns the call that key
-//!   first created (with `Idempotent-Replayed: true`), across restarts too.
+//! - `POST /v1/functions/{f}/spawn`: the body is the function's input, which must be JSON
+//!   (valid UTF-8 included, or 400). It is committed before the 202 `{"call_id"}`. An
+//!   `Idempotency-Key` header returns the call that key first created (with
+//!   `Idempotent-Replayed: true`), across restarts too, if the input is the same; another
+//!   input under a used key is 422 `IdempotencyKeyReused`. With `max_queue` calls of the
+//!   function already queued, 429 `QueueFull` with `Retry-After`.
 //! - `GET /v1/calls/{id}?wait=S`: the call's state; with `wait`, holds the request until
-//!   the call is finished or `S` seconds (at most 60) pass, woken by the commit itself.
+//!   the call is finished or `S` seconds (at most 60; more is 60) pass, woken by the
+//!   commit itself.
 //!   A call whose result outlived `result_ttl` answers 410 `CallExpired`.
 //! - `DELETE /v1/calls/{id}`: cancels a queued call, which then never runs. A running or
 //!   finished call answers 409 with its state.
@@ -34,10 +38,12 @@ pub(super) struct WaitQuery {
     wait: Option<f64>,
 }
 
-/// The `wait` of a query, bounded by [`MAX_WAIT`].
+/// The `wait` of a query, bounded by [`MAX_WAIT`]: clamped before it becomes a
+/// `Duration`, since `Duration::from_secs_f64` panics past `u64::MAX` seconds (`1e20`).
 pub(super) fn wait_of(wait: Option<f64>) -> Duration {
     match wait {
-        Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s).min(MAX_WAIT),
+        Some(s) if s > 0.0 => Duration::from_secs_f64(s.min(MAX_WAIT.as_secs_f64())),
+        // Negative, zero or NaN (a query cannot spell NaN, but a float can hold it).
         _ => Duration::ZERO,
     }
 }
@@ -64,7 +70,7 @@ pub(super) async fn spawn(
     } else {
         body
     };
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&input) {
+    if let Err(e) = crate::calls::input::validate_json(&input) {
         return Err(ApiError::BadRequest(format!(
             "request body is not JSON: {e}"
         )));
@@ -148,5 +154,21 @@ pub(super) async fn cancel(
             id,
             status: status.as_str(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_or_odd_wait_is_clamped_never_a_panic() {
+        assert_eq!(wait_of(Some(1e20)), MAX_WAIT);
+        assert_eq!(wait_of(Some(f64::INFINITY)), MAX_WAIT);
+        assert_eq!(wait_of(Some(f64::MAX)), MAX_WAIT);
+        assert_eq!(wait_of(Some(f64::NAN)), Duration::ZERO);
+        assert_eq!(wait_of(Some(-1e20)), Duration::ZERO);
+        assert_eq!(wait_of(Some(0.25)), Duration::from_millis(250));
+        assert_eq!(wait_of(None), Duration::ZERO);
     }
 }

@@ -64,6 +64,9 @@ pub enum ApiError {
     /// The request body is over the limit.
     #[error("request body exceeds {0} bytes")]
     PayloadTooLarge(usize),
+    /// A map's input is over one of its limits; nothing of it was kept.
+    #[error("{0}")]
+    MapTooLarge(String),
     /// The client did not send its body in time.
     #[error("request body not received in time")]
     RequestTimeout,
@@ -97,12 +100,15 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CallExpired(_) => StatusCode::GONE,
             Self::CallRunning(_) | Self::CallFinished { .. } => StatusCode::CONFLICT,
-            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::PayloadTooLarge(_) | Self::MapTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::ShuttingDown | Self::NotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Call(e) => call_status(e),
             Self::Function(_) => StatusCode::BAD_GATEWAY,
-            Self::Store(StoreError::Stopped) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Store(StoreError::QueueFull { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Store(StoreError::IdempotencyKeyReused { .. }) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -121,11 +127,15 @@ impl ApiError {
             Self::CallRunning(_) => "CallRunning",
             Self::CallFinished { .. } => "CallFinished",
             Self::PayloadTooLarge(_) => "PayloadTooLarge",
+            Self::MapTooLarge(_) => "MapTooLarge",
             Self::RequestTimeout => "RequestTimeout",
-            Self::ShuttingDown | Self::Store(StoreError::Stopped) => "ShuttingDown",
+            Self::ShuttingDown => "ShuttingDown",
             Self::NotReady(_) => "NotReady",
             Self::Call(e) => e.kind(),
             Self::Function(d) => &d.error_type,
+            Self::Store(StoreError::QueueFull { .. }) => "QueueFull",
+            Self::Store(StoreError::IdempotencyKeyReused { .. }) => "IdempotencyKeyReused",
+            Self::Store(StoreError::Unavailable(_)) => "StoreUnavailable",
             Self::Store(_) => "StoreError",
         }
     }
@@ -137,7 +147,8 @@ fn call_status(e: &CallError) -> StatusCode {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
         CallError::FunctionCrashed(_)
         | CallError::InitFailed(_)
-        | CallError::OutOfMemory { .. } => StatusCode::BAD_GATEWAY,
+        | CallError::OutOfMemory { .. }
+        | CallError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -146,11 +157,11 @@ fn call_status(e: &CallError) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = match &self {
-            Self::Store(StoreError::Stopped) => "thaw is shutting down".to_owned(),
-            other => other.to_string(),
-        };
-        let mut resp = (status, Json(ApiErrorBody::new(self.kind(), message))).into_response();
+        let mut resp = (
+            status,
+            Json(ApiErrorBody::new(self.kind(), self.to_string())),
+        )
+            .into_response();
         let headers = resp.headers_mut();
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert("retry-after", HeaderValue::from_static("1"));
@@ -189,9 +200,21 @@ pub enum AwsError {
     /// The function's queue is full.
     #[error("Rate Exceeded.")]
     TooManyRequests,
-    /// thaw itself failed or is stopping.
+    /// thaw is stopping.
     #[error("{0}")]
     Service(String),
+    /// thaw itself failed (its call store, say).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for AwsError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QueueFull { .. } => Self::TooManyRequests,
+            other => Self::Internal(other.to_string()),
+        }
+    }
 }
 
 impl AwsError {
@@ -212,6 +235,7 @@ impl AwsError {
             Self::Unauthorized => (StatusCode::UNAUTHORIZED, "UnrecognizedClientException"),
             Self::TooManyRequests => (StatusCode::TOO_MANY_REQUESTS, "TooManyRequestsException"),
             Self::Service(_) => (StatusCode::SERVICE_UNAVAILABLE, "ServiceException"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "ServiceException"),
         }
     }
 }
@@ -311,5 +335,68 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
             .await
             .map(|Path(p)| Self(p))
             .map_err(|e: PathRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_failures_are_told_apart_and_none_is_shutting_down() {
+        let cases = [
+            (
+                StoreError::Unavailable("the writer panicked".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "StoreUnavailable",
+            ),
+            (
+                StoreError::Commit("disk full".into()),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "StoreError",
+            ),
+            (
+                StoreError::QueueFull {
+                    function: "f".into(),
+                    limit: 2,
+                },
+                StatusCode::TOO_MANY_REQUESTS,
+                "QueueFull",
+            ),
+            (
+                StoreError::IdempotencyKeyReused { key: "k".into() },
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "IdempotencyKeyReused",
+            ),
+        ];
+        for (store, status, kind) in cases {
+            let e = ApiError::from(store);
+            assert_eq!((e.status(), e.kind()), (status, kind));
+            let message = e.to_string();
+            assert!(!message.contains("shutting down"), "{message}");
+            let resp = e.into_response();
+            assert_eq!(
+                resp.headers().contains_key("retry-after"),
+                status == StatusCode::TOO_MANY_REQUESTS
+            );
+        }
+        let e = ApiError::MapTooLarge("a map is limited to 100000 items".into());
+        assert_eq!(e.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    #[test]
+    fn a_full_durable_queue_on_the_invoke_api_is_too_many_requests() {
+        let e = AwsError::from(StoreError::QueueFull {
+            function: "f".into(),
+            limit: 2,
+        });
+        let resp = e.into_response();
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(resp.headers().contains_key("retry-after"));
+        let e = AwsError::from(StoreError::Unavailable("down".into()));
+        assert_eq!(
+            e.into_response().status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
     }
 }

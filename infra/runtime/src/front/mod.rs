@@ -256,7 +256,7 @@ async fn invoke_api(
     } else {
         body
     };
-    if serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err() {
+    if crate::calls::input::validate_json(&payload).is_err() {
         return Err(AwsError::InvalidRequestContent);
     }
     match kind {
@@ -266,8 +266,7 @@ async fn invoke_api(
             let spawned = rt
                 .store
                 .spawn(&function, CallKind::Event, payload, None)
-                .await
-                .map_err(|e| AwsError::Service(e.to_string()))?;
+                .await?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&spawned.call_id) {
                 resp.headers_mut().insert("thaw-call-id", v);
@@ -355,6 +354,7 @@ async fn logs(
 
 async fn healthz(State(rt): State<Shared>) -> Result<Response, ApiError> {
     if rt.accepting() {
+        rt.store.health()?;
         Ok(Json(json!({"status": "ok"})).into_response())
     } else {
         Err(ApiError::ShuttingDown)
@@ -366,7 +366,7 @@ async fn metrics(State(rt): State<Shared>) -> Response {
         rt.metrics.set_state(name, &pool.status());
     }
     (
-        [("content-type", "text/plain; version=0.0.4")],
+        [("content-type", crate::metrics::CONTENT_TYPE)],
         rt.metrics.render(),
     )
         .into_response()

@@ -8,9 +8,11 @@
 //!
 //! - [`ProcessLauncher`] execs the function's binary, sandboxed as
 //!   [`crate::sandbox`] allows (bubblewrap, a network namespace, a cgroup), or bare with
-//!   `--no-sandbox`. Its output is read line by line into the function's [`LogRing`].
+//!   `--no-sandbox`. Its output is read line by line into the function's [`LogRing`],
+//!   in constant memory however long a line is ([`lines`]).
 //! - Tests drive the scheduler with a launcher that serves the API in-process.
 
+pub(crate) mod lines;
 mod process;
 mod slot;
 

@@ -26,15 +26,14 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use thaw_manifest::FunctionPlan;
 use thaw_protocol::runtime_api::env;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
+use super::lines::pump_lines;
 use super::slot::{Slot, SlotConfig, Spare};
 use super::{
     gpu_devices, signal_group, signal_pid, InstanceControl, InstanceExit, LaunchError,
     LaunchRequest, Launched, Launcher,
 };
-use crate::logs::LogRing;
 use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup, Limits};
 use crate::sandbox::jail::{JailSpec, ShimSpec, SHIM_PATH, SHIM_SUBCOMMAND};
 use crate::sandbox::netns::NetNs;
@@ -492,31 +491,6 @@ impl InstanceControl for ProcessControl {
             }
         }
     }
-}
-
-fn pump_lines<R: AsyncRead + Unpin + Send + 'static>(
-    pipe: R,
-    instance: String,
-    stream: &'static str,
-    logs: Arc<LogRing>,
-) {
-    tokio::spawn(async move {
-        let mut reader = BufReader::with_capacity(64 * 1024, pipe);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            // read_until keeps reading a huge line; cap what we keep, not what we drain.
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let line = String::from_utf8_lossy(&buf[..buf.len().min(16 * 1024)])
-                        .trim_end()
-                        .to_owned();
-                    logs.push(&instance, stream, line);
-                }
-            }
-        }
-    });
 }
 
 /// `network = "outbound"`: slirp4netns gives the namespace a tap device routed through

@@ -5,13 +5,14 @@
 //!   and the count is under `max_containers`, start one. `min_containers` are started at
 //!   boot and replaced when they go.
 //! - **Dispatch:** a queued call goes to a ready instance with fewer than `concurrency`
-//!   calls in flight.
+//!   calls in flight; one whose caller has gone away is dropped, never dispatched.
 //! - **Scale down:** the reaper stops instances idle for `idle_timeout` (SIGTERM, a grace
 //!   period, SIGKILL), never below `min_containers`.
 //! - **Faults:** an exit with calls in flight fails them as `FunctionCrashed`; past
 //!   `timeout` the instance is killed and the caller gets `Timeout`; an exit before the
 //!   first `next` is an init failure, reported with the function's own stderr, and
-//!   restarts back off exponentially so a crash loop cannot spin.
+//!   restarts back off exponentially so a crash loop cannot spin. Queued calls fail with
+//!   it only when no sibling is up or still starting: a sibling keeps the queue.
 //!
 //! State lives behind one `std::sync::Mutex`, never held across an `.await`. This file is
 //! the policy; [`supervise`] is the life of one instance (launch, readiness, exit, signals)
@@ -67,6 +68,12 @@ pub enum CallError {
         /// The limit, bytes.
         limit: u64,
     },
+    /// The function's response was over the Runtime API's limit (6 MiB, as on AWS).
+    #[error("the function's response is larger than the limit of {} MiB", .limit >> 20)]
+    ResponseTooLarge {
+        /// The limit, bytes.
+        limit: usize,
+    },
     /// thaw is shutting down.
     #[error("thaw is shutting down")]
     ShuttingDown,
@@ -81,6 +88,7 @@ impl CallError {
             Self::InitFailed(_) => "InitError",
             Self::Timeout(_) => "Timeout",
             Self::OutOfMemory { .. } => "OutOfMemory",
+            Self::ResponseTooLarge { .. } => "ResponseTooLarge",
             Self::ShuttingDown => "ShuttingDown",
         }
     }
@@ -112,6 +120,8 @@ struct Instance {
     in_flight: u32,
     idle_since: Instant,
     started: Instant,
+    /// Taking no new calls, and stopped once those in flight are done.
+    retiring: bool,
 }
 
 #[derive(Debug, Default)]
@@ -237,16 +247,20 @@ impl FunctionPool {
             if self.closing.load(Ordering::SeqCst) {
                 return Err(CallError::ShuttingDown);
             }
-            let any_ready = st.instances.values().any(|i| i.phase == Phase::Ready);
+            // Fail fast while backing off, unless an instance is up or still starting:
+            // a sibling about to be ready serves the call.
+            let any_live = st.instances.values().any(|i| i.phase != Phase::Stopping);
             if let Some((msg, until, _)) = &st.init_failure {
-                if !any_ready && Instant::now() < *until {
-                    self.metrics.error(self.name(), "InitError");
-                    return Err(CallError::InitFailed(msg.clone()));
+                if !any_live && Instant::now() < *until {
+                    let e = CallError::InitFailed(msg.clone());
+                    self.metrics.call_error(self.name(), &e);
+                    return Err(e);
                 }
             }
             if st.queue.len() >= self.plan.spec.max_queue as usize {
-                self.metrics.error(self.name(), "QueueFull");
-                return Err(CallError::QueueFull(st.queue.len()));
+                let e = CallError::QueueFull(st.queue.len());
+                self.metrics.call_error(self.name(), &e);
+                return Err(e);
             }
             st.queue.push_back(Pending { payload, reply });
         }
@@ -255,9 +269,9 @@ impl FunctionPool {
             .await
             .unwrap_or_else(|_| Err(CallError::FunctionCrashed("call was dropped".into())));
         match &result {
-            Ok(Outcome::Error(d)) => self.metrics.error(self.name(), &d.error_type),
+            Ok(Outcome::Error(d)) => self.metrics.function_error(self.name(), &d.error_type),
             Ok(Outcome::Response(_)) => {}
-            Err(e) => self.metrics.error(self.name(), e.kind()),
+            Err(e) => self.metrics.call_error(self.name(), e),
         }
         self.metrics.invocation(self.name(), started.elapsed());
         result
@@ -268,6 +282,9 @@ impl FunctionPool {
         let Some(me) = self.me.upgrade() else { return };
         let concurrency = self.plan.spec.concurrency;
         let mut st = self.lock();
+        // A caller that went away (an HTTP client that disconnected drops the future that
+        // holds the receiver) is neither dispatched nor counted as demand.
+        st.queue.retain(|p| !p.reply.is_closed());
         // Dispatch.
         while !st.queue.is_empty() {
             let free = st
@@ -329,6 +346,7 @@ impl FunctionPool {
                     in_flight: 0,
                     idle_since: now,
                     started: now,
+                    retiring: false,
                 },
             );
             tokio::spawn(Arc::clone(&me).run_instance(id, exit_tx));

@@ -12,7 +12,7 @@ use super::{
     CallError, FunctionPool, Pending, Phase, Reply, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE,
 };
 use crate::launcher::{InstanceControl, InstanceExit, LaunchRequest};
-use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle};
+use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle, Refused};
 
 impl FunctionPool {
     pub(super) fn instance_name(&self, id: u64) -> String {
@@ -56,7 +56,10 @@ impl FunctionPool {
                 () = tokio::time::sleep(timeout) => Err(()),
             };
             match answer {
-                Ok(Some(outcome)) => Ok(outcome),
+                Ok(Some(Ok(outcome))) => Ok(outcome),
+                Ok(Some(Err(Refused::TooLarge { limit }))) => {
+                    Err(CallError::ResponseTooLarge { limit })
+                }
                 Ok(None) => {
                     let oom = match &*exit.borrow() {
                         Some(InstanceExit::OutOfMemory { limit }) => Some(*limit),
@@ -95,12 +98,34 @@ impl FunctionPool {
         let _ = caller.send(result);
         {
             let mut st = self.lock();
+            let mut last_of_retiring = false;
             if let Some(inst) = st.instances.get_mut(&id) {
                 inst.in_flight = inst.in_flight.saturating_sub(1);
                 inst.idle_since = Instant::now();
+                last_of_retiring = inst.retiring && inst.in_flight == 0;
+            }
+            if last_of_retiring {
+                self.stop(&mut st, id);
             }
         }
         self.pump();
+    }
+
+    /// Takes instance `id` out of dispatch and stops it once its calls in flight are done
+    /// (at once if it has none); a fresh instance replaces it on demand.
+    pub(super) fn retire(&self, id: u64) {
+        let mut st = self.lock();
+        let Some(inst) = st.instances.get_mut(&id) else {
+            return;
+        };
+        if inst.phase == Phase::Stopping {
+            return;
+        }
+        inst.phase = Phase::Stopping;
+        inst.retiring = true;
+        if inst.in_flight == 0 {
+            self.stop(&mut st, id);
+        }
     }
 
     /// The plan to launch with: every snapshot in the local cache. Snapshots the cache
@@ -231,7 +256,17 @@ impl FunctionPool {
         tracing::info!(function = self.name(), instance = %name, cold_start_ms = cold.as_millis() as u64, "instance ready");
         self.pump();
 
-        let exit = exited.await;
+        // Serve until it exits, or until its Runtime API says it cannot be reused (a
+        // worker's connection was dropped): then stop it, and a fresh one replaces it.
+        let exit = tokio::select! {
+            exit = &mut exited => exit,
+            why = unusable(&mut lifecycle) => {
+                tracing::warn!(function = self.name(), instance = %name, reason = %why, "replacing an unusable instance");
+                self.retire(id);
+                self.pump();
+                exited.await
+            }
+        };
         if let InstanceExit::OutOfMemory { limit } = &exit {
             self.metrics.oom_kill(self.name());
             tracing::warn!(function = self.name(), instance = %name, limit_mib = limit >> 20, "instance killed at its memory limit");
@@ -260,8 +295,9 @@ impl FunctionPool {
                 .as_ref()
                 .map_or(BACKOFF_START, |f| (f.2 * 2).min(BACKOFF_MAX));
             st.init_failure = Some((msg.clone(), Instant::now() + backoff, backoff));
-            // Nothing can serve the queue now; tell its callers why rather than let them wait.
-            if st.instances.values().any(|i| i.phase == Phase::Ready) {
+            // With no sibling up or starting nothing can serve the queue now: tell its
+            // callers why rather than let them wait. A sibling still starting keeps it.
+            if st.instances.values().any(|i| i.phase != Phase::Stopping) {
                 Vec::new()
             } else {
                 st.queue.drain(..).collect()
@@ -359,6 +395,22 @@ impl FunctionPool {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         self.launcher.close().await;
+    }
+}
+
+/// Resolves when the instance's Runtime API marks it unusable, with why.
+async fn unusable(lifecycle: &mut watch::Receiver<Lifecycle>) -> String {
+    let why = lifecycle
+        .wait_for(|l| matches!(l, Lifecycle::Unusable(_)))
+        .await
+        .map(|l| match &*l {
+            Lifecycle::Unusable(why) => why.clone(),
+            _ => String::new(),
+        });
+    match why {
+        Ok(why) => why,
+        // The API is gone: only the exit can end this instance now.
+        Err(_) => std::future::pending().await,
     }
 }
 

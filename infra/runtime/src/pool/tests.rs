@@ -9,6 +9,10 @@
 //! - `{"hang": true}`: never answers;
 //! - `{"crash": true}`: writes a line to stderr and exits without answering;
 //! - `{"crash_after_reply": true}`: answers, then exits before its next `next`;
+//! - `{"unusable": true}`: its Runtime API marks it unusable (as after a dropped post),
+//!   then it answers;
+//! - `{"stall_then_crash_ms": n}`: stops taking calls (as a runtime whose workers are all
+//!   busy), so calls dispatched meanwhile wait inside the instance; exits after `n` ms;
 //! - `{"oom": limit}`: is killed at its memory limit without answering.
 //!
 //! Every test runs on paused time: when every task is idle the clock jumps to the next
@@ -127,6 +131,8 @@ struct Behaviour {
     init_fail: InitFail,
     /// Instances ignore SIGTERM (only SIGKILL stops them).
     ignore_terminate: bool,
+    /// Failing launches fail after this long instead of `init_delay`.
+    fail_init_delay: Option<Duration>,
 }
 
 impl Default for Behaviour {
@@ -136,6 +142,7 @@ impl Default for Behaviour {
             fail_init: 0,
             init_fail: InitFail::Report,
             ignore_terminate: false,
+            fail_init_delay: None,
         }
     }
 }
@@ -207,7 +214,10 @@ impl Launcher for FakeLauncher {
             logs: Arc::clone(req.logs),
             counters: Arc::clone(&self.counters),
             signalled,
-            init_delay: self.behaviour.init_delay,
+            init_delay: match self.behaviour.fail_init_delay {
+                Some(d) if n <= self.behaviour.fail_init => d,
+                _ => self.behaviour.init_delay,
+            },
             init_fail: (n <= self.behaviour.fail_init).then_some(self.behaviour.init_fail),
         };
         let counters = Arc::clone(&self.counters);
@@ -290,6 +300,18 @@ impl FakeInstance {
             }
             if let Some(limit) = doc["oom"].as_u64() {
                 return InstanceExit::OutOfMemory { limit };
+            }
+            if let Some(ms) = doc["stall_then_crash_ms"].as_u64() {
+                tokio::select! {
+                    () = sleep(Duration::from_millis(ms)) => {}
+                    exit = stopped(&mut self.signalled) => return exit,
+                }
+                self.logs.push(&self.name, "stderr", CRASH_LINE.into());
+                return InstanceExit::Exited("exit status: 101".into());
+            }
+            if doc["unusable"] == true {
+                self.api
+                    .mark_unusable("a worker's connection was dropped".into());
             }
             if doc["crash_after_reply"] == true {
                 self.answer(&id, Outcome::Response(payload));
@@ -648,6 +670,101 @@ async fn a_crash_fails_every_call_in_flight_on_that_instance() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_crash_fails_the_calls_still_queued_inside_the_instance_at_once() {
+    // concurrency 3: two calls are handed to the instance while it is not taking calls;
+    // its crash must fail them at once, not leave them to `timeout`.
+    let h = start(
+        "max_containers = 1\nconcurrency = 3\ntimeout = \"30s\"",
+        Behaviour::default(),
+    );
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    let t = Instant::now();
+    let stall = h.call(r#"{"stall_then_crash_ms": 100}"#);
+    settle().await;
+    let queued: Vec<_> = (0..2).map(|_| h.call("{}")).collect();
+    settle().await;
+    assert_eq!(
+        h.pool.status().in_flight,
+        3,
+        "all three handed to the instance"
+    );
+    assert!(matches!(
+        outcome(stall).await,
+        Err(CallError::FunctionCrashed(_))
+    ));
+    for c in queued {
+        let r = outcome(c).await;
+        assert!(
+            matches!(&r, Err(CallError::FunctionCrashed(m)) if m == CRASH_LINE),
+            "{r:?}"
+        );
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "the queued calls waited {:?}",
+        t.elapsed()
+    );
+    assert_eq!(h.pool.status().in_flight, 0);
+    assert!(echoed(&h.invoke("{}").await, "{}"), "a new instance serves");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_went_away_is_never_dispatched() {
+    let h = start("max_containers = 1\nconcurrency = 1", Behaviour::default());
+    let busy = h.call(r#"{"sleep_ms": 100}"#);
+    sleep(Duration::from_millis(20)).await; // started, and running `busy`
+                                            // Ten callers queue behind it and go away (an HTTP client that disconnected).
+    let gone: Vec<_> = (0..10).map(|_| h.call("{}")).collect();
+    settle().await;
+    assert_eq!(h.pool.status().queue_depth, 10);
+    for c in &gone {
+        c.abort();
+    }
+    assert!(outcome(busy).await.is_ok());
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        h.fake.answered(),
+        1,
+        "only the call whose caller stayed ran"
+    );
+    let s = h.pool.status();
+    assert_eq!((s.queue_depth, s.in_flight), (0, 0));
+    assert_eq!(h.fake.launches(), 1, "a gone caller is no demand");
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn callers_gone_while_instances_start_are_never_dispatched() {
+    let h = start("max_containers = 4", Behaviour::default());
+    let gone: Vec<_> = (0..3).map(|_| h.call("{}")).collect();
+    settle().await;
+    assert_eq!(
+        h.pool.status().queue_depth,
+        3,
+        "queued while instances start"
+    );
+    for c in &gone {
+        c.abort();
+    }
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    sleep(Duration::from_secs(1)).await;
+    assert_eq!(h.fake.answered(), 1, "{} calls ran", h.fake.answered());
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_instance_its_runtime_api_marks_unusable_is_replaced() {
+    let h = start("max_containers = 1", Behaviour::default());
+    assert!(echoed(
+        &h.invoke(r#"{"unusable": true}"#).await,
+        r#"{"unusable": true}"#
+    ));
+    settle().await;
+    assert_eq!(h.fake.terminates(), 1, "stopped, gracefully");
+    assert!(echoed(&h.invoke("{}").await, "{}"));
+    assert_eq!(h.fake.launches(), 2, "a fresh instance serves");
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_call_dispatched_as_its_instance_exits_is_not_lost() {
     // The instance answers, then exits before its next `next`. The answer frees its slot
     // and the queued call is dispatched to it before its exit is seen: that call must
@@ -778,6 +895,52 @@ async fn init_failures_back_off_and_recover() {
     assert_eq!(h.pool.status().init_error, None);
     assert!(echoed(&h.invoke("{}").await, "{}"));
     assert_eq!(h.fake.launches(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_init_failure_leaves_the_queue_to_a_sibling_still_starting() {
+    // Two instances start for two calls; the first fails at 5 ms, the second is ready at
+    // 50 ms. The failure must not fail the queue the sibling is about to serve.
+    let h = start(
+        "max_containers = 2\nconcurrency = 1",
+        Behaviour {
+            init_delay: Duration::from_millis(50),
+            fail_init: 1,
+            fail_init_delay: Some(Duration::from_millis(5)),
+            ..Behaviour::default()
+        },
+    );
+    let calls: Vec<_> = (0..2).map(|_| h.call("{}")).collect();
+    sleep(Duration::from_millis(10)).await;
+    assert_eq!(h.pool.status().init_error.as_deref(), Some(INIT_ERROR));
+    assert_eq!(h.pool.status().starting, 1, "the sibling is still starting");
+    // A call arriving during the backoff queues for the sibling too.
+    let late = h.call("{}");
+    for c in calls {
+        let r = outcome(c).await;
+        assert!(echoed(&r, "{}"), "{r:?}");
+    }
+    assert!(echoed(&outcome(late).await, "{}"));
+    assert_eq!(h.pool.status().init_error, None, "forgotten once one is up");
+}
+
+#[tokio::test(start_paused = true)]
+async fn when_every_sibling_fails_the_queue_gets_the_init_error() {
+    let h = start(
+        "max_containers = 2\nconcurrency = 1",
+        Behaviour {
+            fail_init: 2,
+            ..Behaviour::default()
+        },
+    );
+    let calls: Vec<_> = (0..2).map(|_| h.call("{}")).collect();
+    for c in calls {
+        assert_eq!(
+            outcome(c).await,
+            Err(CallError::InitFailed(INIT_ERROR.into()))
+        );
+    }
+    assert_eq!(h.fake.launches(), 2);
 }
 
 #[tokio::test(start_paused = true)]
