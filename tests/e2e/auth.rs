@@ -53,10 +53,12 @@ fn assert_unauthorized(path: &str, r: &Reply) {
         "{path}: {}",
         String::from_utf8_lossy(&r.body)
     );
-    assert_eq!(
-        r.headers.get("www-authenticate").map(String::as_str),
-        Some("Bearer realm=\"thaw\""),
-        "{path}"
+    assert!(
+        r.headers
+            .get("www-authenticate")
+            .is_some_and(|c| c.starts_with("Bearer")),
+        "{path}: {:?}",
+        r.headers
     );
     if path.starts_with("/2015-03-31/") {
         assert_eq!(
