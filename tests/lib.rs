@@ -323,6 +323,26 @@ impl Serve {
         )
     }
 
+    /// Any method on `path`, with a body and headers (`Authorization`, say).
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base))
+            .timeout(Duration::from_secs(120));
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        Reply::from(if body.is_empty() {
+            req.call()
+        } else {
+            req.send_bytes(body)
+        })
+    }
+
     /// `DELETE path`.
     pub fn delete(&self, path: &str) -> Reply {
         Reply::from(
@@ -429,6 +449,26 @@ impl Reply {
             )
         })
     }
+}
+
+/// Raises this process's soft open-file limit to its hard limit (tests that hold
+/// thousands of sockets); returns the new soft limit.
+#[allow(unsafe_code)]
+pub fn raise_fd_limit() -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own and pass by pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: setrlimit reads the struct we own; raising soft to hard is always allowed.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        return 1024;
+    }
+    lim.rlim_cur
 }
 
 /// A `kB` field of `/proc/<pid>/status`.

@@ -4,8 +4,11 @@
 //! binaries these tests use.
 
 mod analyze;
+mod auth;
 mod durable;
 mod durable_bounds;
+mod edge;
+mod edge_load;
 mod embed_function;
 mod hardening_instances;
 mod parity;

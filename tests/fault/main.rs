@@ -250,7 +250,8 @@ fn count_attempt(key: &str) -> u32 {
 }
 
 /// `FAULT_MODE=raw`: a plain lambda_runtime function (no thaw-fn) that echoes a
-/// function URL event's body back byte for byte, base64 flag and all.
+/// function URL event's body back byte for byte, base64 flag and all, with what it saw in
+/// headers: `x-raw-path`, `x-query` (`queryStringParameters` as JSON) and `x-base64`.
 fn raw_echo() -> Result<(), thaw_fn::Error> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -260,7 +261,12 @@ fn raw_echo() -> Result<(), thaw_fn::Error> {
             let e = event.payload;
             Ok::<_, thaw_fn::Error>(serde_json::json!({
                 "statusCode": 200,
-                "headers": {"content-type": "application/octet-stream", "x-raw-path": e["rawPath"]},
+                "headers": {
+                    "content-type": "application/octet-stream",
+                    "x-raw-path": e["rawPath"],
+                    "x-query": e["queryStringParameters"].to_string(),
+                    "x-base64": e["isBase64Encoded"].to_string(),
+                },
                 "body": e["body"],
                 "isBase64Encoded": e["isBase64Encoded"],
                 "cookies": e["cookies"],

@@ -48,8 +48,8 @@ pub(crate) fn spawn(
 ) -> Result<()> {
     let body = read_input(input)?;
     serde_json::from_str::<Value>(&body).context("input is not valid JSON")?;
-    let mut req = agent()
-        .post(&format!("{}/v1/functions/{function}/spawn", endpoint.url()))
+    let mut req = endpoint
+        .authorize(agent().post(&format!("{}/v1/functions/{function}/spawn", endpoint.url())))
         .set("content-type", "application/json");
     if let Some(k) = idempotency_key {
         req = req.set("idempotency-key", k);
@@ -72,8 +72,8 @@ pub(crate) fn get(endpoint: &Endpoint, id: &str, wait: Option<f64>) -> Result<()
                 .as_secs_f64()
                 .min(POLL as f64)
         });
-        let v: Value = agent()
-            .get(&format!("{}/v1/calls/{id}?wait={left:.3}", endpoint.url()))
+        let v: Value = endpoint
+            .authorize(agent().get(&format!("{}/v1/calls/{id}?wait={left:.3}", endpoint.url())))
             .call()
             .map_err(|e| http_error(e, endpoint))?
             .into_json()?;
@@ -97,8 +97,8 @@ pub(crate) fn get(endpoint: &Endpoint, id: &str, wait: Option<f64>) -> Result<()
 
 /// `thaw cancel <id>`.
 pub(crate) fn cancel(endpoint: &Endpoint, id: &str) -> Result<()> {
-    let v: Value = agent()
-        .delete(&format!("{}/v1/calls/{id}", endpoint.url()))
+    let v: Value = endpoint
+        .authorize(agent().delete(&format!("{}/v1/calls/{id}", endpoint.url())))
         .call()
         .map_err(|e| http_error(e, endpoint))?
         .into_json()?;
@@ -144,12 +144,12 @@ pub(crate) fn map(args: &MapArgs) -> Result<()> {
     };
     let upload = ProgressBar::new_spinner().with_message("uploading inputs");
     upload.enable_steady_tick(Duration::from_millis(120));
-    let accepted: Value = agent()
-        .post(&format!(
+    let accepted: Value = endpoint
+        .authorize(agent().post(&format!(
             "{}/v1/functions/{}/spawn_map",
             endpoint.url(),
             args.function
-        ))
+        )))
         .set("content-type", "application/x-ndjson")
         .send(input)
         .map_err(|e| http_error(e, endpoint))?
@@ -175,11 +175,11 @@ pub(crate) fn map(args: &MapArgs) -> Result<()> {
         } else {
             format!("offset={offset}")
         };
-        let v: Value = agent()
-            .get(&format!(
+        let v: Value = endpoint
+            .authorize(agent().get(&format!(
                 "{}/v1/maps/{map_id}?{page}&limit=2000&wait={POLL}",
                 endpoint.url()
-            ))
+            )))
             .call()
             .map_err(|e| http_error(e, endpoint))?
             .into_json()?;

@@ -12,12 +12,23 @@ pub(crate) struct Endpoint {
     /// thaw serve's address.
     #[arg(long, env = "THAW_ENDPOINT", default_value = "http://127.0.0.1:8787")]
     endpoint: String,
+    /// The control-plane token thaw serve was started with, sent as a bearer token.
+    #[arg(long, env = "THAW_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl Endpoint {
     /// The base URL, without a trailing slash.
     pub(crate) fn url(&self) -> &str {
         self.endpoint.trim_end_matches('/')
+    }
+
+    /// `req` with the token, if there is one.
+    pub(crate) fn authorize(&self, req: ureq::Request) -> ureq::Request {
+        match &self.token {
+            Some(t) => req.set("authorization", &format!("Bearer {t}")),
+            None => req,
+        }
     }
 }
 
@@ -48,10 +59,10 @@ pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result
     serde_json::from_str::<Value>(&body).context("input is not valid JSON")?;
     let url = format!(
         "{}/2015-03-31/functions/{function}/invocations",
-        endpoint.endpoint
+        endpoint.url()
     );
-    let resp = match agent()
-        .post(&url)
+    let resp = match endpoint
+        .authorize(agent().post(&url))
         .set("content-type", "application/json")
         .send_string(&body)
     {
@@ -72,8 +83,8 @@ pub(crate) fn invoke(endpoint: &Endpoint, function: &str, input: &str) -> Result
 }
 
 fn get_json(endpoint: &Endpoint, path: &str) -> Result<Value> {
-    let url = format!("{}{path}", endpoint.endpoint);
-    match agent().get(&url).call() {
+    let url = format!("{}{path}", endpoint.url());
+    match endpoint.authorize(agent().get(&url)).call() {
         Ok(r) => Ok(r.into_json()?),
         Err(ureq::Error::Status(code, r)) => {
             bail!("HTTP {code}: {}", r.into_string().unwrap_or_default())

@@ -48,6 +48,70 @@ pub(crate) struct ServeArgs {
     /// How long in-flight calls may finish after SIGTERM.
     #[arg(long, default_value = "10s", value_parser = humantime_duration)]
     grace: Duration,
+    /// The control-plane token: `Authorization: Bearer <token>` is then required on /v1,
+    /// the Invoke API and /metrics, and opens every function. Prefer the environment
+    /// variable: a flag is visible in the process list.
+    #[arg(long, env = "THAW_TOKEN", hide_env_values = true, value_name = "TOKEN")]
+    token: Option<String>,
+    /// The token that opens functions with `url.auth = "token"`.
+    #[arg(
+        long,
+        env = "THAW_URL_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    url_token: Option<String>,
+    /// Listen on a non-loopback address without a control-plane token: anyone who can
+    /// reach it can run functions and read every call's result.
+    #[arg(long)]
+    insecure_no_token: bool,
+    /// Serve /metrics without the control-plane token.
+    #[arg(long)]
+    public_metrics: bool,
+    /// Longest wait for a request's head, and for the next request on an idle
+    /// keep-alive connection; slower clients are disconnected.
+    #[arg(long, default_value = "20s", value_parser = humantime_duration)]
+    header_timeout: Duration,
+    /// Most HTTP connections open at once [default: half the open-file limit, at most
+    /// 16384].
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+/// The front's authentication, from the flags (or their environment variables).
+fn auth_of(args: &ServeArgs) -> Result<thaw_runtime::front::Auth> {
+    let token = |name, value: &Option<String>| {
+        value
+            .as_deref()
+            .map(|v| thaw_runtime::front::Token::new(name, v))
+            .transpose()
+    };
+    Ok(thaw_runtime::front::Auth {
+        control: token("THAW_TOKEN (--token)", &args.token)?,
+        functions: token("THAW_URL_TOKEN (--url-token)", &args.url_token)?,
+        public_metrics: args.public_metrics,
+    })
+}
+
+/// Refuses an address other machines can reach while the control plane is open.
+fn check_exposure(
+    addr: std::net::SocketAddr,
+    auth: &thaw_runtime::front::Auth,
+    allow: bool,
+) -> Result<()> {
+    if addr.ip().is_loopback() || auth.control.is_some() {
+        return Ok(());
+    }
+    if allow {
+        tracing::warn!(%addr, "--insecure-no-token: the control plane is open to anyone who can reach this address");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr} without a control-plane token: anyone who can reach it could run \
+         every function and read every result and log. Set THAW_TOKEN (or --token) to a long random \
+         secret and send it as `Authorization: Bearer <token>`, listen on 127.0.0.1, or pass \
+         --insecure-no-token to serve without one"
+    )
 }
 
 fn humantime_duration(s: &str) -> Result<Duration, String> {
@@ -59,9 +123,17 @@ fn humantime_duration(s: &str) -> Result<Duration, String> {
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let manifest = Manifest::load(&args.manifest)?;
-    if let Err(e) = thaw_runtime::launcher::raise_fd_limit() {
+    let auth = auth_of(&args)?;
+    let fd_limit = thaw_runtime::launcher::raise_fd_limit().unwrap_or_else(|e| {
         tracing::warn!(error = %e, "cannot raise the open-file limit");
-    }
+        1024
+    });
+    let edge = thaw_runtime::front::Edge {
+        header_timeout: args.header_timeout,
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(|| thaw_runtime::front::Edge::max_connections_for(fd_limit)),
+    };
     let bin_dir = crate::bin_dir(args.bin_dir)?;
     let store_config = match (&args.snapshot_store, &manifest.app.snapshot_store) {
         (Some(url), _) => Some(thaw_snapshot::s3::S3Config {
@@ -136,10 +208,22 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(&listen)
+        let listener = thaw_runtime::front::bind(&listen)
             .await
             .with_context(|| format!("bind {listen}"))?;
         let addr = listener.local_addr()?;
+        check_exposure(addr, &auth, args.insecure_no_token)?;
+        for (name, f) in &plan.functions {
+            if f.spec.url.auth == thaw_manifest::UrlAuth::Token
+                && auth.functions.is_none()
+                && auth.control.is_none()
+            {
+                tracing::warn!(
+                    function = %name,
+                    "url.auth = \"token\" but neither THAW_URL_TOKEN nor THAW_TOKEN is set: every call to it is refused"
+                );
+            }
+        }
         // Every snapshot is verified once by this process before its first instance;
         // missing ones are pulled from the store, if there is one.
         let store = match store_config {
@@ -152,7 +236,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             )));
         let rt = thaw_runtime::Runtime::start(
             &plan,
-            std::env::var("THAW_URL_TOKEN").ok(),
             calls,
             fetcher,
             std::sync::Arc::clone(&sandbox),
@@ -178,10 +261,15 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
                 let app = thaw_runtime::front::single_router(
                     std::sync::Arc::clone(&rt),
                     function.clone(),
+                    auth,
                 );
-                thaw_runtime::serve_app(listener, rt, app, shutdown_signal(), args.grace).await?;
+                thaw_runtime::serve_app(listener, rt, app, edge, shutdown_signal(), args.grace)
+                    .await?;
             }
-            None => thaw_runtime::serve(listener, rt, shutdown_signal(), args.grace).await?,
+            None => {
+                thaw_runtime::serve(listener, rt, auth, edge, shutdown_signal(), args.grace)
+                    .await?
+            }
         }
         say("thaw serve stopped; no instance left running\n");
         Ok(())

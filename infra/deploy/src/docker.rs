@@ -9,6 +9,10 @@
 //! `--features cuda`), any other from Debian slim, unless the manifest names an `image`.
 //! The function's snapshots are baked in, content-addressed as in thaw's cache, and the
 //! entrypoint is `thaw serve --single <function>` on `$PORT` (8080).
+//!
+//! No token is baked in: the container is run with `-e THAW_TOKEN=...` (thaw refuses to
+//! listen on 0.0.0.0 without a control-plane token) and, for a function with
+//! `url.auth = "token"`, `-e THAW_URL_TOKEN=...`; the Dockerfile says so.
 
 use std::fmt::Write as _;
 
@@ -77,6 +81,15 @@ fn dockerfile(plan: &Plan, f: &FunctionPlan) -> String {
         d,
         "#   docker build -f <out>/docker/{}/Dockerfile .",
         f.name
+    );
+    let _ = writeln!(
+        d,
+        "# Run with -e THAW_TOKEN=<secret>{}: thaw serve refuses to listen on 0.0.0.0 without a control-plane token.",
+        if spec.url.auth == thaw_manifest::UrlAuth::Token {
+            " -e THAW_URL_TOKEN=<secret> (url.auth = \"token\")"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(d, "FROM {base}");
     let _ = writeln!(d, "RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*");

@@ -163,6 +163,52 @@ fn knative_services_carry_scaling_gpu_and_probe() {
         .any(|f| f.path.ends_with("eu-west-1/embed-gpu.json")));
 }
 
+#[test]
+fn tokens_are_secret_references_never_values() {
+    let rendered = render(&plan(), Target::Knative, &RenderOptions::default());
+    let env_of = |name: &str| -> Vec<serde_json::Value> {
+        let file = rendered
+            .files
+            .iter()
+            .find(|f| f.path.ends_with(format!("us-east-1/{name}.json")))
+            .expect("service");
+        let v: serde_json::Value = serde_json::from_str(&file.text).expect("json");
+        v["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let reference = |env: &[serde_json::Value], var: &str| {
+        env.iter()
+            .find(|e| e["name"] == var)
+            .map(|e| e["valueFrom"]["secretKeyRef"].clone())
+    };
+    // embed has url.auth = "token"; analyze does not.
+    let embed = env_of("embed");
+    assert_eq!(
+        reference(&embed, "THAW_TOKEN"),
+        Some(serde_json::json!({"name": "thaw-tokens", "key": "control-token"}))
+    );
+    assert_eq!(
+        reference(&embed, "THAW_URL_TOKEN"),
+        Some(serde_json::json!({"name": "thaw-tokens", "key": "url-token"}))
+    );
+    let analyze = env_of("analyze");
+    assert!(reference(&analyze, "THAW_TOKEN").is_some());
+    assert!(reference(&analyze, "THAW_URL_TOKEN").is_none());
+    // Docker says how to pass them; SAM says what becomes of url.auth = "token".
+    let docker = render(&plan(), Target::Docker, &RenderOptions::default());
+    assert!(docker
+        .files
+        .iter()
+        .all(|f| f.text.contains("-e THAW_TOKEN=<secret>")));
+    let sam = render(&plan(), Target::AwsSam, &RenderOptions::default());
+    assert!(sam
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("embed:") && w.contains("AWS_IAM")));
+}
+
 /// The part of Knative's `serving.knative.dev/v1` Service schema thaw renders, as types
 /// that refuse unknown fields: a rendered Service that does not fit fails to parse.
 // Parsing is the check; not every field is read afterwards.
@@ -236,11 +282,28 @@ mod knative_schema {
         pub container_port: u16,
     }
 
+    /// A literal `value`, or a `valueFrom` Secret reference: exactly one.
     #[derive(Debug, Deserialize)]
-    #[serde(deny_unknown_fields)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
     pub struct EnvVar {
         pub name: String,
-        pub value: String,
+        #[serde(default)]
+        pub value: Option<String>,
+        #[serde(default)]
+        pub value_from: Option<EnvSource>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "camelCase")]
+    pub struct EnvSource {
+        pub secret_key_ref: SecretKeyRef,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct SecretKeyRef {
+        pub name: String,
+        pub key: String,
     }
 
     #[derive(Debug, Deserialize)]
@@ -336,6 +399,12 @@ fn knative_services_fit_the_serving_v1_schema() {
             spec.node_selector.contains_key("nvidia.com/gpu.product")
         );
         assert!(c.name.len() <= 63 && c.env.iter().all(|e| !e.name.is_empty()));
+        assert!(
+            c.env
+                .iter()
+                .all(|e| e.value.is_some() != e.value_from.is_some()),
+            "each env var is a value or a reference"
+        );
     }
     assert_eq!(services, 5);
 }

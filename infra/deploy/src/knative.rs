@@ -19,14 +19,45 @@
 //!
 //! The container runs `thaw serve --single <function>` on port 8080, with `/healthz` as
 //! its readiness probe: ready once the function has loaded its model.
+//!
+//! Tokens come from the Secret [`TOKEN_SECRET`] in the app's namespace, never from the
+//! rendered files: `THAW_TOKEN` from its key `control-token` (thaw refuses to listen on
+//! 0.0.0.0 without one; it guards `/metrics` and opens every function), and, for a
+//! function with `url.auth = "token"`, `THAW_URL_TOKEN` from its key `url-token`. Create
+//! it before applying the Services:
+//!
+//! ```sh
+//! kubectl -n <app> create secret generic thaw-tokens \
+//!   --from-literal=control-token="$(openssl rand -hex 32)" \
+//!   --from-literal=url-token="$(openssl rand -hex 32)"
+//! ```
 
 use serde_json::{json, Map, Value};
-use thaw_manifest::{FunctionPlan, Plan};
+use thaw_manifest::{FunctionPlan, Plan, UrlAuth};
 
 use crate::{json_text, stacks, volume_warnings, File, RenderOptions, Rendered};
 
 /// The container port `thaw serve --single` listens on.
 pub const PORT: u16 = 8080;
+
+/// The Secret, in the app's namespace, that holds the tokens.
+pub const TOKEN_SECRET: &str = "thaw-tokens";
+
+/// The container's environment: the manifest's `env`, then the tokens by reference.
+fn container_env(f: &FunctionPlan) -> Vec<Value> {
+    let secret = |name: &str, key: &str| json!({"name": name, "valueFrom": {"secretKeyRef": {"name": TOKEN_SECRET, "key": key}}});
+    let mut env: Vec<Value> = f
+        .spec
+        .env
+        .iter()
+        .map(|(k, v)| json!({"name": k, "value": v}))
+        .collect();
+    env.push(secret("THAW_TOKEN", "control-token"));
+    if f.spec.url.auth == UrlAuth::Token {
+        env.push(secret("THAW_URL_TOKEN", "url-token"));
+    }
+    env
+}
 
 /// The `nvidia.com/gpu.product` label (NVIDIA GPU feature discovery) of a GPU type.
 pub fn gpu_product(kind: &str) -> &'static str {
@@ -117,7 +148,7 @@ pub fn service(plan: &Plan, f: &FunctionPlan, namespace: &str, opts: &RenderOpti
             "name": "function",
             "image": image(plan, f, opts),
             "ports": [{"name": "http1", "containerPort": PORT}],
-            "env": spec.env.iter().map(|(k, v)| json!({"name": k, "value": v})).collect::<Vec<_>>(),
+            "env": container_env(f),
             "readinessProbe": {"httpGet": {"path": "/healthz", "port": PORT}, "periodSeconds": 1},
             "resources": {"requests": {}, "limits": {}},
         }],

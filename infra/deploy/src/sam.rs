@@ -7,9 +7,14 @@
 //! | tmp | `EphemeralStorage.Size` (MB, 512 to 10,240) |
 //! | max_containers | `ReservedConcurrentExecutions` |
 //! | min_containers > 0 | `AutoPublishAlias: live` + `ProvisionedConcurrencyConfig` |
-//! | url.auth none / token | `FunctionUrlConfig.AuthType` `NONE` / `AWS_IAM` |
+//! | url.auth none / token | `FunctionUrlConfig.AuthType` `NONE` / `AWS_IAM` (SigV4, not a bearer token) |
 //! | retries, result_ttl | `EventInvokeConfig` `MaximumRetryAttempts` (at most 2), `MaximumEventAgeInSeconds` (60 to 21,600) |
 //! | snapshot(s), env | `Environment.Variables`, snapshots under `/var/task/snapshots/<name>` |
+//!
+//! Tokens: Lambda function URLs know two auth types, `NONE` and `AWS_IAM`, and no bearer
+//! token, so `url.auth = "token"` becomes `AWS_IAM` (callers sign their requests with
+//! SigV4 as an IAM principal allowed `lambda:InvokeFunctionUrl`), with a warning, and no
+//! thaw token is rendered. The control plane is AWS's own (IAM on the Lambda API).
 //!
 //! Not rendered: `cpu` (Lambda's CPU follows `MemorySize`), `pids`, and `network` (a
 //! Lambda function outside a VPC can always open outbound connections, so `none` is not
@@ -94,6 +99,12 @@ fn function(plan: &Plan, f: &FunctionPlan, warnings: &mut Vec<String>) -> Value 
             "{}: tmp = {} MiB set to {tmp_mb} MiB, within Lambda's ephemeral storage of 512 to 10,240 MiB",
             f.name,
             spec.tmp.mebibytes()
+        ));
+    }
+    if spec.url.auth == UrlAuth::Token {
+        warnings.push(format!(
+            "{}: url.auth = \"token\" becomes AuthType AWS_IAM: callers sign requests with SigV4, not THAW_URL_TOKEN",
+            f.name
         ));
     }
     if spec.retries > 2 {

@@ -50,8 +50,6 @@ pub struct Runtime {
     pub pools: BTreeMap<String, Arc<FunctionPool>>,
     /// The metrics registry.
     pub metrics: Arc<Metrics>,
-    /// Bearer token for functions with `url.auth = "token"` (`THAW_URL_TOKEN`).
-    pub url_token: Option<String>,
     /// Durable calls.
     pub store: CallStore,
     /// The sandbox parts this machine has.
@@ -68,7 +66,6 @@ impl Runtime {
     /// the durable calls `store` holds (those recovered from a previous run included).
     pub fn start(
         plan: &Plan,
-        url_token: Option<String>,
         store: CallStore,
         fetcher: Option<Arc<dyn fetch::SnapshotFetcher>>,
         sandbox: Arc<Sandbox>,
@@ -114,7 +111,6 @@ impl Runtime {
         Arc::new(Self {
             pools,
             metrics,
-            url_token,
             store,
             sandbox,
             accepting: AtomicBool::new(true),
@@ -175,16 +171,19 @@ async fn collect_expired(store: CallStore, period: Duration, mut stop: watch::Re
 }
 
 /// Serves `runtime` on `listener` until `shutdown` resolves, then shuts down gracefully:
-/// stop accepting, let in-flight calls finish for up to `grace`, stop every instance, and
-/// return only when no child process is left.
+/// stop accepting calls (new ones get 503 while in-flight ones finish, for up to `grace`),
+/// stop every instance, stop accepting connections, and return only when no child
+/// process is left.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runtime: Arc<Runtime>,
+    auth: front::Auth,
+    edge: front::Edge,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let app = front::router(Arc::clone(&runtime));
-    serve_app(listener, runtime, app, shutdown, grace).await
+    let app = front::router(Arc::clone(&runtime), auth);
+    serve_app(listener, runtime, app, edge, shutdown, grace).await
 }
 
 /// [`serve`] with other routes: `thaw serve --single` serves [`front::single_router`].
@@ -192,34 +191,30 @@ pub async fn serve_app(
     listener: tokio::net::TcpListener,
     runtime: Arc<Runtime>,
     app: axum::Router,
+    edge: front::Edge,
     shutdown: impl Future<Output = ()> + Send + 'static,
     grace: Duration,
 ) -> std::io::Result<()> {
-    let (began_tx, began_rx) = tokio::sync::oneshot::channel::<()>();
-    let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
-    let closing = Arc::clone(&runtime);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!("shutting down: no new calls, waiting for in-flight ones");
-        closing.close();
-        let _ = began_tx.send(());
-        let _ = drained_rx.await;
-    });
-    let mut server = tokio::spawn(async move { server.await });
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Connections still open once instances are stopped get this long to finish.
+    let linger = Duration::from_secs(5);
+    let mut server = tokio::spawn(front::serve(listener, app, edge, stop_rx, linger));
     tokio::select! {
-        _ = began_rx => {}
+        () = shutdown => {}
         result = &mut server => {
             runtime.stop_instances(pool::STOP_GRACE).await;
             return result.unwrap_or_else(|join| Err(std::io::Error::other(join)));
         }
     }
+    tracing::info!("shutting down: no new calls, waiting for in-flight ones");
+    runtime.close();
     let deadline = tokio::time::Instant::now() + grace;
     while runtime.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     runtime.stop_instances(pool::STOP_GRACE).await;
-    let _ = drained_tx.send(());
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
+    let _ = stop_tx.send(true);
+    match tokio::time::timeout(linger + Duration::from_secs(1), server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join)) => Err(std::io::Error::other(join)),
         Err(_) => Ok(()),

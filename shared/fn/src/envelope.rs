@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use thaw_protocol::batch::{is_batch, BatchItem, BatchRequest, BatchResponse};
-use thaw_protocol::url_event::{UrlEvent, UrlResponse};
+use thaw_protocol::url_event::{self, UrlEvent, UrlResponse};
 use thaw_protocol::ApiErrorBody;
 
 use crate::{FnError, Function, InferenceThread};
@@ -20,7 +20,7 @@ pub(crate) async fn dispatch<F: Function>(
     if is_batch(&event) {
         return Ok(batch(worker, event).await);
     }
-    if UrlEvent::matches(&event) {
+    if url_event::is_url_event(&event) {
         return Ok(url(worker, event).await);
     }
     let request = parse_request::<F>(event)?;
@@ -48,8 +48,7 @@ async fn url<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {
 fn url_request<F: Function>(event: Value) -> Result<F::Request, FnError> {
     let event: UrlEvent = serde_json::from_value(event)
         .map_err(|e| FnError::invalid_input(format!("malformed function URL event: {e}")))?;
-    let body = event
-        .body_bytes()
+    let body = url_event::body_bytes(&event)
         .map_err(|e| FnError::invalid_input(format!("body is not valid base64: {e}")))?;
     serde_json::from_slice(&body)
         .map_err(|e| FnError::invalid_input(format!("request body is not a valid request: {e}")))

@@ -1,145 +1,250 @@
 //! Function URL events and responses, payload format version 2.0.
 //!
-//! `lambda_http` and AWS recognise a v2.0 event by `requestContext.http.method`; a top-level
-//! `httpMethod` would mean API Gateway v1. thaw's front builds [`UrlEvent`]s and functions
-//! answer [`UrlResponse`]s, exactly as behind an AWS Lambda function URL.
+//! The event is AWS's own type, [`aws_lambda_events`]' `LambdaFunctionUrlRequest`
+//! ([`UrlEvent`] here), so a function written against AWS reads exactly what it would
+//! read behind a Lambda function URL. [`build`] makes one from an HTTP request the way
+//! AWS does:
+//!
+//! - `rawPath` and `requestContext.http.path` are the path *as sent*: `%2F` stays `%2F`,
+//!   so a function can tell an encoded slash from a separator.
+//! - `rawQueryString` is as sent; `queryStringParameters` are decoded
+//!   (`application/x-www-form-urlencoded`: `%XX` and `+`), repeated keys joined by commas.
+//! - Headers are lower-case, repeated ones joined by commas; `cookie` moves to `cookies`.
+//! - The body is text only when the content type says text (`text/*`, JSON, XML,
+//!   form-encoded, NDJSON, JavaScript, or no content type at all) *and* it is UTF-8;
+//!   anything else is base64 with `isBase64Encoded`, as AWS sends an
+//!   `application/octet-stream` body even when its bytes happen to be UTF-8.
+//!
+//! `lambda_http` and AWS recognise a v2.0 event by `requestContext.http.method`
+//! ([`is_url_event`]); a top-level `httpMethod` would mean API Gateway v1.
+//!
+//! Responses stay thaw's own [`UrlResponse`]: AWS accepts a response of only
+//! `statusCode` and `body`, which the crate's `LambdaFunctionUrlResponse` refuses (its
+//! `isBase64Encoded` and `cookies` are required), and the front must read what any
+//! function answers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use aws_lambda_events::http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// A function URL request (payload format 2.0).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct UrlEvent {
-    /// Always `"2.0"`.
-    pub version: String,
-    /// `"$default"` for function URLs.
-    pub route_key: String,
-    /// The path after the function's URL prefix, starting with `/`.
-    pub raw_path: String,
-    /// The query string without `?`.
-    pub raw_query_string: String,
-    /// Request cookies, one `name=value` per entry.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub cookies: Vec<String>,
-    /// Lower-cased header names; repeated headers are joined with commas.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Parsed query parameters; repeated keys are joined with commas.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub query_string_parameters: BTreeMap<String, String>,
-    /// Who asked, how, and when.
-    pub request_context: RequestContext,
-    /// The body, base64-encoded when `is_base64_encoded`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub body: Option<String>,
-    /// Whether `body` is base64.
-    #[serde(default)]
-    pub is_base64_encoded: bool,
+pub use aws_lambda_events::lambda_function_urls::{
+    LambdaFunctionUrlRequest as UrlEvent, LambdaFunctionUrlRequestContext as RequestContext,
+    LambdaFunctionUrlRequestContextHttpDescription as HttpContext,
+};
+
+/// What [`build`] needs of one HTTP request. Every field may hold anything a client can
+/// send; [`build`] never fails and never panics.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequest<'a> {
+    /// The method.
+    pub method: &'a Method,
+    /// The HTTP version.
+    pub version: Version,
+    /// The path after the function's URL prefix, as sent (still percent-encoded). An
+    /// empty path is `/`.
+    pub raw_path: &'a str,
+    /// The query string without `?`, as sent.
+    pub raw_query: &'a str,
+    /// The headers.
+    pub headers: &'a HeaderMap,
+    /// The body.
+    pub body: &'a [u8],
 }
 
-/// `requestContext` of a [`UrlEvent`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestContext {
-    /// HTTP details.
-    pub http: HttpContext,
+/// What the platform adds to an event.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
     /// The platform's request id.
-    #[serde(default)]
     pub request_id: String,
-    /// `"$default"`.
-    #[serde(default)]
-    pub route_key: String,
-    /// `"$default"`.
-    #[serde(default)]
-    pub stage: String,
     /// Milliseconds since the Unix epoch.
-    #[serde(default)]
-    pub time_epoch: u64,
-    /// Host header of the request.
-    #[serde(default)]
-    pub domain_name: String,
-}
-
-/// `requestContext.http` of a [`UrlEvent`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct HttpContext {
-    /// `GET`, `POST`, ...
-    pub method: String,
-    /// Same as `rawPath`.
-    pub path: String,
-    /// `HTTP/1.1`.
-    #[serde(default)]
-    pub protocol: String,
+    pub time_epoch_ms: i64,
     /// The client's address.
-    #[serde(default)]
     pub source_ip: String,
-    /// The `user-agent` header.
-    #[serde(default)]
-    pub user_agent: String,
 }
 
-impl UrlEvent {
-    /// Whether a raw event has the v2.0 function URL shape.
-    pub fn matches(event: &Value) -> bool {
-        event
-            .get("requestContext")
-            .and_then(|c| c.get("http"))
-            .and_then(|h| h.get("method"))
-            .is_some()
-    }
+/// A function URL event for `req`, as AWS builds one.
+pub fn build(req: &HttpRequest<'_>, origin: Origin) -> UrlEvent {
+    let raw_path = if req.raw_path.starts_with('/') {
+        req.raw_path.to_owned()
+    } else {
+        format!("/{}", req.raw_path)
+    };
+    let (headers, cookies) = headers_and_cookies(req.headers);
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    };
+    let host = text("host");
+    let mut http = HttpContext::default();
+    http.method = Some(req.method.as_str().to_owned());
+    http.path = Some(raw_path.clone());
+    http.protocol = Some(format!("{:?}", req.version));
+    http.source_ip = Some(origin.source_ip);
+    http.user_agent = text("user-agent");
+    let mut context = RequestContext::default();
+    context.account_id = Some("anonymous".to_owned());
+    context.request_id = Some(origin.request_id);
+    context.domain_prefix = host
+        .as_deref()
+        .map(|h| h.split('.').next().unwrap_or_default().to_owned());
+    context.domain_name = host;
+    context.time_epoch = origin.time_epoch_ms;
+    context.http = http;
+    let (body, is_base64_encoded) = encode_body(text("content-type").as_deref(), req.body);
+    let mut event = UrlEvent::default();
+    event.version = Some("2.0".to_owned());
+    event.raw_path = Some(raw_path);
+    event.raw_query_string = Some(req.raw_query.to_owned());
+    event.cookies = (!cookies.is_empty()).then_some(cookies);
+    event.headers = headers;
+    event.query_string_parameters = query_parameters(req.raw_query);
+    event.request_context = context;
+    event.body = body;
+    event.is_base64_encoded = is_base64_encoded;
+    event
+}
 
-    /// The body's bytes, decoding base64 where flagged.
-    pub fn body_bytes(&self) -> Result<Vec<u8>, base64::DecodeError> {
-        match (&self.body, self.is_base64_encoded) {
-            (None, _) => Ok(Vec::new()),
-            (Some(b), false) => Ok(b.as_bytes().to_vec()),
-            (Some(b), true) => base64::engine::general_purpose::STANDARD.decode(b),
+/// One value per header name (repeated ones joined by commas, as AWS does), every value
+/// valid UTF-8 so that the event serialises; `cookie` headers become `cookies`.
+fn headers_and_cookies(from: &HeaderMap) -> (HeaderMap, Vec<String>) {
+    let mut headers = HeaderMap::new();
+    let mut cookies = Vec::new();
+    for name in from.keys() {
+        let values: Vec<String> = from
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        if name == "cookie" {
+            cookies.extend(
+                values
+                    .iter()
+                    .flat_map(|v| v.split(';'))
+                    .map(str::trim)
+                    .filter(|c| !c.is_empty())
+                    .map(str::to_owned),
+            );
+            continue;
+        }
+        // Lossy UTF-8 of a valid header value is still a valid header value (U+FFFD is
+        // three bytes >= 0x80), so this insert fails only on a bug; skip rather than panic.
+        if let Ok(value) = HeaderValue::from_str(&values.join(",")) {
+            headers.insert(HeaderName::clone(name), value);
         }
     }
+    (headers, cookies)
+}
 
-    /// Sets the body, base64-encoding it unless it is UTF-8 text.
-    pub fn set_body(&mut self, bytes: &[u8]) {
-        if bytes.is_empty() {
-            self.body = None;
-            self.is_base64_encoded = false;
-            return;
+/// Decoded query parameters; repeated keys joined by commas.
+fn query_parameters(raw_query: &str) -> HashMap<String, String> {
+    let mut out: HashMap<String, String> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(raw_query.as_bytes()) {
+        out.entry(k.into_owned())
+            .and_modify(|old| {
+                old.push(',');
+                old.push_str(&v);
+            })
+            .or_insert_with(|| v.into_owned());
+    }
+    out
+}
+
+/// Whether a content type is text that travels as it is.
+pub fn is_text_content_type(content_type: Option<&str>) -> bool {
+    let Some(ct) = content_type else {
+        return true;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence.as_str(),
+            "" | "application/json"
+                | "application/xml"
+                | "application/javascript"
+                | "application/x-www-form-urlencoded"
+                | "application/x-ndjson"
+                | "application/graphql"
+                | "application/yaml"
+        )
+}
+
+/// The body as the event carries it, and whether that is base64.
+fn encode_body(content_type: Option<&str>, body: &[u8]) -> (Option<String>, bool) {
+    if body.is_empty() {
+        return (None, false);
+    }
+    if is_text_content_type(content_type) {
+        if let Ok(text) = std::str::from_utf8(body) {
+            return (Some(text.to_owned()), false);
         }
-        match std::str::from_utf8(bytes) {
-            Ok(text) => {
-                self.body = Some(text.to_owned());
-                self.is_base64_encoded = false;
-            }
-            Err(_) => {
-                self.body = Some(base64::engine::general_purpose::STANDARD.encode(bytes));
-                self.is_base64_encoded = true;
-            }
-        }
+    }
+    (
+        Some(base64::engine::general_purpose::STANDARD.encode(body)),
+        true,
+    )
+}
+
+/// Whether a raw event has the v2.0 function URL shape.
+pub fn is_url_event(event: &Value) -> bool {
+    event
+        .get("requestContext")
+        .and_then(|c| c.get("http"))
+        .and_then(|h| h.get("method"))
+        .is_some()
+}
+
+/// An event's body bytes, decoding base64 where flagged.
+pub fn body_bytes(event: &UrlEvent) -> Result<Vec<u8>, base64::DecodeError> {
+    match (&event.body, event.is_base64_encoded) {
+        (None, _) => Ok(Vec::new()),
+        (Some(b), false) => Ok(b.as_bytes().to_vec()),
+        (Some(b), true) => base64::engine::general_purpose::STANDARD.decode(b),
     }
 }
 
-/// A function URL response.
+/// A function URL response. Every field but `statusCode` may be missing or `null`, as
+/// AWS allows.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UrlResponse {
     /// HTTP status.
     pub status_code: u16,
     /// Response headers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub headers: BTreeMap<String, String>,
     /// Body, base64 when `is_base64_encoded`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub body: String,
     /// Whether `body` is base64.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nullable")]
     pub is_base64_encoded: bool,
     /// `Set-Cookie` values.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "nullable",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub cookies: Vec<String>,
+}
+
+/// `null` read as the default.
+fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
 }
 
 impl UrlResponse {
@@ -158,28 +263,4 @@ impl UrlResponse {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn binary_bodies_travel_as_base64_and_text_as_text() {
-        let mut e = UrlEvent::default();
-        e.set_body(&[0, 159, 146, 150]);
-        assert!(e.is_base64_encoded);
-        assert_eq!(e.body_bytes().ok(), Some(vec![0, 159, 146, 150]));
-        e.set_body(b"{\"a\":1}");
-        assert!(!e.is_base64_encoded);
-        assert_eq!(e.body.as_deref(), Some("{\"a\":1}"));
-    }
-
-    #[test]
-    fn recognises_v2_shape_only() {
-        assert!(UrlEvent::matches(
-            &serde_json::json!({"requestContext": {"http": {"method": "GET"}}})
-        ));
-        assert!(!UrlEvent::matches(
-            &serde_json::json!({"httpMethod": "GET"})
-        ));
-        assert!(!UrlEvent::matches(&serde_json::json!({"text": "hi"})));
-    }
-}
+mod tests;

@@ -44,6 +44,9 @@ pub enum ApiError {
     /// No such route.
     #[error("no such route")]
     RouteNotFound,
+    /// The route exists, not with this method.
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
     /// The call's result outlived the function's `result_ttl`.
     #[error("call {0} expired: its result was kept for the function's result_ttl")]
     CallExpired(String),
@@ -94,6 +97,7 @@ impl ApiError {
             | Self::CallNotFound(_)
             | Self::MapNotFound(_)
             | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::CallExpired(_) => StatusCode::GONE,
             Self::CallRunning(_) | Self::CallFinished { .. } => StatusCode::CONFLICT,
             Self::PayloadTooLarge(_) | Self::MapTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -118,6 +122,7 @@ impl ApiError {
             Self::CallNotFound(_) => "CallNotFound",
             Self::MapNotFound(_) => "MapNotFound",
             Self::RouteNotFound => "NotFound",
+            Self::MethodNotAllowed => "MethodNotAllowed",
             Self::CallExpired(_) => "CallExpired",
             Self::CallRunning(_) => "CallRunning",
             Self::CallFinished { .. } => "CallFinished",
@@ -162,11 +167,14 @@ impl IntoResponse for ApiError {
             headers.insert("retry-after", HeaderValue::from_static("1"));
         }
         if status == StatusCode::UNAUTHORIZED {
-            headers.insert("www-authenticate", HeaderValue::from_static("Bearer"));
+            headers.insert("www-authenticate", HeaderValue::from_static(CHALLENGE));
         }
         resp
     }
 }
+
+/// The `WWW-Authenticate` challenge of every 401 (RFC 6750).
+const CHALLENGE: &str = "Bearer realm=\"thaw\"";
 
 /// An error on the AWS Lambda Invoke API, in AWS's shape.
 #[derive(Debug, thiserror::Error)]
@@ -245,6 +253,9 @@ impl IntoResponse for AwsError {
         if status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert("retry-after", HeaderValue::from_static("1"));
         }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert("www-authenticate", HeaderValue::from_static(CHALLENGE));
+        }
         resp
     }
 }
@@ -294,6 +305,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|Query(q)| Self(q))
             .map_err(|e: QueryRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// `Path<T>` whose rejection is an [`AwsError::InvalidParameterValue`], for the Invoke API.
+#[derive(Debug)]
+pub struct AwsPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for AwsPath<T> {
+    type Rejection = AwsError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AwsError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| Self(p))
+            .map_err(|e: PathRejection| AwsError::InvalidParameterValue(e.body_text()))
     }
 }
 

@@ -9,36 +9,49 @@
 //! | `POST /v1/functions/{function}/map` | fan-out: inputs in, NDJSON results streamed out ([`maps`]) |
 //! | `POST /v1/functions/{function}/spawn_map` | a durable map: 202 `{"map_id"}` |
 //! | `GET`, `DELETE /v1/maps/{id}` | a map's progress and paged results, cancel it |
-//! | `GET /v1/functions` | config and live state of every function |
+//! | `GET /v1/functions` | config (env names only) and live state of every function |
 //! | `GET /v1/functions/{function}/logs?tail=N&since=MS` | captured output |
 //! | `GET /healthz`, `GET /metrics` | health, Prometheus |
 //!
-//! Platform errors are `{"error": {"type", "message"}}`: 400, 401, 404, 413 (over 6 MiB),
-//! 429 (queue full, with `Retry-After`), 502 (crash, init failure), 503 (shutting down),
-//! 504 (timeout). The Invoke API answers in AWS's shapes instead. Both are mapped in one
-//! place each, [`ApiError`] and [`AwsError`].
+//! Who may call what is decided by tower layers in front of the routes ([`auth`]): the
+//! control-plane token, and each function's `url.auth` on every route that reaches it.
+//! The connections themselves are bounded at the edge ([`edge`]: header-read timeout,
+//! connection cap), and a body a handler leaves unread is drained so that an error does
+//! not cost the client its keep-alive connection ([`drain`]).
+//!
+//! Platform errors are `{"error": {"type", "message"}}`, axum's own rejections (a bad path
+//! segment, a bad query, 404, 405) included: 400, 401, 404, 405, 413 (over 6 MiB), 429
+//! (queue full, with `Retry-After`), 502 (crash, init failure), 503 (shutting down), 504
+//! (timeout). The Invoke API answers in AWS's shapes instead. Both are mapped in one place
+//! each, [`ApiError`] and [`AwsError`]. A function URL answers whatever the function
+//! answers.
 
+mod auth;
 mod calls;
+mod drain;
+mod edge;
 mod error;
 mod maps;
+mod url;
 
-pub use error::{ApiError, ApiPath, ApiQuery, AwsError, BodyError};
+pub use auth::{bearer, Auth, Token, TokenError};
+pub use edge::{bind, serve, Edge};
+pub use error::{ApiError, ApiPath, ApiQuery, AwsError, AwsPath, BodyError};
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::{Json, Router};
-use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use thaw_protocol::url_event::{HttpContext, RequestContext, UrlEvent, UrlResponse};
 
+use self::auth::{Guard, Surface};
 use crate::calls::CallKind;
 use crate::pool::{CallError, FunctionPool};
 use crate::runtime_api::Outcome;
@@ -53,56 +66,111 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 type Shared = Arc<Runtime>;
 
-/// The front's routes.
-pub fn router(runtime: Shared) -> Router {
-    Router::new()
-        .route("/fn/{function}", any(function_url_root))
-        .route("/fn/{function}/", any(function_url_root))
-        .route("/fn/{function}/{*path}", any(function_url))
+/// The front's routes, each behind the guards [`auth`] describes:
+///
+/// | routes | control-plane token | the function's `url.auth` |
+/// |---|---|---|
+/// | Invoke API | yes | yes |
+/// | `spawn`, `map`, `spawn_map` | yes | yes |
+/// | the rest of `/v1`, `/metrics` (unless public) | yes | |
+/// | `/fn/...` | | yes |
+/// | `/healthz` | | |
+pub fn router(runtime: Shared, auth: Auth) -> Router {
+    let public_metrics = auth.public_metrics;
+    let auth = Arc::new(auth);
+    let guard = |surface| Guard::new(Arc::clone(&auth), Arc::clone(&runtime), surface);
+    // route_layer: the guards run only on a matched route, so an unknown route is a 404
+    // and a wrong method a 405, whoever asks. A later route_layer wraps an earlier one:
+    // the control plane is checked first.
+    let invoke = Router::new()
         .route(
             "/2015-03-31/functions/{function}/invocations",
             post(invoke_api),
         )
+        .route_layer(from_fn_with_state(guard(Surface::Aws), auth::function))
+        .route_layer(from_fn_with_state(guard(Surface::Aws), auth::control_plane));
+    let into_functions = Router::new()
         .route("/v1/functions/{function}/spawn", post(calls::spawn))
-        .route("/v1/calls/{id}", get(calls::get).delete(calls::cancel))
         .route("/v1/functions/{function}/map", post(maps::map))
         .route("/v1/functions/{function}/spawn_map", post(maps::spawn_map))
+        .route_layer(from_fn_with_state(guard(Surface::Thaw), auth::function));
+    let mut control = Router::new()
+        .route("/v1/calls/{id}", get(calls::get).delete(calls::cancel))
         .route("/v1/maps/{id}", get(maps::get).delete(maps::cancel))
         .route("/v1/functions", get(list_functions))
         .route("/v1/functions/{function}/logs", get(logs))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
+        .merge(into_functions);
+    let mut open = Router::new().route("/healthz", get(healthz));
+    if public_metrics {
+        open = open.route("/metrics", get(metrics));
+    } else {
+        control = control.route("/metrics", get(metrics));
+    }
+    let control = control.route_layer(from_fn_with_state(
+        guard(Surface::Thaw),
+        auth::control_plane,
+    ));
+    let urls = Router::new()
+        .route("/fn/{function}", any(url::prefixed))
+        .route("/fn/{function}/", any(url::prefixed))
+        .route("/fn/{function}/{*path}", any(url::prefixed))
+        .route_layer(from_fn_with_state(guard(Surface::Thaw), auth::function));
+    Router::new()
+        .merge(invoke)
+        .merge(control)
+        .merge(urls)
+        .merge(open)
         .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(from_fn(drain::drain_unread))
         .with_state(runtime)
 }
 
 /// The routes of `thaw serve --single <function>`, the container entrypoint on Knative:
-/// every path is the function's URL (plain HTTP in, its response out), and `/healthz` is
-/// the readiness probe: 200 once an instance has loaded its model, 503 until then (with
-/// the init error if it failed).
-pub fn single_router(runtime: Shared, function: String) -> Router {
-    let f1 = function.clone();
-    let f2 = function.clone();
+/// every path is the function's URL (plain HTTP in, its response out, behind its
+/// `url.auth`), and `/healthz` is the readiness probe: 200 once an instance has loaded its
+/// model, 503 until then (with the init error if it failed). `/metrics` is the control
+/// plane, as on the full router.
+pub fn single_router(runtime: Shared, function: String, auth: Auth) -> Router {
+    let public_metrics = auth.public_metrics;
+    let auth = Arc::new(auth);
+    let name: Arc<str> = function.as_str().into();
+    let guard = |surface| Guard::new(Arc::clone(&auth), Arc::clone(&runtime), surface);
+    let (f1, f2) = (Arc::clone(&name), Arc::clone(&name));
+    let urls = Router::new()
+        .route(
+            "/",
+            any(move |State(rt): State<Shared>, req: Request| {
+                url::single(rt, Arc::clone(&f1), req)
+            }),
+        )
+        .route(
+            "/{*path}",
+            any(move |State(rt): State<Shared>, req: Request| {
+                url::single(rt, Arc::clone(&f2), req)
+            }),
+        )
+        .route_layer(from_fn_with_state(
+            guard(Surface::Thaw).for_function(&name),
+            auth::function,
+        ));
+    let mut metrics_route = Router::new().route("/metrics", get(metrics));
+    if !public_metrics {
+        metrics_route = metrics_route.route_layer(from_fn_with_state(
+            guard(Surface::Thaw),
+            auth::control_plane,
+        ));
+    }
     Router::new()
         .route(
             "/healthz",
             get(move |State(rt): State<Shared>| readiness(rt, function.clone())),
         )
-        .route("/metrics", get(metrics))
-        .route(
-            "/",
-            any(move |State(rt): State<Shared>, req: Request| {
-                url_call(rt, f1.clone(), String::new(), req)
-            }),
-        )
-        .route(
-            "/{*path}",
-            any(
-                move |State(rt): State<Shared>, ApiPath(path): ApiPath<String>, req: Request| {
-                    url_call(rt, f2.clone(), path, req)
-                },
-            ),
-        )
+        .merge(metrics_route)
+        .merge(urls)
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(from_fn(drain::drain_unread))
         .with_state(runtime)
 }
 
@@ -114,8 +182,7 @@ async fn readiness(rt: Shared, function: String) -> Result<Response, ApiError> {
     let state = pool.status();
     if rt.accepting() && state.idle + state.busy > 0 {
         return Ok(
-            Json(json!({"status": "ready", "function": function, "state": state}))
-                .into_response(),
+            Json(json!({"status": "ready", "function": function, "state": state})).into_response(),
         );
     }
     Err(ApiError::NotReady(match &state.init_error {
@@ -165,158 +232,9 @@ async fn read_body(body: Body) -> Result<Bytes, BodyError> {
     }
 }
 
-async fn function_url_root(
-    State(rt): State<Shared>,
-    ApiPath(function): ApiPath<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    url_call(rt, function, String::new(), req).await
-}
-
-async fn function_url(
-    State(rt): State<Shared>,
-    ApiPath((function, path)): ApiPath<(String, String)>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    url_call(rt, function, path, req).await
-}
-
-async fn url_call(
-    rt: Shared,
-    function: String,
-    path: String,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let pool = Arc::clone(pool(&rt, &function)?);
-    if pool.plan().spec.url.auth == thaw_manifest::UrlAuth::Token {
-        let expected = rt.url_token.as_deref().map(|t| format!("Bearer {t}"));
-        let given = req
-            .headers()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok());
-        if expected.is_none() || given != expected.as_deref() {
-            return Err(ApiError::Unauthorized);
-        }
-    }
-    let (parts, body) = req.into_parts();
-    let body = read_body(body).await?;
-    let event = url_event(&parts, &path, &body);
-    let payload = Bytes::from(serde_json::to_vec(&event).unwrap_or_default());
-    match pool.invoke(payload).await? {
-        Outcome::Response(bytes) => Ok(url_response(&bytes)),
-        Outcome::Error(d) => Err(ApiError::Function(d)),
-    }
-}
-
-fn url_event(parts: &axum::http::request::Parts, path: &str, body: &[u8]) -> UrlEvent {
-    let mut headers: BTreeMap<String, String> = BTreeMap::new();
-    let mut cookies = Vec::new();
-    for (name, value) in &parts.headers {
-        let value = String::from_utf8_lossy(value.as_bytes()).into_owned();
-        if name == "cookie" {
-            cookies.extend(
-                value
-                    .split(';')
-                    .map(|c| c.trim().to_owned())
-                    .filter(|c| !c.is_empty()),
-            );
-            continue;
-        }
-        headers
-            .entry(name.as_str().to_owned())
-            .and_modify(|v| {
-                v.push(',');
-                v.push_str(&value);
-            })
-            .or_insert(value);
-    }
-    let raw_query = parts.uri.query().unwrap_or("").to_owned();
-    let mut query: BTreeMap<String, String> = BTreeMap::new();
-    for pair in raw_query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        query
-            .entry(k.to_owned())
-            .and_modify(|old| {
-                old.push(',');
-                old.push_str(v);
-            })
-            .or_insert_with(|| v.to_owned());
-    }
-    let raw_path = format!("/{path}");
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let mut event = UrlEvent {
-        version: "2.0".into(),
-        route_key: "$default".into(),
-        raw_path: raw_path.clone(),
-        raw_query_string: raw_query,
-        cookies,
-        query_string_parameters: query,
-        request_context: RequestContext {
-            http: HttpContext {
-                method: parts.method.to_string(),
-                path: raw_path,
-                protocol: format!("{:?}", parts.version),
-                source_ip: "127.0.0.1".into(),
-                user_agent: headers.get("user-agent").cloned().unwrap_or_default(),
-            },
-            request_id: crate::runtime_api::new_request_id(),
-            route_key: "$default".into(),
-            stage: "$default".into(),
-            time_epoch: now_ms,
-            domain_name: headers.get("host").cloned().unwrap_or_default(),
-        },
-        headers,
-        ..UrlEvent::default()
-    };
-    event.set_body(body);
-    event
-}
-
-/// A function's URL response, or, as AWS does for other shapes, its JSON as the body.
-fn url_response(bytes: &[u8]) -> Response {
-    let parsed: Option<UrlResponse> = serde_json::from_slice::<Value>(bytes)
-        .ok()
-        .filter(|v| v.get("statusCode").is_some())
-        .and_then(|v| serde_json::from_value(v).ok());
-    let Some(r) = parsed else {
-        return (
-            StatusCode::OK,
-            [("content-type", "application/json")],
-            bytes.to_vec(),
-        )
-            .into_response();
-    };
-    let body = if r.is_base64_encoded {
-        base64::engine::general_purpose::STANDARD
-            .decode(&r.body)
-            .unwrap_or_default()
-    } else {
-        r.body.into_bytes()
-    };
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = StatusCode::from_u16(r.status_code).unwrap_or(StatusCode::BAD_GATEWAY);
-    for (k, v) in &r.headers {
-        if let (Ok(name), Ok(value)) = (
-            axum::http::HeaderName::try_from(k.as_str()),
-            HeaderValue::from_str(v),
-        ) {
-            resp.headers_mut().insert(name, value);
-        }
-    }
-    for c in &r.cookies {
-        if let Ok(value) = HeaderValue::from_str(c) {
-            resp.headers_mut().append("set-cookie", value);
-        }
-    }
-    resp
-}
-
 async fn invoke_api(
     State(rt): State<Shared>,
-    Path(function): Path<String>,
+    AwsPath(function): AwsPath<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AwsError> {
@@ -454,14 +372,17 @@ async fn metrics(State(rt): State<Shared>) -> Response {
         .into_response()
 }
 
-/// A function's settings for `/v1/functions`, with `env` values hidden: they are the
-/// function's secrets, and this endpoint is readable by anyone who can reach thaw.
-fn redacted(spec: &thaw_manifest::FunctionSpec) -> serde_json::Value {
+/// A function's settings for `/v1/functions`, with `env` reduced to its names: values
+/// are the function's secrets (a `DB_PASSWORD`), and nothing that answers HTTP shows them.
+fn redacted(spec: &thaw_manifest::FunctionSpec) -> Value {
     let mut v = serde_json::to_value(spec).unwrap_or_default();
-    if let Some(env) = v.get_mut("env").and_then(serde_json::Value::as_object_mut) {
-        for value in env.values_mut() {
-            *value = serde_json::Value::String("(set)".into());
-        }
+    if let Some(config) = v.as_object_mut() {
+        let names: Vec<Value> = spec
+            .env
+            .keys()
+            .map(|k| Value::String(k.to_string()))
+            .collect();
+        config.insert("env".to_owned(), Value::Array(names));
     }
     v
 }
