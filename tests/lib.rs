@@ -323,6 +323,23 @@ impl Serve {
         )
     }
 
+    /// Long-polls durable call `id` until it is finished (or 60 s pass) and returns its
+    /// record; every poll must answer 200.
+    pub fn wait_call(&self, id: &str) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self.get(&format!("/v1/calls/{id}?wait=20"));
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            let v = r.json();
+            let status = v["status"].as_str().unwrap_or("");
+            if matches!(status, "succeeded" | "failed" | "cancelled")
+                || std::time::Instant::now() > deadline
+            {
+                return v;
+            }
+        }
+    }
+
     /// Any method on `path`, with a body and headers (`Authorization`, say).
     pub fn request(
         &self,

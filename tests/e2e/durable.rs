@@ -27,19 +27,6 @@ fn spawn(s: &Serve, function: &str, input: &Value, key: Option<&str>) -> String 
     r.json()["call_id"].as_str().expect("call_id").to_owned()
 }
 
-/// Long-polls until the call is finished (or 60 s pass).
-fn wait_done(s: &Serve, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = s.get(&format!("/v1/calls/{id}?wait=20"));
-        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-        let v = r.json();
-        let status = v["status"].as_str().unwrap_or("");
-        if matches!(status, "succeeded" | "failed" | "cancelled") || Instant::now() > deadline {
-            return v;
-        }
-    }
-}
 
 fn log_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -122,7 +109,7 @@ fn kill_9_mid_batch_loses_nothing_and_idempotency_keys_survive_the_restart() {
     // Every call reaches a terminal state, and succeeds.
     let mut attempts: HashMap<usize, i64> = HashMap::new();
     for (i, id) in &ids {
-        let v = wait_done(&s, id);
+        let v = s.wait_call(id);
         assert_eq!(v["status"], "succeeded", "k{i}: {v}");
         attempts.insert(*i, v["attempts"].as_i64().unwrap_or(0));
     }
@@ -364,7 +351,7 @@ fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
         &json!({"action": "flaky", "key": "a", "fail": 2, "how": "exit"}),
         None,
     );
-    let v = wait_done(&s, &id);
+    let v = s.wait_call(&id);
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["attempts"], 3, "{v}");
     // With one retry, it ends failed with the last attempt's error.
@@ -374,7 +361,7 @@ fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
         &json!({"action": "flaky", "key": "b", "fail": 2, "how": "error"}),
         None,
     );
-    let v = wait_done(&s, &id);
+    let v = s.wait_call(&id);
     assert_eq!(v["status"], "failed", "{v}");
     assert_eq!(v["attempts"], 2, "{v}");
     assert_eq!(v["error"]["type"], "Internal", "{v}");
@@ -392,7 +379,7 @@ fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
         &json!({"action": "flaky", "key": "c", "fail": 5, "how": "exit"}),
         None,
     );
-    let v = wait_done(&s, &id);
+    let v = s.wait_call(&id);
     assert_eq!(v["error"]["type"], "FunctionCrashed", "{v}");
     assert!(
         v["error"]["message"]
@@ -403,7 +390,7 @@ fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
     );
     // The function's own typed input error: one attempt only.
     let id = spawn(&s, "r2", &json!({"action": "fail"}), None);
-    let v = wait_done(&s, &id);
+    let v = s.wait_call(&id);
     assert_eq!(v["status"], "failed");
     assert_eq!(v["attempts"], 1, "{v}");
     assert_eq!(v["error"]["type"], "InvalidInput");
@@ -416,7 +403,7 @@ fn retries_count_attempts_and_a_typed_input_error_is_never_retried() {
         &[("x-amz-invocation-type", "Event")],
     );
     assert_eq!(r.status, 202);
-    let v = wait_done(&s, &r.headers["thaw-call-id"]);
+    let v = s.wait_call(&r.headers["thaw-call-id"]);
     assert_eq!(v["status"], "succeeded", "{v}");
     assert_eq!(v["kind"], "event");
     assert_eq!(v["attempts"], 2, "{v}");
@@ -455,8 +442,8 @@ fn a_cancelled_queued_call_never_runs_and_results_expire() {
     // In the order they finish: each long-poll answers as its call commits, well inside
     // the 1 s result_ttl, which a poll for the earlier one made after the later one
     // finished need not be.
-    assert_eq!(wait_done(&s, &busy)["status"], "succeeded");
-    assert_eq!(wait_done(&s, &after)["status"], "succeeded");
+    assert_eq!(s.wait_call(&busy)["status"], "succeeded");
+    assert_eq!(s.wait_call(&after)["status"], "succeeded");
     // FIFO: had B run, it would have run before C.
     assert_eq!(log_lines(&log), ["A", "C"]);
     // Still cancelled, or already collected: its result_ttl (1 s) ran from the cancel,
@@ -523,7 +510,7 @@ fn a_long_poll_answers_on_completion_and_a_thousand_of_them_cost_almost_no_cpu()
     ));
     // Warm the instance so the 1 s is the call, not a cold start.
     let warm = spawn(&s, "slow", &json!({}), None);
-    wait_done(&s, &warm);
+    s.wait_call(&warm);
     let id = spawn(&s, "slow", &json!({"action": "sleep", "ms": 1000}), None);
     let t = Instant::now();
     let v = s.get(&format!("/v1/calls/{id}?wait=5")).json();

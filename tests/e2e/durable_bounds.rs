@@ -20,16 +20,6 @@ fn spawn(s: &Serve, function: &str, input: &Value) -> String {
     r.json()["call_id"].as_str().expect("call_id").to_owned()
 }
 
-fn wait_done(s: &Serve, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = s.get(&format!("/v1/calls/{id}?wait=20")).json();
-        let status = v["status"].as_str().unwrap_or("");
-        if matches!(status, "succeeded" | "failed" | "cancelled") || Instant::now() > deadline {
-            return v;
-        }
-    }
-}
 
 fn wait_map_done(s: &Serve, map_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -47,7 +37,7 @@ const MIB: u64 = 1024;
 fn a_wait_of_1e20_is_clamped_on_calls_and_maps_never_a_panic() {
     let s = Serve::start(&manifest("[function.f]\nbinary = \"thaw-fault\"\n"));
     let id = spawn(&s, "f", &json!({"echo": 1}));
-    wait_done(&s, &id);
+    s.wait_call(&id);
     // Before, `Duration::from_secs_f64(1e20)` panicked in the handler: no response at all.
     let r = s.get(&format!("/v1/calls/{id}?wait=1e20"));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));

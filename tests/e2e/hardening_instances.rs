@@ -122,17 +122,6 @@ fn replies_up_to_6_mib_pass_and_larger_ones_fail_at_once_leaving_the_instance_us
     }
 }
 
-/// Long-polls a durable call until it is finished.
-fn wait_done(s: &Serve, id: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let v = s.get(&format!("/v1/calls/{id}?wait=20")).json();
-        let status = v["status"].as_str().unwrap_or("");
-        if matches!(status, "succeeded" | "failed" | "cancelled") || Instant::now() > deadline {
-            return v;
-        }
-    }
-}
 
 #[test]
 fn input_the_runtime_cannot_deserialize_is_invalid_input_and_never_retried() {
@@ -156,7 +145,7 @@ fn input_the_runtime_cannot_deserialize_is_invalid_input_and_never_retried() {
     );
     assert_eq!(r.status, 202, "{}", text(&r));
     let id = r.json()["call_id"].as_str().expect("call_id").to_owned();
-    let v = wait_done(&s, &id);
+    let v = s.wait_call(&id);
     assert_eq!(v["status"], "failed", "{v}");
     assert_eq!(v["error"]["type"], "InvalidInput", "{v}");
     assert_eq!(v["attempts"], 1, "retried: {v}");

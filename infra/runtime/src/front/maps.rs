@@ -118,6 +118,23 @@ async fn drain(chunks: &mut BodyDataStream) {
     }
 }
 
+/// A map's body, once its function exists and the length it declares is within
+/// [`MAX_MAP_BYTES`]; a refused body is drained first so the client reads the 413.
+async fn admit(
+    rt: &Shared,
+    function: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<BodyDataStream, ApiError> {
+    pool(rt, function)?;
+    let mut chunks = body.into_data_stream();
+    if let Some(refused) = declared_too_large(headers) {
+        drain(&mut chunks).await;
+        return Err(refused);
+    }
+    Ok(chunks)
+}
+
 pub(super) async fn map(
     State(rt): State<Shared>,
     ApiPath(function): ApiPath<String>,
@@ -125,12 +142,7 @@ pub(super) async fn map(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    pool(&rt, &function)?;
-    let mut chunks = body.into_data_stream();
-    if let Some(refused) = declared_too_large(&headers) {
-        drain(&mut chunks).await;
-        return Err(refused);
-    }
+    let chunks = admit(&rt, &function, &headers, body).await?;
     let map_id = rt.store.create_map(&function).await?;
     // Both watches exist before the first item is committed, so no finish is missed.
     let ingest_watch = rt.store.signals().watch_map(&map_id);
@@ -210,12 +222,7 @@ pub(super) async fn spawn_map(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    pool(&rt, &function)?;
-    let mut chunks = body.into_data_stream();
-    if let Some(refused) = declared_too_large(&headers) {
-        drain(&mut chunks).await;
-        return Err(refused);
-    }
+    let mut chunks = admit(&rt, &function, &headers, body).await?;
     let store = &rt.store;
     let map_id = store.create_map(&function).await?;
     let ingested = ingest(store, &function, &map_id, &mut chunks, None, true).await;
