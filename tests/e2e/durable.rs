@@ -27,7 +27,6 @@ fn spawn(s: &Serve, function: &str, input: &Value, key: Option<&str>) -> String 
     r.json()["call_id"].as_str().expect("call_id").to_owned()
 }
 
-
 fn log_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()

@@ -20,7 +20,6 @@ fn spawn(s: &Serve, function: &str, input: &Value) -> String {
     r.json()["call_id"].as_str().expect("call_id").to_owned()
 }
 
-
 fn wait_map_done(s: &Serve, map_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -220,7 +219,10 @@ fn four_concurrent_maximal_pages_stay_in_bounded_memory() {
         assert_eq!(r.status, 200);
         let v = r.json();
         let n = v["results"].as_array().map_or(0, Vec::len);
-        assert!((1..ITEMS).contains(&n), "a page is bounded in bytes: {n} items");
+        assert!(
+            (1..ITEMS).contains(&n),
+            "a page is bounded in bytes: {n} items"
+        );
         assert_eq!(v["next_offset"], n, "and says where the next one starts");
         assert!(r.body.len() <= 5 << 20, "{} bytes", r.body.len());
     }

@@ -122,7 +122,6 @@ fn replies_up_to_6_mib_pass_and_larger_ones_fail_at_once_leaving_the_instance_us
     }
 }
 
-
 #[test]
 fn input_the_runtime_cannot_deserialize_is_invalid_input_and_never_retried() {
     let s = Serve::start(&manifest(&typed(
