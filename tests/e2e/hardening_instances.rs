@@ -43,6 +43,19 @@ fn invoke(s: &Serve, f: &str, body: &Value) -> thaw_tests::Reply {
     )
 }
 
+/// `n` concurrent 300 ms calls to `f`, their replies in order.
+fn sleep_calls(s: &Serve, f: &str, n: usize) -> Vec<thaw_tests::Reply> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| scope.spawn(|| call(s, f, &json!({"action": "sleep", "ms": 300}))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    })
+}
+
 fn text(r: &thaw_tests::Reply) -> String {
     String::from_utf8_lossy(&r.body[..r.body.len().min(2000)]).into_owned()
 }
@@ -84,15 +97,7 @@ fn replies_up_to_6_mib_pass_and_larger_ones_fail_at_once_leaving_the_instance_us
 
         // The instance was answered 413 on a connection it can keep using: the same
         // instance serves on, with every one of its runtime's workers still polling.
-        let replies: Vec<thaw_tests::Reply> = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..2)
-                .map(|_| scope.spawn(|| call(&s, f, &json!({"action": "sleep", "ms": 300}))))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("join"))
-                .collect()
-        });
+        let replies = sleep_calls(&s, f, 2);
         for r in &replies {
             assert_eq!(r.status, 200, "{f}: {}", text(r));
             assert_eq!(r.json()["instance"], instance, "{f}: replaced, not reused");
@@ -108,15 +113,7 @@ fn replies_up_to_6_mib_pass_and_larger_ones_fail_at_once_leaving_the_instance_us
     );
     assert_eq!(r.status, 502, "{}", text(&r));
     assert_eq!(r.json()["error"]["type"], "ResponseTooLarge");
-    let replies: Vec<thaw_tests::Reply> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..4)
-            .map(|_| scope.spawn(|| call(&s, "two", &json!({"action": "sleep", "ms": 300}))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("join"))
-            .collect()
-    });
+    let replies = sleep_calls(&s, "two", 4);
     for r in &replies {
         assert_eq!(r.status, 200, "after a dropped post: {}", text(r));
     }
