@@ -357,6 +357,16 @@ struct Harness {
 }
 
 fn start(manifest: &str, behaviour: Behaviour) -> Harness {
+    start_full(manifest, behaviour, None)
+}
+
+/// The pool of `manifest` on a fake launcher that behaves as `behaviour` says, with an
+/// optional snapshot fetcher.
+fn start_full(
+    manifest: &str,
+    behaviour: Behaviour,
+    fetcher: Option<Arc<dyn crate::fetch::SnapshotFetcher>>,
+) -> Harness {
     let plan = crate::test_support::plan(manifest);
     let sandbox = Sandbox::disabled().report(&plan, 0);
     let fake = Arc::new(Counters::default());
@@ -371,7 +381,7 @@ fn start(manifest: &str, behaviour: Behaviour) -> Harness {
         sandbox,
         Arc::new(Metrics::default()),
         shutdown_rx,
-        None,
+        fetcher,
     );
     Harness {
         pool,
@@ -1121,27 +1131,7 @@ impl crate::fetch::SnapshotFetcher for FakeFetcher {
 }
 
 fn start_with_fetcher(manifest: &str, fetcher: Arc<FakeFetcher>) -> Harness {
-    let plan = crate::test_support::plan(manifest);
-    let sandbox = Sandbox::disabled().report(&plan, 0);
-    let fake = Arc::new(Counters::default());
-    let launcher = Arc::new(FakeLauncher {
-        counters: Arc::clone(&fake),
-        behaviour: Behaviour::default(),
-    });
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let pool = FunctionPool::start(
-        plan,
-        launcher,
-        sandbox,
-        Arc::new(Metrics::default()),
-        shutdown_rx,
-        Some(fetcher),
-    );
-    Harness {
-        pool,
-        fake,
-        _shutdown: shutdown,
-    }
+    start_full(manifest, Behaviour::default(), Some(fetcher))
 }
 
 /// A snapshot already in the local cache is still handed to the fetcher (which verifies
