@@ -109,7 +109,9 @@ impl Harness {
             id: new_request_id(),
             payload,
             timeout: Duration::from_secs(60),
+            limit: thaw_runtime::runtime_api::MAX_RESPONSE,
             reply,
+            taken: None,
         };
         self.api.submit(inv).await.expect("instance accepts work");
         tokio::time::timeout(Duration::from_secs(120), rx)

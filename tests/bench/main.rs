@@ -244,7 +244,9 @@ async fn cold_starts() -> Result<Cold, Box<dyn std::error::Error>> {
             id: new_request_id(),
             payload,
             timeout: Duration::from_secs(30),
+            limit: thaw_runtime::runtime_api::MAX_RESPONSE,
             reply,
+            taken: None,
         })
         .await
         .map_err(|_| "submit failed")?;

@@ -124,12 +124,6 @@ impl Function for Fault {
     type Request = Request;
     type Response = Response;
 
-    fn handle_batch(&mut self, requests: Vec<Request>) -> Vec<Result<Response, FnError>> {
-        requests.into_iter().map(|r| self.handle(r)).collect()
-    }
-}
-
-impl Fault {
     fn handle(&mut self, r: Request) -> Result<Response, FnError> {
         self.children
             .retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));

@@ -270,11 +270,8 @@ impl Function for Analytics {
     type Request = AnalyticsRequest;
     type Response = AnalyticsResponse;
 
-    fn handle_batch(
-        &mut self,
-        requests: Vec<AnalyticsRequest>,
-    ) -> Vec<Result<AnalyticsResponse, FnError>> {
-        requests.into_iter().map(|r| self.analyse(r)).collect()
+    fn handle(&mut self, request: AnalyticsRequest) -> Result<AnalyticsResponse, FnError> {
+        self.analyse(request)
     }
 }
 

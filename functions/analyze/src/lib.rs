@@ -644,11 +644,8 @@ impl Function for Analyze {
     type Request = AnalyzeRequest;
     type Response = AnalyzeResponse;
 
-    fn handle_batch(
-        &mut self,
-        requests: Vec<AnalyzeRequest>,
-    ) -> Vec<Result<AnalyzeResponse, FnError>> {
-        requests.iter().map(|r| self.analyze(r)).collect()
+    fn handle(&mut self, request: AnalyzeRequest) -> Result<AnalyzeResponse, FnError> {
+        self.analyze(&request)
     }
 }
 

@@ -159,6 +159,11 @@ impl Function for Embed {
     type Request = EmbedRequest;
     type Response = EmbedResponse;
 
+    fn handle(&mut self, request: EmbedRequest) -> Result<EmbedResponse, FnError> {
+        let job = request.validate(self.limits)?;
+        self.run(&job)
+    }
+
     fn handle_batch(&mut self, requests: Vec<EmbedRequest>) -> Vec<Result<EmbedResponse, FnError>> {
         let jobs: Vec<Result<Job, FnError>> = requests
             .into_iter()

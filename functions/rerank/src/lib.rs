@@ -247,11 +247,8 @@ impl Function for Rerank {
     type Request = RerankRequest;
     type Response = RerankResponse;
 
-    fn handle_batch(
-        &mut self,
-        requests: Vec<RerankRequest>,
-    ) -> Vec<Result<RerankResponse, FnError>> {
-        requests.iter().map(|r| self.rerank(r)).collect()
+    fn handle(&mut self, request: RerankRequest) -> Result<RerankResponse, FnError> {
+        self.rerank(&request)
     }
 }
 

@@ -1,5 +1,7 @@
-//! Prometheus metrics: cold starts and their durations, invocation latency, errors by
-//! type, billed instance-seconds; instance and queue gauges are filled at scrape time.
+//! Prometheus metrics: cold starts and their durations, invocation latency, how long
+//! calls queue and how many go to an instance together (the dispatch size, which dynamic
+//! batching raises above 1), errors by type, billed instance-seconds; instance and queue
+//! gauges are filled at scrape time.
 //!
 //! `/metrics` is the Prometheus text format, version 0.0.4 ([`CONTENT_TYPE`]), which
 //! `promtool check metrics` and every scraper read; the `prometheus` crate renders it and
@@ -37,12 +39,19 @@ pub struct Metrics {
     cold_starts: IntCounterVec,
     cold_start_seconds: HistogramVec,
     invocation_seconds: HistogramVec,
+    queue_wait_seconds: HistogramVec,
+    batch_size: HistogramVec,
     errors: IntCounterVec,
     billed: CounterVec,
     oom_kills: IntCounterVec,
     instances: IntGaugeVec,
     queue_depth: IntGaugeVec,
 }
+
+/// Calls per dispatch: 1 without batching, up to `batch.max_size` (at most 1,024) with it.
+const BATCH_BUCKETS: [f64; 12] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
 
 const BUCKETS: [f64; 15] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -69,6 +78,18 @@ impl Metrics {
             )?,
             cold_start_seconds: histogram("cold_start_seconds", "Exec to first next")?,
             invocation_seconds: histogram("invocation_seconds", "Call latency at the front")?,
+            queue_wait_seconds: histogram(
+                "queue_wait_seconds",
+                "Time a call waited in its function's queue before it was dispatched",
+            )?,
+            batch_size: HistogramVec::new(
+                HistogramOpts::new(
+                    "batch_size",
+                    "Calls per dispatch to an instance (above 1 under dynamic batching)",
+                )
+                .buckets(BATCH_BUCKETS.to_vec()),
+                f,
+            )?,
             errors: IntCounterVec::new(
                 Opts::new(
                     "errors_total",
@@ -105,6 +126,9 @@ impl Metrics {
             .register(Box::new(m.cold_start_seconds.clone()))?;
         m.registry
             .register(Box::new(m.invocation_seconds.clone()))?;
+        m.registry
+            .register(Box::new(m.queue_wait_seconds.clone()))?;
+        m.registry.register(Box::new(m.batch_size.clone()))?;
         m.registry.register(Box::new(m.errors.clone()))?;
         m.registry.register(Box::new(m.billed.clone()))?;
         m.registry.register(Box::new(m.oom_kills.clone()))?;
@@ -126,6 +150,17 @@ impl Metrics {
         self.invocation_seconds
             .with_label_values(&[function])
             .observe(took.as_secs_f64());
+    }
+
+    /// A dispatch of `waits.len()` calls left the queue; each waited as long as given.
+    pub fn dispatched(&self, function: &str, waits: impl ExactSizeIterator<Item = Duration>) {
+        self.batch_size
+            .with_label_values(&[function])
+            .observe(waits.len() as f64);
+        let queue_wait = self.queue_wait_seconds.with_label_values(&[function]);
+        for w in waits {
+            queue_wait.observe(w.as_secs_f64());
+        }
     }
 
     /// A call failed in thaw's hands (crash, timeout, full queue, ...).

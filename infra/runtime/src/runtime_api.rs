@@ -13,7 +13,8 @@
 //! looks from this side. The server stops when the [`InstanceApi`] is dropped.
 //!
 //! What the instance posts is bounded, as on AWS: a response or error document up to
-//! [`MAX_RESPONSE`] (6 MiB) completes the invocation; a larger one completes it at once
+//! [`MAX_RESPONSE`] (6 MiB; a batch of calls gets [`reply_limit`]) completes the
+//! invocation; a larger one completes it at once
 //! as [`Refused::TooLarge`], and the instance is answered `413 RequestEntityTooLarge`
 //! after the rest of its body is read and discarded (up to [`MAX_DRAIN`]), so its
 //! connection, and the `lambda_runtime` worker on it, stay usable (past that, the
@@ -56,6 +57,19 @@ pub enum Outcome {
 /// synchronous invocation).
 pub const MAX_RESPONSE: usize = 6 << 20;
 
+/// The most a batch's reply may be, however many calls it carries: what one reply can
+/// hold in thaw's memory.
+pub const MAX_BATCH_RESPONSE: usize = 48 << 20;
+
+/// The largest reply an invocation carrying `calls` calls accepts: [`MAX_RESPONSE`] per
+/// call, at most [`MAX_BATCH_RESPONSE`] in all. Each call's own share of a batch reply is
+/// still held to [`MAX_RESPONSE`] when the batch is split.
+pub fn reply_limit(calls: usize) -> usize {
+    MAX_RESPONSE
+        .saturating_mul(calls.max(1))
+        .min(MAX_BATCH_RESPONSE)
+}
+
 /// How much of a refused (too large) post is read and discarded so the instance gets a
 /// clean `413` on a reusable connection; past this the connection is dropped and the
 /// instance is marked [`Lifecycle::Unusable`].
@@ -89,8 +103,13 @@ pub struct Invocation {
     pub payload: Bytes,
     /// How long the function has, from when it receives the event.
     pub timeout: Duration,
+    /// The largest reply accepted: [`MAX_RESPONSE`], or more for a batch of calls.
+    pub limit: usize,
     /// Where the answer goes.
     pub reply: oneshot::Sender<Answer>,
+    /// Told when the instance takes the invocation with `next`: the call's timeout counts
+    /// from there, not from when it was queued for the instance.
+    pub taken: Option<oneshot::Sender<()>>,
 }
 
 /// What the instance has told the platform about itself.
@@ -111,7 +130,8 @@ pub enum Lifecycle {
 #[derive(Debug)]
 struct Shared {
     queue: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
-    in_flight: Mutex<HashMap<String, oneshot::Sender<Answer>>>,
+    /// Each unanswered invocation's reply, and the largest reply it accepts.
+    in_flight: Mutex<HashMap<String, (oneshot::Sender<Answer>, usize)>>,
     lifecycle: watch::Sender<Lifecycle>,
 }
 
@@ -220,10 +240,9 @@ impl InstanceApi {
     /// In-process `response` / `error`: completes invocation `id`, under the same size
     /// limit and error normalisation as over HTTP. False if unknown.
     pub fn complete(&self, id: &str, outcome: Outcome) -> bool {
+        let limit = limit_of(&self.shared, id);
         let answer = match outcome {
-            Outcome::Response(b) if b.len() > MAX_RESPONSE => Err(Refused::TooLarge {
-                limit: MAX_RESPONSE,
-            }),
+            Outcome::Response(b) if b.len() > limit => Err(Refused::TooLarge { limit }),
             Outcome::Error(d) => Ok(Outcome::Error(normalised(d))),
             other => Ok(other),
         };
@@ -288,7 +307,10 @@ async fn take_next(shared: &Shared) -> Option<(String, Bytes, Duration)> {
         queue.recv().await
     }?;
     if let Ok(mut m) = shared.in_flight.lock() {
-        m.insert(inv.id.clone(), inv.reply);
+        m.insert(inv.id.clone(), (inv.reply, inv.limit));
+    }
+    if let Some(taken) = inv.taken {
+        let _ = taken.send(());
     }
     Some((inv.id, inv.payload, inv.timeout))
 }
@@ -317,10 +339,20 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     (StatusCode::OK, headers, payload).into_response()
 }
 
+/// The largest reply invocation `id` accepts ([`MAX_RESPONSE`] for an unknown id).
+fn limit_of(shared: &Shared, id: &str) -> usize {
+    shared
+        .in_flight
+        .lock()
+        .ok()
+        .and_then(|m| m.get(id).map(|(_, limit)| *limit))
+        .unwrap_or(MAX_RESPONSE)
+}
+
 fn finish(shared: &Shared, id: &str, answer: Answer) -> bool {
     let reply = shared.in_flight.lock().ok().and_then(|mut m| m.remove(id));
     match reply {
-        Some(reply) => {
+        Some((reply, _)) => {
             let _ = reply.send(answer);
             true
         }
@@ -340,7 +372,7 @@ fn unknown_id() -> Response {
         .into_response()
 }
 
-/// What the instance posted, read up to [`MAX_RESPONSE`].
+/// What the instance posted, read up to the invocation's limit.
 enum Posted {
     Body(Bytes),
     /// Over the limit: the rest was discarded (`drained`) or the post was abandoned.
@@ -351,16 +383,21 @@ enum Posted {
     Broken,
 }
 
-/// Reads a posted body up to [`MAX_RESPONSE`]. Past the limit, `on_too_large` runs at
-/// once (the caller is answered before the rest arrives), then the rest is discarded
-/// up to [`MAX_DRAIN`].
-async fn read_posted(headers: &HeaderMap, mut body: Body, on_too_large: impl FnOnce()) -> Posted {
+/// Reads a posted body up to `limit`. Past the limit, `on_too_large` runs at once (the
+/// caller is answered before the rest arrives), then the rest is discarded up to
+/// [`MAX_DRAIN`].
+async fn read_posted(
+    headers: &HeaderMap,
+    mut body: Body,
+    limit: usize,
+    on_too_large: impl FnOnce(),
+) -> Posted {
     let declared = headers
         .get(axum::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let mut kept = BytesMut::new();
-    let mut over = declared.is_some_and(|n| n > MAX_RESPONSE as u64);
+    let mut over = declared.is_some_and(|n| n > limit as u64);
     let mut on_too_large = Some(on_too_large);
     if over {
         if let Some(f) = on_too_large.take() {
@@ -376,7 +413,7 @@ async fn read_posted(headers: &HeaderMap, mut body: Body, on_too_large: impl FnO
             continue; // trailers: nothing of ours
         };
         seen = seen.saturating_add(data.len());
-        if !over && seen > MAX_RESPONSE {
+        if !over && seen > limit {
             over = true;
             kept = BytesMut::new();
             if let Some(f) = on_too_large.take() {
@@ -384,7 +421,7 @@ async fn read_posted(headers: &HeaderMap, mut body: Body, on_too_large: impl FnO
             }
         }
         if over {
-            if seen > MAX_RESPONSE.saturating_add(MAX_DRAIN) {
+            if seen > limit.saturating_add(MAX_DRAIN) {
                 return Posted::TooLarge { drained: false };
             }
         } else {
@@ -409,16 +446,11 @@ async fn complete(
 ) -> Response {
     // Read (or drain) the body even for an unknown id: a connection left with an unread
     // body is closed, and the runtime's worker on it with it.
+    let limit = limit_of(shared, id);
     let refuse = || {
-        finish(
-            shared,
-            id,
-            Err(Refused::TooLarge {
-                limit: MAX_RESPONSE,
-            }),
-        );
+        finish(shared, id, Err(Refused::TooLarge { limit }));
     };
-    match read_posted(headers, body, refuse).await {
+    match read_posted(headers, body, limit, refuse).await {
         Posted::Body(bytes) => match finish(shared, id, Ok(outcome(bytes))) {
             true => accepted(),
             false => unknown_id(),
@@ -426,21 +458,21 @@ async fn complete(
         Posted::TooLarge { drained } => {
             tracing::warn!(
                 request_id = id,
-                limit = MAX_RESPONSE,
+                limit,
                 "instance posted a response over the limit"
             );
             let mut resp = (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 [(axum::http::header::CONTENT_TYPE, "application/json")],
                 format!(
-                    "{{\"errorType\":\"RequestEntityTooLarge\",\"errorMessage\":\"response is larger than {MAX_RESPONSE} bytes\"}}"
+                    "{{\"errorType\":\"RequestEntityTooLarge\",\"errorMessage\":\"response is larger than {limit} bytes\"}}"
                 ),
             )
                 .into_response();
             if !drained {
                 shared.lifecycle.send_replace(Lifecycle::Unusable(format!(
                     "posted a reply of more than {} bytes",
-                    MAX_RESPONSE + MAX_DRAIN
+                    limit + MAX_DRAIN
                 )));
                 resp.headers_mut().insert(
                     axum::http::header::CONNECTION,
@@ -514,7 +546,7 @@ async fn error(
 }
 
 async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_posted(&headers, body, || {}).await {
+    let body = match read_posted(&headers, body, MAX_RESPONSE, || {}).await {
         Posted::Body(b) => b,
         // An oversized init error still is one; its text is not worth the memory.
         Posted::TooLarge { .. } | Posted::Broken => {

@@ -1,4 +1,10 @@
 //! The three event shapes, and the one place where errors become wire responses.
+//!
+//! Every event is first read into a [`Shape`] and a request (or the reason it is not
+//! one); the requests that parsed go to the inference thread together; each result is
+//! then written back in its own event's shape. A lone event and a `thaw_batch` envelope
+//! take the same path, so an item inside a batch is answered exactly as it would be
+//! alone, and one bad item never fails its neighbours.
 
 use serde_json::Value;
 use thaw_protocol::batch::{is_batch, BatchItem, BatchRequest, BatchResponse};
@@ -7,12 +13,22 @@ use thaw_protocol::ApiErrorBody;
 
 use crate::{FnError, Function, InferenceThread};
 
+/// How an event arrived, which decides how its result is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A raw JSON event: the reply is the response JSON, or a `Diagnostic`.
+    Raw,
+    /// A function URL event: always a successful invocation whose payload is
+    /// `{statusCode, headers, body}`; a function error becomes its HTTP status.
+    Url,
+}
+
 /// Handles one Runtime API event of any shape.
 ///
 /// - Raw event: the reply is the response JSON, or a `Diagnostic` (`Err`).
-/// - URL event: always a successful invocation whose payload is `{statusCode, headers, body}`;
-///   a function error becomes its HTTP status and `{"error": {"type", "message"}}`.
-/// - Batch envelope: always successful, with `{"ok"}` or `{"error"}` per item, in order.
+/// - URL event: a URL response, whatever happened.
+/// - Batch envelope: always successful, `{"ok"}` or `{"error"}` per item, in order; an
+///   item may itself be a raw or a URL event.
 pub(crate) async fn dispatch<F: Function>(
     worker: &InferenceThread<F>,
     event: Value,
@@ -20,29 +36,78 @@ pub(crate) async fn dispatch<F: Function>(
     if is_batch(&event) {
         return Ok(batch(worker, event).await);
     }
-    if url_event::is_url_event(&event) {
-        return Ok(url(worker, event).await);
-    }
-    let request = parse_request::<F>(event)?;
-    let result = worker
-        .call(vec![request])
-        .await
+    let (shape, request) = read::<F>(event);
+    let mut written = answer(worker, vec![(shape, request)]).await;
+    written
         .pop()
-        .unwrap_or_else(|| Err(FnError::invalid_input("no result")));
-    result.and_then(to_value)
+        .unwrap_or_else(|| Err(FnError::invalid_input("no result")))
 }
 
-async fn url<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {
-    let response = match url_request::<F>(event) {
-        Ok(request) => match worker.call(vec![request]).await.pop() {
-            Some(Ok(reply)) => to_value(reply).map(|v| UrlResponse::json(200, &v)),
-            Some(Err(e)) => Err(e),
-            None => Err(FnError::invalid_input("no result")),
-        },
-        Err(e) => Err(e),
+async fn batch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {
+    let items = match serde_json::from_value::<BatchRequest>(event) {
+        Ok(b) => b.thaw_batch,
+        Err(e) => return serde_json::json!({"thaw_batch": [], "error": e.to_string()}),
     };
-    let response = response.unwrap_or_else(|e| error_response(&e));
-    serde_json::to_value(response).unwrap_or(Value::Null)
+    let read: Vec<_> = items.into_iter().map(read::<F>).collect();
+    let out = answer(worker, read)
+        .await
+        .into_iter()
+        .map(|r| match r {
+            Ok(v) => BatchItem::Ok(v),
+            Err(e) => BatchItem::Error(e.to_diagnostic()),
+        })
+        .collect();
+    serde_json::to_value(BatchResponse { thaw_batch: out }).unwrap_or(Value::Null)
+}
+
+/// Sends the requests that parsed to the model in one call and writes every result in
+/// its event's shape, in order.
+async fn answer<F: Function>(
+    worker: &InferenceThread<F>,
+    read: Vec<(Shape, Result<F::Request, FnError>)>,
+) -> Vec<Result<Value, FnError>> {
+    let mut shapes = Vec::with_capacity(read.len());
+    let mut early = Vec::with_capacity(read.len());
+    let mut valid = Vec::new();
+    for (shape, request) in read {
+        shapes.push(shape);
+        match request {
+            Ok(r) => {
+                valid.push(r);
+                early.push(None);
+            }
+            Err(e) => early.push(Some(e)),
+        }
+    }
+    let mut results = if valid.is_empty() {
+        Vec::new().into_iter()
+    } else {
+        worker.call(valid).await.into_iter()
+    };
+    shapes
+        .into_iter()
+        .zip(early)
+        .map(|(shape, early)| {
+            let result = match early {
+                Some(e) => Err(e),
+                None => results
+                    .next()
+                    .unwrap_or_else(|| Err(FnError::invalid_input("no result")))
+                    .and_then(to_value),
+            };
+            write(shape, result)
+        })
+        .collect()
+}
+
+/// An event's shape and its request, or why it is not a valid one.
+fn read<F: Function>(event: Value) -> (Shape, Result<F::Request, FnError>) {
+    if url_event::is_url_event(&event) {
+        return (Shape::Url, url_request::<F>(event));
+    }
+    let request = serde_json::from_value(event)
+        .map_err(|e| FnError::invalid_input(format!("invalid request: {e}")));
+    (Shape::Raw, request)
 }
 
 fn url_request<F: Function>(event: Value) -> Result<F::Request, FnError> {
@@ -54,54 +119,24 @@ fn url_request<F: Function>(event: Value) -> Result<F::Request, FnError> {
         .map_err(|e| FnError::invalid_input(format!("request body is not a valid request: {e}")))
 }
 
-/// The single mapping from a typed function error to an HTTP response.
-fn error_response(e: &FnError) -> UrlResponse {
-    let body = ApiErrorBody::new(e.error_type.as_str(), &e.message);
-    UrlResponse::json(
-        e.error_type.http_status(),
-        &serde_json::to_value(body).unwrap_or(Value::Null),
-    )
-}
-
-async fn batch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {
-    let items = match serde_json::from_value::<BatchRequest>(event) {
-        Ok(b) => b.thaw_batch,
-        Err(e) => return serde_json::json!({"thaw_batch": [], "error": e.to_string()}),
-    };
-    // Parse every item; only the valid ones go to the model, in one call.
-    let parsed: Vec<Result<F::Request, FnError>> =
-        items.into_iter().map(parse_request::<F>).collect();
-    let mut slots: Vec<Option<BatchItem>> = Vec::with_capacity(parsed.len());
-    let mut valid = Vec::new();
-    for item in parsed {
-        match item {
-            Ok(request) => {
-                valid.push(request);
-                slots.push(None);
-            }
-            Err(e) => slots.push(Some(BatchItem::Error(e.to_diagnostic()))),
+/// The single mapping from a result to what its event's shape answers.
+fn write(shape: Shape, result: Result<Value, FnError>) -> Result<Value, FnError> {
+    match shape {
+        Shape::Raw => result,
+        Shape::Url => {
+            let response = match result {
+                Ok(v) => UrlResponse::json(200, &v),
+                Err(e) => {
+                    let body = ApiErrorBody::new(e.error_type.as_str(), &e.message);
+                    UrlResponse::json(
+                        e.error_type.http_status(),
+                        &serde_json::to_value(body).unwrap_or(Value::Null),
+                    )
+                }
+            };
+            to_value(response)
         }
     }
-    let mut results = worker.call(valid).await.into_iter();
-    let out = slots
-        .into_iter()
-        .map(|slot| {
-            slot.unwrap_or_else(|| match results.next() {
-                Some(Ok(reply)) => match to_value(reply) {
-                    Ok(v) => BatchItem::Ok(v),
-                    Err(e) => BatchItem::Error(e.to_diagnostic()),
-                },
-                Some(Err(e)) => BatchItem::Error(e.to_diagnostic()),
-                None => BatchItem::Error(FnError::invalid_input("no result").to_diagnostic()),
-            })
-        })
-        .collect();
-    serde_json::to_value(BatchResponse { thaw_batch: out }).unwrap_or(Value::Null)
-}
-
-fn parse_request<F: Function>(event: Value) -> Result<F::Request, FnError> {
-    serde_json::from_value(event)
-        .map_err(|e| FnError::invalid_input(format!("invalid request: {e}")))
 }
 
 fn to_value<T: serde::Serialize>(reply: T) -> Result<Value, FnError> {

@@ -10,7 +10,10 @@
 //!    stderr, which is how the platform tells an init error from a crash;
 //! 3. runs `lambda_runtime` (concurrently when `AWS_LAMBDA_MAX_CONCURRENCY` > 1), and for
 //!    each event unwraps one of three shapes ([`envelope`]): a raw JSON event, a function
-//!    URL event (payload 2.0, base64 bodies included) or a `{"thaw_batch": [...]}` envelope.
+//!    URL event (payload 2.0, base64 bodies included) or a `{"thaw_batch": [...]}` envelope;
+//! 4. computes together what arrives together: a platform batch in one `handle_batch` call,
+//!    and with concurrency > 1 every job waiting for the model when it frees
+//!    ([`InferenceThread`]).
 //!
 //! Errors are [`FnError`]s with a stable [`ErrorType`]. They are mapped in one place,
 //! [`envelope`]: to an HTTP status and JSON body for URL events, and to a `Diagnostic` for
@@ -33,23 +36,32 @@ pub use thaw_protocol::ErrorType;
 pub use worker::InferenceThread;
 
 /// A function's logic. Runs on the inference thread, so it may block.
+///
+/// Implement [`Function::handle`]; a model function that can compute several requests in
+/// one forward pass also overrides [`Function::handle_batch`].
 pub trait Function: Send + 'static {
     /// The request type, parsed from the event (or from a URL event's body).
     type Request: DeserializeOwned + Send + 'static;
     /// The response type.
     type Response: Serialize + Send + 'static;
 
-    /// Handles a batch: one result per request, in order. A batch of one is the common
-    /// case; under dynamic batching the platform sends several, and a model function can
-    /// answer them all with one forward pass.
+    /// Handles one request.
+    fn handle(&mut self, request: Self::Request) -> Result<Self::Response, FnError>;
+
+    /// Handles a batch: one result per request, in order. Under platform batching
+    /// (`batch` in the manifest) or in-instance batching (`concurrency` > 1, see
+    /// [`InferenceThread`]) several requests arrive together. The default handles them
+    /// one by one; a model function answers them all with one forward pass.
     fn handle_batch(
         &mut self,
         requests: Vec<Self::Request>,
-    ) -> Vec<Result<Self::Response, FnError>>;
+    ) -> Vec<Result<Self::Response, FnError>> {
+        requests.into_iter().map(|r| self.handle(r)).collect()
+    }
 }
 
 /// How many requests may wait for the inference thread before callers wait to enqueue.
-const INFERENCE_QUEUE: usize = 64;
+const INFERENCE_QUEUE: usize = worker::MAX_DRAINED;
 
 /// Runs a function under the Lambda Runtime API until the process is killed.
 ///

@@ -26,7 +26,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::store::{CallStore, Claimed, Finish};
 use super::{now_ms, CallFailure};
-use crate::pool::{CallError, FunctionPool};
+use crate::pool::{CallError, Company, FunctionPool};
 use crate::runtime_api::Outcome;
 
 /// The longest wait before a retry.
@@ -109,7 +109,14 @@ async fn attempt(
 ) {
     let spec = &pool.plan().spec;
     let id = call.call_id.as_str();
-    let outcome = pool.invoke(call.input.clone()).await;
+    // A retry goes alone: if its batch failed because of a neighbour's item, it must not
+    // share a batch with that item again.
+    let company = if call.failures > 0 {
+        Company::Alone
+    } else {
+        Company::Batchable
+    };
+    let outcome = pool.invoke_with(call.input.clone(), company).await;
     drop(permit);
     let failure = match outcome {
         Ok(Outcome::Response(bytes)) => {

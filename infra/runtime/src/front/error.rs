@@ -148,7 +148,8 @@ fn call_status(e: &CallError) -> StatusCode {
         CallError::FunctionCrashed(_)
         | CallError::InitFailed(_)
         | CallError::OutOfMemory { .. }
-        | CallError::ResponseTooLarge { .. } => StatusCode::BAD_GATEWAY,
+        | CallError::ResponseTooLarge { .. }
+        | CallError::BadBatchReply(_) => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }

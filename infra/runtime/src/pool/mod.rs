@@ -4,8 +4,10 @@
 //! - **Scale up:** when queued work exceeds the capacity of instances already starting,
 //!   and the count is under `max_containers`, start one. `min_containers` are started at
 //!   boot and replaced when they go.
-//! - **Dispatch:** a queued call goes to a ready instance with fewer than `concurrency`
-//!   calls in flight; one whose caller has gone away is dropped, never dispatched.
+//! - **Dispatch:** queued calls go to a ready instance with fewer than `concurrency`
+//!   dispatches in flight; one whose caller has gone away is dropped, never dispatched.
+//!   With `batch`, a dispatch takes up to `max_size` queued calls at once, as one
+//!   `thaw_batch` envelope ([`dispatch`] has the rules, [`batch`] the wire format).
 //! - **Scale down:** the reaper stops instances idle for `idle_timeout` (SIGTERM, a grace
 //!   period, SIGKILL), never below `min_containers`.
 //! - **Faults:** an exit with calls in flight fails them as `FunctionCrashed`; past
@@ -19,8 +21,11 @@
 //! through the [`Launcher`] the pool is given, so the policy is unit-tested with a
 //! launcher that serves the Runtime API in-process, on paused time.
 
+mod batch;
+mod dispatch;
 mod supervise;
 
+use self::dispatch::Take;
 use self::supervise::reaper;
 #[cfg(test)]
 mod tests;
@@ -74,6 +79,10 @@ pub enum CallError {
         /// The limit, bytes.
         limit: usize,
     },
+    /// The function's reply to a batch of calls could not be split into one answer per
+    /// call (it was not a `thaw_batch` reply of the batch's length).
+    #[error("the function's reply to a batch is not a batch reply: {0}")]
+    BadBatchReply(String),
     /// thaw is shutting down.
     #[error("thaw is shutting down")]
     ShuttingDown,
@@ -89,6 +98,7 @@ impl CallError {
             Self::Timeout(_) => "Timeout",
             Self::OutOfMemory { .. } => "OutOfMemory",
             Self::ResponseTooLarge { .. } => "ResponseTooLarge",
+            Self::BadBatchReply(_) => "BadBatchReply",
             Self::ShuttingDown => "ShuttingDown",
         }
     }
@@ -100,6 +110,20 @@ pub(super) type Reply = oneshot::Sender<Result<Outcome, CallError>>;
 struct Pending {
     payload: Bytes,
     reply: Reply,
+    /// When it was queued: its queue wait, and how long a partial batch may be held.
+    queued_at: Instant,
+    /// Never batched with others: a retry of a call whose batch failed (so one poison
+    /// item cannot fail its neighbours twice), or a payload that is not JSON.
+    alone: bool,
+}
+
+/// Whether a call may share a dispatch with others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Company {
+    /// Batched with other calls when the function has `batch`.
+    Batchable,
+    /// Always dispatched alone.
+    Alone,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +156,8 @@ struct State {
     /// The last init failure: its message, when restarts may resume, and the next backoff.
     init_failure: Option<(String, Instant, Duration)>,
     retry_scheduled: bool,
+    /// When a held partial batch is due, if a wake-up is scheduled.
+    wake_at: Option<Instant>,
     cold_starts: u64,
 }
 
@@ -240,7 +266,18 @@ impl FunctionPool {
 
     /// Runs one call: queue it, wait for an instance, wait for its outcome.
     pub async fn invoke(&self, payload: Bytes) -> Result<Outcome, CallError> {
+        self.invoke_with(payload, Company::Batchable).await
+    }
+
+    /// Runs one call that may or may not share a batch with others.
+    pub async fn invoke_with(
+        &self,
+        payload: Bytes,
+        company: Company,
+    ) -> Result<Outcome, CallError> {
         let started = Instant::now();
+        let alone = company == Company::Alone
+            || (self.plan.spec.batch.is_some() && !batch::is_json(&payload));
         let (reply, rx) = oneshot::channel();
         {
             let mut st = self.lock();
@@ -262,7 +299,12 @@ impl FunctionPool {
                 self.metrics.call_error(self.name(), &e);
                 return Err(e);
             }
-            st.queue.push_back(Pending { payload, reply });
+            st.queue.push_back(Pending {
+                payload,
+                reply,
+                queued_at: started,
+                alone,
+            });
         }
         self.pump();
         let result = rx
@@ -286,6 +328,7 @@ impl FunctionPool {
         // holds the receiver) is neither dispatched nor counted as demand.
         st.queue.retain(|p| !p.reply.is_closed());
         // Dispatch.
+        let now = Instant::now();
         while !st.queue.is_empty() {
             let free = st
                 .instances
@@ -294,8 +337,12 @@ impl FunctionPool {
                 .min_by_key(|(_, i)| i.in_flight)
                 .map(|(id, _)| *id);
             let Some(id) = free else { break };
-            let Some(pending) = st.queue.pop_front() else {
-                break;
+            let calls = match self.take(&mut st, now) {
+                Take::Calls(calls) => calls,
+                Take::Hold(until) => {
+                    self.wake_at(&mut st, until);
+                    break;
+                }
             };
             let Some(inst) = st.instances.get_mut(&id) else {
                 break;
@@ -303,13 +350,22 @@ impl FunctionPool {
             inst.in_flight += 1;
             let Some(api) = inst.api.clone() else { break };
             let exit = inst.exit.clone();
-            tokio::spawn(Arc::clone(&me).run_call(id, api, exit, pending));
+            self.metrics
+                .dispatched(self.name(), calls.iter().map(|c| now - c.queued_at));
+            tokio::spawn(Arc::clone(&me).run_dispatch(id, api, exit, calls));
         }
         if self.closing.load(Ordering::SeqCst) {
             return;
         }
-        // Scale up.
-        let now = Instant::now();
+        // Scale up: when the queue is more than the instances starting, and any slot a
+        // held partial batch leaves free, will take.
+        let per_slot = self.plan.spec.batch.as_ref().map_or(1, |b| b.max_size as usize);
+        let free_slots: usize = st
+            .instances
+            .values()
+            .filter(|i| i.phase == Phase::Ready)
+            .map(|i| concurrency.saturating_sub(i.in_flight) as usize)
+            .sum();
         let backing_off = st
             .init_failure
             .as_ref()
@@ -326,7 +382,8 @@ impl FunctionPool {
                 .filter(|i| i.phase == Phase::Starting)
                 .count();
             let below_min = live < self.plan.spec.min_containers as usize;
-            let demand = st.queue.len() > starting * concurrency as usize;
+            let capacity = (starting * concurrency as usize + free_slots) * per_slot;
+            let demand = st.queue.len() > capacity;
             if live >= self.plan.spec.max_containers as usize
                 || !(below_min || demand)
                 || backing_off

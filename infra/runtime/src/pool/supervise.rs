@@ -5,110 +5,18 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use thaw_manifest::FunctionPlan;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{
-    CallError, FunctionPool, Pending, Phase, Reply, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE,
+    CallError, FunctionPool, Pending, Phase, State, BACKOFF_MAX, BACKOFF_START, STOP_GRACE,
 };
 use crate::launcher::{InstanceControl, InstanceExit, LaunchRequest};
-use crate::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle, Refused};
+use crate::runtime_api::{InstanceApi, Lifecycle};
 
 impl FunctionPool {
     pub(super) fn instance_name(&self, id: u64) -> String {
         format!("{}-{id}", self.name())
-    }
-
-    /// One call on one instance.
-    pub(super) async fn run_call(
-        self: Arc<Self>,
-        id: u64,
-        api: Arc<InstanceApi>,
-        mut exit: watch::Receiver<Option<InstanceExit>>,
-        pending: Pending,
-    ) {
-        let timeout = self.plan.spec.timeout.0;
-        let Pending {
-            payload,
-            reply: caller,
-        } = pending;
-        let (reply, rx) = oneshot::channel();
-        let invocation = Invocation {
-            id: new_request_id(),
-            payload,
-            timeout,
-            reply,
-        };
-        let result = if api.submit(invocation).await.is_err() {
-            Err(CallError::FunctionCrashed(
-                "instance stopped before the call was delivered".into(),
-            ))
-        } else {
-            // The instance's exit drops our reply, unless the call was dispatched as it
-            // exited and never reached it: then its exit is what says the call is lost.
-            let gone = async {
-                let _ = exit.wait_for(Option::is_some).await;
-            };
-            let answer = tokio::select! {
-                biased;
-                r = rx => Ok(r.ok()),
-                () = gone => Ok(None),
-                () = tokio::time::sleep(timeout) => Err(()),
-            };
-            match answer {
-                Ok(Some(Ok(outcome))) => Ok(outcome),
-                Ok(Some(Err(Refused::TooLarge { limit }))) => {
-                    Err(CallError::ResponseTooLarge { limit })
-                }
-                Ok(None) => {
-                    let oom = match &*exit.borrow() {
-                        Some(InstanceExit::OutOfMemory { limit }) => Some(*limit),
-                        _ => None,
-                    };
-                    if let Some(limit) = oom {
-                        return self.call_done(id, caller, Err(CallError::OutOfMemory { limit }));
-                    }
-                    // The instance's exit dropped our reply; give its last stderr a moment
-                    // to be read so the caller sees why.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let tail = self.logs.instance_tail(&self.instance_name(id), 5);
-                    let why = if tail.is_empty() {
-                        "the instance exited".to_owned()
-                    } else {
-                        tail
-                    };
-                    Err(CallError::FunctionCrashed(why))
-                }
-                Err(_) => {
-                    self.kill(id);
-                    Err(CallError::Timeout(timeout))
-                }
-            }
-        };
-        self.call_done(id, caller, result);
-    }
-
-    /// Answers a call's caller and frees its slot on instance `id`.
-    pub(super) fn call_done(
-        &self,
-        id: u64,
-        caller: Reply,
-        result: Result<crate::runtime_api::Outcome, CallError>,
-    ) {
-        let _ = caller.send(result);
-        {
-            let mut st = self.lock();
-            let mut last_of_retiring = false;
-            if let Some(inst) = st.instances.get_mut(&id) {
-                inst.in_flight = inst.in_flight.saturating_sub(1);
-                inst.idle_since = Instant::now();
-                last_of_retiring = inst.retiring && inst.in_flight == 0;
-            }
-            if last_of_retiring {
-                self.stop(&mut st, id);
-            }
-        }
-        self.pump();
     }
 
     /// Takes instance `id` out of dispatch and stops it once its calls in flight are done
