@@ -5,6 +5,7 @@
 
 mod analyze;
 mod auth;
+mod batching;
 mod durable;
 mod durable_bounds;
 mod edge;

@@ -1,7 +1,8 @@
 //! The durable executor of one function.
 //!
-//! It holds one permit per slot the function can run at once (`max_containers ×
-//! concurrency`). With free permits it claims that many due calls from the store, which
+//! It holds one permit per call the function can run at once (`max_containers ×
+//! concurrency`, times `batch.max_size` when the function is batched, so durable calls
+//! fill batches as synchronous ones do). With free permits it claims that many due calls from the store, which
 //! marks them running and counts the attempt before anything runs, and hands each to
 //! the pool. A call still queued in the store is therefore not yet in anyone's memory,
 //! and cancelling it is a plain update. With nothing due it sleeps until woken by a
@@ -45,7 +46,10 @@ fn input_at_fault(error_type: &str) -> bool {
 pub async fn run(pool: Arc<FunctionPool>, store: CallStore, mut closing: watch::Receiver<bool>) {
     let function = pool.plan().name.to_string();
     let spec = &pool.plan().spec;
-    let capacity = (spec.max_containers as usize).saturating_mul(spec.concurrency as usize);
+    let per_slot = spec.batch.as_ref().map_or(1, |b| b.max_size as usize);
+    let capacity = (spec.max_containers as usize)
+        .saturating_mul(spec.concurrency as usize)
+        .saturating_mul(per_slot);
     let permits = Arc::new(Semaphore::new(capacity.max(1)));
     let work = store.signals().work(&function);
     loop {
