@@ -78,6 +78,10 @@ fn sam_leaves_gpu_functions_out_and_caps_retries_with_warnings() {
         .any(|w| w.contains("embed-gpu") && w.contains("knative")));
     assert!(rendered.warnings.iter().any(|w| w.contains("retries = 3")));
     assert!(rendered
+        .warnings
+        .iter()
+        .any(|w| w.starts_with("embed: batch is thaw serve's dynamic batching")));
+    assert!(rendered
         .files
         .iter()
         .all(|f| !f.text.contains("EmbedGpuFunction")));

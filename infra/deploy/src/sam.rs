@@ -107,6 +107,12 @@ fn function(plan: &Plan, f: &FunctionPlan, warnings: &mut Vec<String>) -> Value 
             f.name
         ));
     }
+    if spec.batch.is_some() {
+        warnings.push(format!(
+            "{}: batch is thaw serve's dynamic batching: AWS Lambda sends one event per invocation (deploy with --target knative or docker to keep it)",
+            f.name
+        ));
+    }
     if spec.retries > 2 {
         warnings.push(format!(
             "{}: retries = {} cut to Lambda's maximum of 2 for async invocations",
