@@ -30,6 +30,11 @@ use super::{now_ms, CallFailure};
 use crate::pool::{CallError, Company, FunctionPool};
 use crate::runtime_api::Outcome;
 
+/// Most durable calls of one function handed to its pool at once, whatever the
+/// manifest's product of caps (up to 2^30): permits are taken one by one, and the pool
+/// queues what it cannot run.
+const MAX_IN_FLIGHT: usize = 4096;
+
 /// The longest wait before a retry.
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
@@ -49,7 +54,8 @@ pub async fn run(pool: Arc<FunctionPool>, store: CallStore, mut closing: watch::
     let per_slot = spec.batch.as_ref().map_or(1, |b| b.max_size as usize);
     let capacity = (spec.max_containers as usize)
         .saturating_mul(spec.concurrency as usize)
-        .saturating_mul(per_slot);
+        .saturating_mul(per_slot)
+        .min(MAX_IN_FLIGHT);
     let permits = Arc::new(Semaphore::new(capacity.max(1)));
     let work = store.signals().work(&function);
     loop {
