@@ -50,14 +50,23 @@ fn concurrently(s: &Serve, f: &str, bodies: &[Value]) -> Vec<thaw_tests::Reply> 
 fn metric(s: &Serve, series: &str) -> f64 {
     let text = String::from_utf8_lossy(&s.get("/metrics").body).into_owned();
     text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
         .unwrap_or(0.0)
 }
 
 /// Dispatches of more than one call so far.
 fn batches_over_one(s: &Serve, f: &str) -> f64 {
     metric(s, &format!("thaw_batch_size_count{{function=\"{f}\"}}"))
-        - metric(s, &format!("thaw_batch_size_bucket{{function=\"{f}\",le=\"1\"}}"))
+        - metric(
+            s,
+            &format!("thaw_batch_size_bucket{{function=\"{f}\",le=\"1\"}}"),
+        )
 }
 
 fn embedding(r: &thaw_tests::Reply) -> Vec<f32> {
@@ -87,21 +96,38 @@ fn concurrent_single_text_calls_are_batched_and_each_caller_gets_its_own_embeddi
     let reference: Vec<Vec<f32>> = (0..TEXTS)
         .map(|i| embedding(&call(&s, "embed", &json!({"text": text(i)}))))
         .collect();
-    assert_eq!(batches_over_one(&s, "embed"), 0.0, "sequential calls go alone");
+    assert_eq!(
+        batches_over_one(&s, "embed"),
+        0.0,
+        "sequential calls go alone"
+    );
 
     let bodies: Vec<Value> = (0..TEXTS).map(|i| json!({"text": text(i)})).collect();
     let replies = concurrently(&s, "embed", &bodies);
     for (i, r) in replies.iter().enumerate() {
         let got = embedding(r);
         let own = cosine(&got, &reference[i]);
-        assert!(own >= 0.9999, "text {i}: cosine {own} with its unbatched embedding");
+        assert!(
+            own >= 0.9999,
+            "text {i}: cosine {own} with its unbatched embedding"
+        );
         let next = cosine(&got, &reference[(i + 1) % TEXTS]);
-        assert!(next < 0.9999, "text {i} got another text's embedding ({next})");
+        assert!(
+            next < 0.9999,
+            "text {i} got another text's embedding ({next})"
+        );
     }
     let batched = batches_over_one(&s, "embed");
-    assert!(batched >= 1.0, "64 concurrent calls made {batched} batches of more than one");
+    assert!(
+        batched >= 1.0,
+        "64 concurrent calls made {batched} batches of more than one"
+    );
     let sizes = metric(&s, "thaw_batch_size_sum{function=\"embed\"}");
-    assert_eq!(sizes, (2 * TEXTS) as f64, "every call was dispatched exactly once");
+    assert_eq!(
+        sizes,
+        (2 * TEXTS) as f64,
+        "every call was dispatched exactly once"
+    );
     assert!(metric(&s, "thaw_queue_wait_seconds_count{function=\"embed\"}") >= (2 * TEXTS) as f64);
 }
 

@@ -62,7 +62,10 @@ enum Item<'a> {
 /// - A reply is split item by item; an item over [`MAX_RESPONSE`] fails only its call.
 ///   A reply that is not a batch reply of `n` items fails every call with
 ///   [`CallError::BadBatchReply`]: no call can be matched to its answer.
-pub(super) fn split(answer: Result<Outcome, CallError>, n: usize) -> Vec<Result<Outcome, CallError>> {
+pub(super) fn split(
+    answer: Result<Outcome, CallError>,
+    n: usize,
+) -> Vec<Result<Outcome, CallError>> {
     let bytes = match answer {
         Err(e) => return vec![Err(e); n],
         Ok(Outcome::Error(d)) => return vec![Ok(Outcome::Error(d)); n],
@@ -114,7 +117,10 @@ mod tests {
             br#"{"thaw_batch":[{"ok":{"v":1}},{"error":{"errorType":"InvalidInput","errorMessage":"bad"}},{"ok":[3]}]}"#,
         );
         let got = split(Ok(Outcome::Response(reply)), 3);
-        assert_eq!(got[0], Ok(Outcome::Response(Bytes::from_static(b"{\"v\":1}"))));
+        assert_eq!(
+            got[0],
+            Ok(Outcome::Response(Bytes::from_static(b"{\"v\":1}")))
+        );
         assert_eq!(
             got[1],
             Ok(Outcome::Error(Diagnostic {
@@ -128,9 +134,14 @@ mod tests {
     #[test]
     fn a_failed_batch_fails_each_call_and_a_wrong_reply_is_typed() {
         let crashed = split(Err(CallError::FunctionCrashed("gone".into())), 2);
-        assert_eq!(crashed, vec![Err(CallError::FunctionCrashed("gone".into())); 2]);
+        assert_eq!(
+            crashed,
+            vec![Err(CallError::FunctionCrashed("gone".into())); 2]
+        );
         let short = split(
-            Ok(Outcome::Response(Bytes::from_static(br#"{"thaw_batch":[{"ok":1}]}"#))),
+            Ok(Outcome::Response(Bytes::from_static(
+                br#"{"thaw_batch":[{"ok":1}]}"#,
+            ))),
             2,
         );
         assert!(matches!(&short[1], Err(CallError::BadBatchReply(w)) if w.contains("1 results")));

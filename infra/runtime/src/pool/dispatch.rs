@@ -49,12 +49,7 @@ impl FunctionPool {
         let max = batch.max_size.max(1) as usize;
         // The batchable calls at the front of the queue, up to max_size; a call that
         // must go alone goes alone when it reaches the front.
-        let n = st
-            .queue
-            .iter()
-            .take(max)
-            .take_while(|p| !p.alone)
-            .count();
+        let n = st.queue.iter().take(max).take_while(|p| !p.alone).count();
         if n == 0 {
             return Take::Calls(st.queue.pop_front().into_iter().collect());
         }

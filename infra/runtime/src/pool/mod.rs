@@ -359,7 +359,12 @@ impl FunctionPool {
         }
         // Scale up: when the queue is more than the instances starting, and any slot a
         // held partial batch leaves free, will take.
-        let per_slot = self.plan.spec.batch.as_ref().map_or(1, |b| b.max_size as usize);
+        let per_slot = self
+            .plan
+            .spec
+            .batch
+            .as_ref()
+            .map_or(1, |b| b.max_size as usize);
         let free_slots: usize = st
             .instances
             .values()

@@ -12,7 +12,8 @@ use super::harness::*;
 use crate::pool::{CallError, Company};
 use crate::runtime_api::Outcome;
 
-const BATCHED: &str = "max_containers = 1\nconcurrency = 1\nbatch = { max_size = 4, wait = \"0ms\" }";
+const BATCHED: &str =
+    "max_containers = 1\nconcurrency = 1\nbatch = { max_size = 4, wait = \"0ms\" }";
 
 impl Harness {
     fn call_alone(&self, payload: &str) -> JoinHandle<Result<Outcome, CallError>> {
@@ -37,10 +38,16 @@ async fn calls_queued_while_the_instance_is_busy_go_together_up_to_max_size() {
     let queued: Vec<_> = (1..10)
         .map(|n| (n, h.call(&format!(r#"{{"n": {n}}}"#))))
         .collect();
-    assert!(echoed(&outcome(first).await, r#"{"sleep_ms": 100, "n": 0}"#));
+    assert!(echoed(
+        &outcome(first).await,
+        r#"{"sleep_ms": 100, "n": 0}"#
+    ));
     for (n, call) in queued {
         let got = outcome(call).await;
-        assert!(same_json(&got, &format!(r#"{{"n": {n}}}"#)), "call {n}: {got:?}");
+        assert!(
+            same_json(&got, &format!(r#"{{"n": {n}}}"#)),
+            "call {n}: {got:?}"
+        );
     }
     // A lone first call goes as itself; then batches of max_size, then the rest.
     assert_eq!(h.fake.batches(), vec![4, 4]);
@@ -76,7 +83,9 @@ async fn wait_holds_a_partial_batch_until_its_oldest_call_has_waited_that_long()
 
     // A full batch goes at once.
     let t = Instant::now();
-    let calls: Vec<_> = (0..3).map(|i| h.call(&format!(r#"{{"i": {i}}}"#))).collect();
+    let calls: Vec<_> = (0..3)
+        .map(|i| h.call(&format!(r#"{{"i": {i}}}"#)))
+        .collect();
     for c in calls {
         assert!(outcome(c).await.is_ok());
     }
@@ -125,7 +134,10 @@ async fn a_crashed_batch_fails_each_of_its_calls_and_the_next_instance_serves() 
 
 #[tokio::test(start_paused = true)]
 async fn a_batch_past_timeout_fails_each_call_with_timeout() {
-    let h = start(&format!("{BATCHED}\ntimeout = \"1s\""), Behaviour::default());
+    let h = start(
+        &format!("{BATCHED}\ntimeout = \"1s\""),
+        Behaviour::default(),
+    );
     let first = h.call(r#"{"sleep_ms": 50}"#);
     sleep(Duration::from_millis(20)).await;
     let calls: Vec<_> = [r#"{"a": 1}"#, r#"{"sleep_ms": 5000}"#]

@@ -364,7 +364,9 @@ fn batch_reply(items: &[serde_json::Value]) -> Outcome {
     let replies: Vec<serde_json::Value> = items
         .iter()
         .map(|d| match d["error"].as_str() {
-            Some(msg) => serde_json::json!({"error": {"errorType": "Handled", "errorMessage": msg}}),
+            Some(msg) => {
+                serde_json::json!({"error": {"errorType": "Handled", "errorMessage": msg}})
+            }
             None => serde_json::json!({ "ok": d }),
         })
         .collect();
@@ -436,7 +438,9 @@ impl Harness {
     }
 }
 
-pub(super) async fn outcome(call: JoinHandle<Result<Outcome, CallError>>) -> Result<Outcome, CallError> {
+pub(super) async fn outcome(
+    call: JoinHandle<Result<Outcome, CallError>>,
+) -> Result<Outcome, CallError> {
     tokio::time::timeout(Duration::from_secs(600), call)
         .await
         .expect("call did not finish within 600s")
@@ -454,4 +458,3 @@ pub(super) async fn settle() {
 
 // ---------------------------------------------------------------------------------------
 // Scale up and the caps.
-
