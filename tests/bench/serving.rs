@@ -24,10 +24,11 @@
 //!
 //! The machine has two cores, and other work on them would be measured as the server's
 //! slowness. So before each load the bench waits (up to `THAW_BENCH_SERVING_QUIET_SECS`,
-//! default 180) for a second in which others use less than [`CONTENDED_CORES`], and
+//! default 120) for a second in which others use less than [`CONTENDED_CORES`], and
 //! during each window it measures what other work used: the machine's busy time less
-//! this bench's and the server tree's. A window above [`CONTENDED_CORES`] is marked
-//! contended in the table.
+//! this bench's and the server tree's. A window above [`CONTENDED_CORES`] is measured
+//! again (`THAW_BENCH_SERVING_ATTEMPTS`, default 3 in all), the least contended is kept,
+//! and one still above is marked contended in the table.
 
 mod infinity;
 mod loadgen;
@@ -239,6 +240,8 @@ struct Timing {
     warmup: Duration,
     /// Longest wait for other work on the machine to stop before a window.
     quiet: Duration,
+    /// Most windows per load while other work contends them.
+    attempts: u32,
 }
 
 impl Timing {
@@ -253,7 +256,8 @@ impl Timing {
         Self {
             window: Duration::from_secs_f64(secs("THAW_BENCH_SERVING_SECS", 15.0).max(1.0)),
             warmup: Duration::from_secs_f64(secs("THAW_BENCH_SERVING_WARMUP_SECS", 3.0)),
-            quiet: Duration::from_secs_f64(secs("THAW_BENCH_SERVING_QUIET_SECS", 180.0)),
+            quiet: Duration::from_secs_f64(secs("THAW_BENCH_SERVING_QUIET_SECS", 120.0)),
+            attempts: (secs("THAW_BENCH_SERVING_ATTEMPTS", 3.0) as u32).max(1),
         }
     }
 
@@ -317,18 +321,38 @@ fn run_thaw(text: &str, manifest: &thaw_manifest::Manifest, timing: Timing) -> R
             .ok_or_else(|| format!("infra/functions.toml has no {}", work.function()))?
             .max_containers as usize;
         let mut serve = Serve::start(text);
-        let url = format!("{}{}", serve.base, Peer::Thaw.path(work));
-        let measured = warm_thaw(&serve, work, &url, want)
-            .and_then(|()| check_one(Peer::Thaw, work, &url))
-            .map(|()| {
-                for load in LOADS.iter().filter(|l| l.work == work) {
-                    windows.push(measure(Peer::Thaw, *load, &url, serve.pid(), timing));
-                }
-            });
+        let measured = thaw_loads(&serve, work, want, timing, &mut windows);
         stop(&mut serve);
         measured?;
     }
     Ok(windows)
+}
+
+/// The loads of one work on one thaw. Each is preceded by warming the function to
+/// `want` ready instances: while the bench waits for a quiet machine, the instances may
+/// pass their `idle_timeout` and stop.
+fn thaw_loads(
+    serve: &Serve,
+    work: Work,
+    want: usize,
+    timing: Timing,
+    windows: &mut Vec<Window>,
+) -> Result<()> {
+    let url = format!("{}{}", serve.base, Peer::Thaw.path(work));
+    warm_thaw(serve, work, &url, want)?;
+    check_one(Peer::Thaw, work, &url)?;
+    for load in LOADS.iter().filter(|l| l.work == work) {
+        let prepare = || warm_thaw(serve, work, &url, want);
+        windows.push(measure(
+            Peer::Thaw,
+            *load,
+            &url,
+            serve.pid(),
+            timing,
+            &prepare,
+        )?);
+    }
+    Ok(())
 }
 
 /// SIGTERM, and wait for thaw to drain and stop its instances: `Serve`'s drop kills
@@ -383,9 +407,48 @@ fn check_one(peer: Peer, work: Work, url: &str) -> Result<()> {
         .map_err(|e| format!("{peer:?} {}: {e}", work.function()).into())
 }
 
-/// Warm-up, then one measured window; memory of the whole tree under `root` at its end.
-fn measure(peer: Peer, load: Load, url: &str, root: u32, timing: Timing) -> Window {
+/// A quiet machine, `prepare`, a warm-up, then one measured window; memory of the whole
+/// tree under `root` at its end. A window that other work contended is measured again,
+/// up to `timing.attempts` in all, and the least contended one is kept.
+fn measure(
+    peer: Peer,
+    load: Load,
+    url: &str,
+    root: u32,
+    timing: Timing,
+    prepare: &dyn Fn() -> Result<()>,
+) -> Result<Window> {
+    let mut best: Option<Window> = None;
+    for attempt in 1..=timing.attempts {
+        let w = measure_once(peer, load, url, root, timing, prepare)?;
+        print_window(peer, load, &w);
+        let contended = w.others_cores > CONTENDED_CORES;
+        if best
+            .as_ref()
+            .is_none_or(|b| w.others_cores < b.others_cores)
+        {
+            best = Some(w);
+        }
+        if !contended {
+            break;
+        }
+        if attempt < timing.attempts {
+            println!("  contended: measuring {peer:?}, {} again", load.label());
+        }
+    }
+    best.ok_or_else(|| "no attempts".into())
+}
+
+fn measure_once(
+    peer: Peer,
+    load: Load,
+    url: &str,
+    root: u32,
+    timing: Timing,
+    prepare: &dyn Fn() -> Result<()>,
+) -> Result<Window> {
     wait_quiet(root, timing.quiet);
+    prepare()?;
     let body = |c: usize, seq: u64| peer.body(load.work, c, seq);
     if !timing.warmup.is_zero() {
         // Distinct texts from the window's: client numbers past the window's clients.
@@ -396,15 +459,12 @@ fn measure(peer: Peer, load: Load, url: &str, root: u32, timing: Timing) -> Wind
     let start = CpuMark::now(root);
     let measured = loadgen::drive(url, load.clients, timing.window(load.work), &body);
     let end = CpuMark::now(root);
-    let memory = loadgen::tree_memory(root);
-    let w = Window {
+    Ok(Window {
+        memory: loadgen::tree_memory(root),
         measured,
-        memory,
         loadavg_before,
         others_cores: start.others_cores(&end),
-    };
-    print_window(peer, load, &w);
-    w
+    })
 }
 
 /// Waits, up to `within`, for a second in which other work on the machine used less than
@@ -458,10 +518,19 @@ fn run_infinity(timing: Timing) -> Result<Vec<Window>> {
     for work in [Work::Embed, Work::Rerank] {
         check_one(Peer::Infinity, work, &url)?;
     }
-    Ok(LOADS
+    LOADS
         .iter()
-        .map(|load| measure(Peer::Infinity, *load, &url, server.pid(), timing))
-        .collect())
+        .map(|load| {
+            measure(
+                Peer::Infinity,
+                *load,
+                &url,
+                server.pid(),
+                timing,
+                &|| Ok(()),
+            )
+        })
+        .collect()
 }
 
 fn mb(kib: u64) -> f64 {
