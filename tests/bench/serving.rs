@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use thaw_tests::{repo_root, Serve};
 
 use infinity::Infinity;
-use loadgen::{CpuMark, Measured, TreeMemory};
+use loadgen::{CpuMark, CpuUse, Measured, TreeMemory};
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -224,7 +224,7 @@ struct Window {
     measured: Measured,
     memory: TreeMemory,
     loadavg_before: f64,
-    others_cores: f64,
+    cpu: CpuUse,
 }
 
 /// The windows of one peer, in [`LOADS`] order, or why it was not measured.
@@ -370,7 +370,7 @@ fn stop(serve: &mut Serve) {
 }
 
 /// Sends bursts of concurrent calls until `want` instances are ready, so that no window
-/// pays a cold start.
+/// pays a cold start, and every window runs on the same `want` instances.
 fn warm_thaw(serve: &Serve, work: Work, url: &str, want: usize) -> Result<()> {
     let ready = |s: &Serve| {
         let st = s.state(work.function());
@@ -378,6 +378,10 @@ fn warm_thaw(serve: &Serve, work: Work, url: &str, want: usize) -> Result<()> {
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
+        // One burst even when enough are ready: it resets every instance's idle clock,
+        // so none passes its `idle_timeout` during the window that follows.
+        let body = |c: usize, seq: u64| Peer::Thaw.body(work, c, seq);
+        loadgen::drive(url, want * 2, Duration::from_millis(300), &body);
         let up = ready(serve) as usize;
         if up >= want {
             return Ok(());
@@ -389,8 +393,6 @@ fn warm_thaw(serve: &Serve, work: Work, url: &str, want: usize) -> Result<()> {
             )
             .into());
         }
-        let body = |c: usize, seq: u64| Peer::Thaw.body(work, c, seq);
-        loadgen::drive(url, want * 2, Duration::from_millis(300), &body);
     }
 }
 
@@ -422,11 +424,8 @@ fn measure(
     for attempt in 1..=timing.attempts {
         let w = measure_once(peer, load, url, root, timing, prepare)?;
         print_window(peer, load, &w);
-        let contended = w.others_cores > CONTENDED_CORES;
-        if best
-            .as_ref()
-            .is_none_or(|b| w.others_cores < b.others_cores)
-        {
+        let contended = w.cpu.others > CONTENDED_CORES;
+        if best.as_ref().is_none_or(|b| w.cpu.others < b.cpu.others) {
             best = Some(w);
         }
         if !contended {
@@ -463,7 +462,7 @@ fn measure_once(
         memory: loadgen::tree_memory(root),
         measured,
         loadavg_before,
-        others_cores: start.others_cores(&end),
+        cpu: start.until(&end),
     })
 }
 
@@ -476,7 +475,7 @@ fn wait_quiet(root: u32, within: Duration) {
     loop {
         let start = CpuMark::now(root);
         std::thread::sleep(Duration::from_secs(1));
-        let others = start.others_cores(&CpuMark::now(root));
+        let others = start.until(&CpuMark::now(root)).others;
         if others < CONTENDED_CORES {
             return;
         }
@@ -496,7 +495,7 @@ fn wait_quiet(root: u32, within: Duration) {
 fn print_window(peer: Peer, load: Load, w: &Window) {
     let m = &w.measured;
     println!(
-        "{peer:?}, {}: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, {} ok, {} errors{}; PSS {:.0} MB over {} processes; loadavg before {:.2}, other work {:.2} cores{}",
+        "{peer:?}, {}: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, {} ok, {} errors{}; PSS {:.0} MB over {} processes; cores: server {:.2}, client {:.2}, other work {:.2}{}; loadavg before {:.2}",
         load.label(),
         m.throughput(),
         m.quantile_ms(0.5),
@@ -506,9 +505,11 @@ fn print_window(peer: Peer, load: Load, w: &Window) {
         m.first_error.as_ref().map_or(String::new(), |e| format!(" (first: {e}; by status {:?}, transport {})", m.status_errors, m.transport_errors)),
         mb(w.memory.pss_kib),
         w.memory.processes,
+        w.cpu.server,
+        w.cpu.client,
+        w.cpu.others,
+        if w.cpu.others > CONTENDED_CORES { " CONTENDED" } else { "" },
         w.loadavg_before,
-        w.others_cores,
-        if w.others_cores > CONTENDED_CORES { " CONTENDED" } else { "" },
     );
 }
 
@@ -545,12 +546,12 @@ fn print_table(thaw: &PeerRuns, peer: &PeerRuns) {
         }
     }
     println!();
-    println!("| load | server | req/s | p50 ms | p99 ms | answered | errors | PSS, whole tree | other work during window |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| load | server | req/s | p50 ms | p99 ms | answered | errors | PSS, whole tree | server CPU | other work during window |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let row = |load: &Load, name: &str, w: &Window| {
         let m = &w.measured;
         println!(
-            "| {} | {name} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} MB ({} processes) | {:.2} cores{} |",
+            "| {} | {name} | {:.1} | {:.1} | {:.1} | {} | {} | {:.0} MB ({} processes) | {:.2} cores | {:.2} cores{} |",
             load.label(),
             m.throughput(),
             m.quantile_ms(0.5),
@@ -559,8 +560,9 @@ fn print_table(thaw: &PeerRuns, peer: &PeerRuns) {
             m.errors(),
             mb(w.memory.pss_kib),
             w.memory.processes,
-            w.others_cores,
-            if w.others_cores > CONTENDED_CORES { ", contended" } else { "" },
+            w.cpu.server,
+            w.cpu.others,
+            if w.cpu.others > CONTENDED_CORES { ", contended" } else { "" },
         );
     };
     for (i, load) in LOADS.iter().enumerate() {

@@ -231,38 +231,54 @@ pub fn loadavg() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
-/// CPU counters at one instant: the whole machine's busy time, and the part of it spent
-/// by this bench process and the server's process tree.
+/// CPU counters at one instant: the whole machine's busy time, this bench process's, and
+/// the server's process tree's.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuMark {
     at: Instant,
     machine_busy: u64,
-    ours: u64,
+    client: u64,
+    server: u64,
+}
+
+/// Where the cores went between two [`CpuMark`]s, in cores' worth (2.0 = both cores).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuUse {
+    /// This bench: the load generator's client threads.
+    pub client: f64,
+    /// The server's whole process tree.
+    pub server: f64,
+    /// Everything else on the machine. The load average cannot tell this: it counts the
+    /// bench's own clients and server, and lags a minute behind.
+    pub others: f64,
 }
 
 impl CpuMark {
     /// Reads the counters now; `server` is the root of the server's process tree.
     pub fn now(server: u32) -> Self {
-        let ours = process_ticks("self")
-            + tree_pids(server)
-                .iter()
-                .map(|p| process_ticks(&p.to_string()))
-                .sum::<u64>();
         Self {
             at: Instant::now(),
             machine_busy: machine_busy_ticks(),
-            ours,
+            client: process_ticks("self"),
+            server: tree_pids(server)
+                .iter()
+                .map(|p| process_ticks(&p.to_string()))
+                .sum(),
         }
     }
 
-    /// Cores' worth of CPU that something other than this bench and the server used
-    /// between `self` and `later`. The load average cannot tell that: it counts this
-    /// bench's own client threads and server, and lags a minute behind.
-    pub fn others_cores(&self, later: &Self) -> f64 {
-        let busy = later.machine_busy.saturating_sub(self.machine_busy) as f64;
-        let ours = later.ours.saturating_sub(self.ours) as f64;
+    /// Where the cores went from `self` to `later`.
+    pub fn until(&self, later: &Self) -> CpuUse {
         let secs = later.at.duration_since(self.at).as_secs_f64().max(1e-9);
-        ((busy - ours) / USER_HZ / secs).max(0.0)
+        let cores = |a: u64, b: u64| b.saturating_sub(a) as f64 / USER_HZ / secs;
+        let client = cores(self.client, later.client);
+        let server = cores(self.server, later.server);
+        let busy = cores(self.machine_busy, later.machine_busy);
+        CpuUse {
+            client,
+            server,
+            others: (busy - client - server).max(0.0),
+        }
     }
 }
 
