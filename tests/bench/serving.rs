@@ -495,7 +495,7 @@ fn wait_quiet(root: u32, within: Duration) {
 fn print_window(peer: Peer, load: Load, w: &Window) {
     let m = &w.measured;
     println!(
-        "{peer:?}, {}: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, {} ok, {} errors{}; PSS {:.0} MB over {} processes; cores: server {:.2}, client {:.2}, other work {:.2}{}; loadavg before {:.2}",
+        "{peer:?}, {}: {:.1} req/s, p50 {:.1} ms, p99 {:.1} ms, {} ok, {} errors{}; PSS {:.0} MB over {} processes; cores: server {:.2} (its root process {:.2}), client {:.2}, other work {:.2}{}; loadavg before {:.2}",
         load.label(),
         m.throughput(),
         m.quantile_ms(0.5),
@@ -506,6 +506,7 @@ fn print_window(peer: Peer, load: Load, w: &Window) {
         mb(w.memory.pss_kib),
         w.memory.processes,
         w.cpu.server,
+        w.cpu.root,
         w.cpu.client,
         w.cpu.others,
         if w.cpu.others > CONTENDED_CORES { " CONTENDED" } else { "" },

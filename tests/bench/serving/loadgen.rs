@@ -239,6 +239,7 @@ pub struct CpuMark {
     machine_busy: u64,
     client: u64,
     server: u64,
+    root: u64,
 }
 
 /// Where the cores went between two [`CpuMark`]s, in cores' worth (2.0 = both cores).
@@ -248,6 +249,9 @@ pub struct CpuUse {
     pub client: f64,
     /// The server's whole process tree.
     pub server: f64,
+    /// The tree's root process alone: for thaw, the platform (HTTP front, scheduler,
+    /// Runtime API) without its instances.
+    pub root: f64,
     /// Everything else on the machine. The load average cannot tell this: it counts the
     /// bench's own clients and server, and lags a minute behind.
     pub others: f64,
@@ -260,6 +264,7 @@ impl CpuMark {
             at: Instant::now(),
             machine_busy: machine_busy_ticks(),
             client: process_ticks("self"),
+            root: process_ticks(&server.to_string()),
             server: tree_pids(server)
                 .iter()
                 .map(|p| process_ticks(&p.to_string()))
@@ -277,6 +282,7 @@ impl CpuMark {
         CpuUse {
             client,
             server,
+            root: cores(self.root, later.root),
             others: (busy - client - server).max(0.0),
         }
     }
