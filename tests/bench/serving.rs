@@ -296,11 +296,9 @@ fn settings(manifest: &thaw_manifest::Manifest, work: Work) -> String {
     let Some(f) = spec(manifest, work) else {
         return "not in the manifest".into();
     };
-    // Debug, not the fields: the batch settings' shape is still being built (issue 12).
-    let batch = f
-        .batch
-        .as_ref()
-        .map_or("none".to_owned(), |b| format!("{b:?}"));
+    let batch = f.batch.as_ref().map_or("none".to_owned(), |b| {
+        format!("max_size {}, wait {:?}", b.max_size, b.wait.0)
+    });
     format!(
         "min_containers {}, max_containers {}, concurrency {}, batch {batch}",
         f.min_containers, f.max_containers, f.concurrency

@@ -6,9 +6,9 @@
 //! (dense + tanh over the `[CLS]` state) feeds the classifier, whose single output is the
 //! raw logit that transformers reports.
 
+use crate::bert::{BertModel, Config as BertConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use thaw_snapshot::Architecture;
 use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationStrategy};
 

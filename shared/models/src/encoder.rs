@@ -2,9 +2,9 @@
 
 use std::time::Instant;
 
+use crate::bert::{BertModel, Config as BertConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use thaw_snapshot::{Architecture, Pooling, RestoredSnapshot};
 use tokenizers::{Encoding, Tokenizer};
 

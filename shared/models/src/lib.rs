@@ -9,10 +9,14 @@
 //! - [`WordFrequencies`]: English word rarity (Zipf) from a `word-frequencies` snapshot.
 //! - [`device`]: which candle device an instance computes on.
 //!
+//! Both BERT models run thaw's own BERT encoder (`bert`): candle-transformers' weights
+//! and function, with a vectorised exact GELU and one QKV projection per layer.
+//!
 //! Every model here is blocking CPU (or GPU) work. Functions run it on the dedicated
 //! inference thread that `thaw-fn` owns, never on the async executor.
 
 mod batch;
+mod bert;
 mod chat;
 mod cross_encoder;
 pub mod device;

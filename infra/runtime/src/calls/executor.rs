@@ -8,6 +8,9 @@
 //! and cancelling it is a plain update. With nothing due it sleeps until woken by a
 //! commit, or until the next retry's backoff ends.
 //!
+//! A retry is dispatched alone, never in a batch (`batch` in the manifest): a batch that
+//! crashed on one poison item must not take the same neighbours down again.
+//!
 //! What an attempt's outcome becomes:
 //!
 //! | outcome | recorded as |
