@@ -131,7 +131,7 @@ struct Layer {
 impl Layer {
     fn load(vb: VarBuilder, c: &Config) -> Result<Self> {
         let h = c.hidden_size;
-        if c.num_attention_heads == 0 || h % c.num_attention_heads != 0 {
+        if c.num_attention_heads == 0 || !h.is_multiple_of(c.num_attention_heads) {
             candle_core::bail!(
                 "hidden_size {h} is not a multiple of num_attention_heads {}",
                 c.num_attention_heads
