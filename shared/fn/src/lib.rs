@@ -3,8 +3,9 @@
 //! A function implements [`Function`]: a blocking, batch-shaped handler with serde
 //! request and response types. [`run`] does the rest:
 //!
-//! 1. defaults `RAYON_NUM_THREADS` to 1 (scale by instances, not by threads fighting over
-//!    cores) and initialises tracing from `RUST_LOG`;
+//! 1. defaults `RAYON_NUM_THREADS` to 1 and `TOKENIZERS_PARALLELISM` to false (scale by
+//!    instances, not by threads fighting over cores) and initialises tracing from
+//!    `RUST_LOG`;
 //! 2. builds the function, loading its model **once**, on a dedicated inference thread;
 //!    an init failure exits the process before its first `next`, with the message on
 //!    stderr, which is how the platform tells an init error from a crash;
@@ -71,9 +72,14 @@ where
     F: Function,
     I: FnOnce() -> Result<F, FnError> + Send + 'static,
 {
+    // Before any thread exists, so these cannot race with a reader.
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        // Before any thread exists, so this cannot race with a reader.
         std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    // With one rayon thread, the tokenizer's "parallel" batch encoding only hands each
+    // batch to that thread and back; encode on the inference thread itself.
+    if std::env::var_os("TOKENIZERS_PARALLELISM").is_none() {
+        std::env::set_var("TOKENIZERS_PARALLELISM", "false");
     }
     init_tracing();
     let worker = match InferenceThread::<F>::spawn(INFERENCE_QUEUE, init) {

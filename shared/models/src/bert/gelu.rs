@@ -96,9 +96,11 @@ fn erf(x: f32) -> f32 {
 fn exp_neg(x: f32) -> f32 {
     // Below this e^x is under f32's smallest normal; 2^n must stay a normal number.
     let x = x.max(-87.0);
-    // Round to nearest by adding and subtracting 1.5 * 2^23 (no `round` call).
+    // Round to nearest by adding and subtracting 1.5 * 2^23 (no `round` call): the sum's
+    // low mantissa bits are then the integer n itself.
     const SHIFT: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + SHIFT) - SHIFT;
+    let shifted = x * std::f32::consts::LOG2_E + SHIFT;
+    let n = shifted - SHIFT;
     // ln 2 in two parts, so r keeps its low bits.
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -107,8 +109,10 @@ fn exp_neg(x: f32) -> f32 {
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // 2^n from its exponent bits: n is in [-126, 0] here.
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from its exponent bits, n read from `shifted`'s bits (in [-126, 0] here). Not
+    // `n as i32`: that saturating cast is what keeps a loop from vectorising.
+    let n_bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     p * scale
 }
 
