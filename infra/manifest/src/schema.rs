@@ -350,7 +350,8 @@ impl Serialize for Gpu {
 pub struct Batch {
     /// Most events per batch.
     pub max_size: u32,
-    /// Longest an event waits for company.
+    /// Longest a partial batch is held for company (default 0: never).
+    #[serde(default)]
     pub wait: Duration,
 }
 

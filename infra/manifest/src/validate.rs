@@ -419,6 +419,19 @@ mod tests {
     }
 
     #[test]
+    fn batch_wait_defaults_to_zero() {
+        let text = "[app]\nname = \"a\"\n[function.f]\nbinary = \"f\"\nbatch = { max_size = 8 }\n";
+        let m = Manifest::parse(text).expect("valid");
+        let b = m
+            .function
+            .values()
+            .next()
+            .and_then(|f| f.batch.clone())
+            .expect("batch");
+        assert_eq!((b.max_size, b.wait.0), (8, std::time::Duration::ZERO));
+    }
+
+    #[test]
     fn min_over_max_names_the_line_of_min_containers() {
         match check("max_containers = 2\nmin_containers = 3") {
             Err(
