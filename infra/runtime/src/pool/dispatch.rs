@@ -18,7 +18,9 @@
 //!   never batched.
 //!
 //! A call's timeout counts from when the instance takes it with `next`, not from when it
-//! was handed to the instance: time waiting behind other work is not the function's.
+//! was handed to the instance: time waiting behind other work is not the function's. A
+//! call the instance never takes (its runtime stopped polling) fails as a timeout after
+//! `concurrency × timeout`, and the instance is killed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -142,15 +144,20 @@ impl FunctionPool {
             };
             tokio::pin!(gone);
             // Until the instance takes it, only its exit can lose the call. (A dropped
-            // `taken` means the invocation was dropped: `rx` then says so at once.)
+            // `taken` means the invocation was dropped: `rx` then says so at once.) It
+            // may wait behind the calls already in the instance, each bounded by its
+            // own timeout; past `concurrency × timeout` the runtime has stopped polling
+            // `next`, and the instance is killed as for a timeout.
+            let untaken = timeout.saturating_mul(self.plan.spec.concurrency.max(1));
             let early = tokio::select! {
                 biased;
-                r = &mut rx => Some(r.ok()),
-                () = &mut gone => Some(None),
+                r = &mut rx => Some(Ok(r.ok())),
+                () = &mut gone => Some(Ok(None)),
                 _ = taken => None,
+                () = tokio::time::sleep(untaken) => Some(Err(())),
             };
             match early {
-                Some(a) => Ok(a),
+                Some(a) => a,
                 None => tokio::select! {
                     biased;
                     r = &mut rx => Ok(r.ok()),

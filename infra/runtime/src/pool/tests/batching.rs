@@ -190,3 +190,24 @@ async fn a_timeout_counts_from_when_the_instance_takes_the_call() {
     );
     assert_eq!(h.fake.kills(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_an_instance_never_takes_times_out_and_the_instance_is_replaced() {
+    let h = start(
+        "max_containers = 1\nconcurrency = 2\ntimeout = \"1s\"",
+        Behaviour::default(),
+    );
+    assert!(echoed(
+        &h.invoke(r#"{"stop_polling": true}"#).await,
+        r#"{"stop_polling": true}"#
+    ));
+    let t = Instant::now();
+    assert_eq!(
+        h.invoke("{}").await,
+        Err(CallError::Timeout(Duration::from_secs(1)))
+    );
+    assert_eq!(t.elapsed(), Duration::from_secs(2), "concurrency x timeout");
+    assert_eq!(h.fake.kills(), 1);
+    assert!(echoed(&h.invoke("{}").await, "{}"), "a new instance serves");
+    assert_eq!(h.fake.launches(), 2);
+}

@@ -312,6 +312,11 @@ impl FakeInstance {
                 self.api
                     .mark_unusable("a worker's connection was dropped".into());
             }
+            if doc["stop_polling"] == true {
+                // Answers, then never polls `next` again, alive until it is killed.
+                self.answer(&id, Outcome::Response(payload));
+                return stopped(&mut self.signalled).await;
+            }
             if doc["crash_after_reply"] == true {
                 self.answer(&id, Outcome::Response(payload));
                 return InstanceExit::Exited("exit status: 0".into());

@@ -9,6 +9,7 @@
 //! - `{"hang": true}`: never answers;
 //! - `{"crash": true}`: writes a line to stderr and exits without answering;
 //! - `{"crash_after_reply": true}`: answers, then exits before its next `next`;
+//! - `{"stop_polling": true}`: answers, then never polls `next` again (stays alive);
 //! - `{"unusable": true}`: its Runtime API marks it unusable (as after a dropped post),
 //!   then it answers;
 //! - `{"stall_then_crash_ms": n}`: stops taking calls (as a runtime whose workers are all
