@@ -7,6 +7,8 @@
 //!   `max_size`, at once: a lone call on an idle function waits for nothing, and under
 //!   load the batch is whatever queued while the instance was busy, as a batching server
 //!   takes what is queued when its backend frees.
+//! - A batch carries at most [`MAX_BATCH_PAYLOAD`] bytes of payloads (the envelope is
+//!   their copy); a call larger than that goes alone.
 //! - `wait` (default 0) may hold a partial batch until its oldest call has waited that
 //!   long, to let it fill; a full batch goes at once.
 //! - A dispatch of several calls is one `thaw_batch` envelope ([`super::batch`]). Each
@@ -34,6 +36,9 @@ use crate::runtime_api::{
     new_request_id, reply_limit, InstanceApi, Invocation, Outcome, Refused, MAX_RESPONSE,
 };
 
+/// Most payload bytes one batch carries. A call over it alone still goes, alone.
+pub(super) const MAX_BATCH_PAYLOAD: usize = 6 << 20;
+
 /// What the queue gives a free slot.
 pub(super) enum Take {
     /// These calls, as one dispatch.
@@ -51,11 +56,24 @@ impl FunctionPool {
         let max = batch.max_size.max(1) as usize;
         // The batchable calls at the front of the queue, up to max_size; a call that
         // must go alone goes alone when it reaches the front.
-        let n = st.queue.iter().take(max).take_while(|p| !p.alone).count();
+        // ...and within MAX_BATCH_PAYLOAD bytes in all: the envelope is a copy of its
+        // calls' payloads, so this bounds what one dispatch adds to thaw's memory.
+        let mut bytes = 0usize;
+        let n = st
+            .queue
+            .iter()
+            .take(max)
+            .take_while(|p| {
+                bytes = bytes.saturating_add(p.payload.len());
+                !p.alone && bytes <= MAX_BATCH_PAYLOAD
+            })
+            .count();
         if n == 0 {
             return Take::Calls(st.queue.pop_front().into_iter().collect());
         }
-        if n < max && !batch.wait.0.is_zero() {
+        // A batch that stopped at the byte bound is as full as it can be.
+        let full = n == max || st.queue.len() > n;
+        if !full && !batch.wait.0.is_zero() {
             if let Some(oldest) = st.queue.front() {
                 let due = oldest.queued_at + batch.wait.0;
                 if now < due {

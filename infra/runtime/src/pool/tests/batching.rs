@@ -211,3 +211,38 @@ async fn a_call_an_instance_never_takes_times_out_and_the_instance_is_replaced()
     assert!(echoed(&h.invoke("{}").await, "{}"), "a new instance serves");
     assert_eq!(h.fake.launches(), 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_stops_at_its_byte_bound_and_a_larger_call_goes_alone() {
+    let h = start(
+        "max_containers = 1\nbatch = { max_size = 8, wait = \"10s\" }",
+        Behaviour::default(),
+    );
+    // Held for company (wait = 10 s) until the big calls arrive 20 ms later.
+    let first = h.call(r#"{"sleep_ms": 50}"#);
+    sleep(Duration::from_millis(20)).await;
+    // Four calls of 2.5 MiB: two fit under the 6 MiB bound with the small first call,
+    // then two more; each batch goes at once (one stopped by the bound is full: `wait`
+    // does not hold it).
+    let pad = "x".repeat(5 << 19);
+    let big: Vec<_> = (0..4)
+        .map(|i| h.call(&format!(r#"{{"i": {i}, "pad": "{pad}"}}"#)))
+        .collect();
+    // One call over the bound by itself.
+    let huge = h.call(&format!(r#"{{"pad": "{}"}}"#, "y".repeat(7 << 20)));
+    let t = Instant::now();
+    assert!(outcome(first).await.is_ok());
+    for c in big {
+        assert!(outcome(c).await.is_ok());
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "full batches are not held"
+    );
+    // The 7 MiB echo is over the 6 MiB reply limit: refused for that call only.
+    assert!(matches!(
+        outcome(huge).await,
+        Err(CallError::ResponseTooLarge { .. })
+    ));
+    assert_eq!(h.fake.batches(), vec![3, 2]);
+}
