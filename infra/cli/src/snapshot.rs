@@ -118,7 +118,8 @@ pub(crate) struct BuildArgs {
     /// Snapshot name (required with a model folder).
     #[arg(long)]
     name: Option<String>,
-    /// Weight dtype.
+    /// Weight dtype: f32, f16, bf16, or int8 (BERT encoder projections per channel, for
+    /// the CPU encoder's INT8 kernels).
     #[arg(long, value_parser = parse_dtype, default_value = "f32")]
     dtype: WeightDtype,
     /// Override max_seq_length.
@@ -136,7 +137,7 @@ pub(crate) struct BuildArgs {
 
 fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| format!("unknown dtype {s:?}: f32, f16 or bf16"))
+        .map_err(|_| format!("unknown dtype {s:?}: f32, f16, bf16 or int8"))
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {

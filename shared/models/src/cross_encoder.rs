@@ -6,21 +6,21 @@
 //! (dense + tanh over the `[CLS]` state) feeds the classifier, whose single output is the
 //! raw logit that transformers reports.
 
-use crate::bert::{BertModel, Config as BertConfig};
+use std::sync::Arc;
+
+use crate::bert::{Backend, Config as BertConfig};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Linear, Module, VarBuilder};
 use thaw_snapshot::Architecture;
 use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationStrategy};
 
-use crate::batch::bert_inputs;
-use crate::encoder::compute_dtype;
 use crate::error::{expect_architecture, tokenizer_path};
 use crate::tokenize::load_tokenizer_truncating;
 use crate::ModelError;
 
 /// A cross-encoder restored from a snapshot.
 pub struct CrossEncoder {
-    bert: BertModel,
+    bert: Backend,
     pooler: Linear,
     classifier: Linear,
     tokenizer: Tokenizer,
@@ -61,7 +61,7 @@ fn linear_at(
 impl CrossEncoder {
     /// Restores the snapshot at `dir`.
     pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
-        let snapshot = thaw_snapshot::restore(dir)?;
+        let snapshot = Arc::new(thaw_snapshot::restore(dir)?);
         let meta = &snapshot.meta;
         expect_architecture(meta, Architecture::BertCrossEncoder, "bert-cross-encoder")?;
         let invalid = |reason: String| ModelError::InvalidConfig {
@@ -86,9 +86,8 @@ impl CrossEncoder {
             meta.max_seq_length,
             TruncationStrategy::OnlySecond,
         )?;
-        let vb =
-            VarBuilder::from_slice_safetensors(snapshot.weights(), compute_dtype(device), device)?;
-        let bert = BertModel::load(vb.clone(), &config)?;
+        let bert = Backend::load(&snapshot, &config, device)?;
+        let vb = bert.var_builder(&snapshot)?;
         let h = config.hidden_size;
         let pooler = linear_at(&vb, &["bert.pooler.dense", "pooler.dense"], h, h)
             .map_err(|e| invalid(e.to_string()))?;
@@ -143,9 +142,13 @@ impl CrossEncoder {
     }
 
     fn forward(&self, batch: &[&Encoding]) -> Result<Vec<f32>, ModelError> {
-        let (ids, type_ids, mask) = bert_inputs(batch, self.pad_id, &self.device)?;
-        let hidden = self.bert.forward(&ids, &type_ids, Some(&mask))?;
-        let cls: Tensor = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        let hidden = self.bert.forward(batch, self.pad_id)?;
+        let width = hidden.width;
+        let cls: Vec<f32> = (0..hidden.len())
+            .flat_map(|i| hidden.rows(i)[..width].to_vec())
+            .collect();
+        let cls = Tensor::from_vec(cls, (hidden.len(), width), &self.device)?
+            .to_dtype(self.pooler.weight().dtype())?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
         let logits = self.classifier.forward(&pooled)?.to_dtype(DType::F32)?;
         Ok(logits.squeeze(1)?.to_vec1::<f32>()?)

@@ -2,13 +2,14 @@
 
 use std::time::Instant;
 
-use crate::bert::{BertModel, Config as BertConfig};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use std::sync::Arc;
+
+use crate::bert::{Backend, Config as BertConfig};
+use crate::cpu::Hidden;
+use candle_core::Device;
 use thaw_snapshot::{Architecture, Pooling, RestoredSnapshot};
 use tokenizers::{Encoding, Tokenizer};
 
-use crate::batch::bert_inputs;
 use crate::tokenize::load_tokenizer;
 use crate::ModelError;
 
@@ -56,14 +57,13 @@ pub struct LoadTimings {
 
 /// A BERT sentence encoder restored from a snapshot.
 pub struct SentenceEncoder {
-    model: BertModel,
+    model: Backend,
     tokenizer: Tokenizer,
     pad_id: u32,
     pooling: Pooling,
     max_seq_length: usize,
     dims: usize,
     name: String,
-    device: Device,
     timings: LoadTimings,
 }
 
@@ -121,7 +121,6 @@ impl SentenceEncoder {
                 &config,
                 tokenizer,
                 pad_id,
-                device,
                 timings,
             ))
         })
@@ -136,9 +135,9 @@ impl SentenceEncoder {
     fn build_model(
         dir: &std::path::Path,
         device: &Device,
-    ) -> Result<(RestoredSnapshot, BertModel, BertConfig, std::time::Duration), ModelError> {
+    ) -> Result<(Arc<RestoredSnapshot>, Backend, BertConfig, std::time::Duration), ModelError> {
         let t = Instant::now();
-        let snapshot = thaw_snapshot::restore(dir)?;
+        let snapshot = Arc::new(thaw_snapshot::restore(dir)?);
         let meta = &snapshot.meta;
         let config: BertConfig =
             serde_json::from_value(meta.model_config.clone()).map_err(|e| {
@@ -147,20 +146,17 @@ impl SentenceEncoder {
                     reason: e.to_string(),
                 }
             })?;
-        let vb =
-            VarBuilder::from_slice_safetensors(snapshot.weights(), compute_dtype(device), device)?;
-        let model = BertModel::load(vb, &config)?;
+        let model = Backend::load(&snapshot, &config, device)?;
         let elapsed = t.elapsed();
         Ok((snapshot, model, config, elapsed))
     }
 
     fn assemble(
         meta: &thaw_snapshot::SnapshotMeta,
-        model: BertModel,
+        model: Backend,
         config: &BertConfig,
         tokenizer: Tokenizer,
         pad_id: u32,
-        device: &Device,
         timings: LoadTimings,
     ) -> Self {
         Self {
@@ -171,7 +167,6 @@ impl SentenceEncoder {
             max_seq_length: meta.max_seq_length,
             dims: config.hidden_size,
             name: meta.name.clone(),
-            device: device.clone(),
             timings,
         }
     }
@@ -235,46 +230,49 @@ impl SentenceEncoder {
         Ok(Encoded { embeddings, tokens })
     }
 
-    /// One forward pass over encodings padded to the longest of them.
+    /// One forward pass, then pooling and (optionally) L2 normalisation per sequence.
     fn forward(&self, batch: &[&Encoding], normalize: bool) -> Result<Vec<Vec<f32>>, ModelError> {
-        let (ids, type_ids, mask) = bert_inputs(batch, self.pad_id, &self.device)?;
-        let hidden = self
-            .model
-            .forward(&ids, &type_ids, Some(&mask))?
-            .to_dtype(DType::F32)?;
-        let pooled = match self.pooling {
-            Pooling::Mean => {
-                let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-                // sentence-transformers clamps the token count at 1e-9; so do we.
-                let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                summed.broadcast_div(&counts)?
+        let hidden = self.model.forward(batch, self.pad_id)?;
+        Ok((0..hidden.len())
+            .map(|i| {
+                let mut v = pool(&hidden, i, self.pooling);
+                if normalize {
+                    l2_normalize(&mut v);
+                }
+                v
+            })
+            .collect())
+    }
+}
+
+/// One sequence's vector: the mean of its token rows, or its `[CLS]` row.
+fn pool(hidden: &Hidden, i: usize, pooling: Pooling) -> Vec<f32> {
+    let rows = hidden.rows(i);
+    let width = hidden.width;
+    match pooling {
+        Pooling::Cls => rows[..width].to_vec(),
+        Pooling::Mean => {
+            let mut sum = vec![0f32; width];
+            for row in rows.chunks_exact(width) {
+                for (s, &v) in sum.iter_mut().zip(row) {
+                    *s += v;
+                }
             }
-            Pooling::Cls => hidden.narrow(1, 0, 1)?.squeeze(1)?,
-        };
-        let pooled = if normalize {
-            l2_normalize(&pooled)?
-        } else {
-            pooled
-        };
-        Ok(pooled.to_vec2::<f32>()?)
+            // sentence-transformers clamps the token count at 1e-9; a sequence here
+            // always has at least one token.
+            let count = (rows.len() / width) as f32;
+            sum.iter_mut().for_each(|s| *s /= count.max(1e-9));
+            sum
+        }
     }
 }
 
-/// Divides each row by its L2 norm, clamped as torch's `F.normalize` does.
-fn l2_normalize(x: &Tensor) -> Result<Tensor, ModelError> {
-    let norm = x.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-    Ok(x.broadcast_div(&norm)?)
+/// Divides by the L2 norm, clamped as torch's `F.normalize` does.
+fn l2_normalize(v: &mut [f32]) {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+    v.iter_mut().for_each(|x| *x /= norm);
 }
 
-/// f32 on CPU, where half precision is slower; f16 on GPUs.
-pub(crate) fn compute_dtype(device: &Device) -> DType {
-    if device.is_cpu() {
-        DType::F32
-    } else {
-        DType::F16
-    }
-}
 
 fn check_architecture(meta: &thaw_snapshot::SnapshotMeta) -> Result<(), ModelError> {
     if meta.architecture == Architecture::BertSentenceEncoder {

@@ -54,6 +54,20 @@ pub enum ModelError {
         reason: String,
     },
     /// candle failed while building or running the model.
+    #[error("snapshot {name:?} has unusable weights: {reason}")]
+    InvalidWeights {
+        /// The snapshot.
+        name: String,
+        /// What is missing or mis-shaped.
+        reason: String,
+    },
+    #[error("input {index} cannot be encoded: {reason}")]
+    BadInput {
+        /// Its position in the batch.
+        index: usize,
+        /// Why.
+        reason: String,
+    },
     #[error("model error: {0}")]
     Candle(#[from] candle_core::Error),
 }

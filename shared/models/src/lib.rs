@@ -18,6 +18,7 @@
 mod batch;
 mod bert;
 mod chat;
+pub mod cpu;
 mod cross_encoder;
 pub mod device;
 mod encoder;

@@ -282,9 +282,10 @@ fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<()
         WeightDtype::Bf16 => Dtype::BF16,
         WeightDtype::Q8_0 => {
             return Err(SnapshotError::InvalidBuild(
-                "q8_0 is a GGUF dtype; BERT snapshots are f32, f16 or bf16".into(),
+                "q8_0 is a GGUF dtype; BERT snapshots are f32, f16, bf16 or int8".into(),
             ))
         }
+        WeightDtype::Int8 => return write_int8(src, dst, &tensors),
     };
     if tensors
         .tensors()
@@ -316,6 +317,52 @@ fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<()
     }
     let out = safetensors::serialize(views, None).map_err(invalid)?;
     write_file_atomic(dst, &out)
+}
+
+/// `--dtype int8`: encoder projections per channel ([`crate::quantize`]), the rest f32.
+fn write_int8(src: &Path, dst: &Path, tensors: &safetensors::SafeTensors<'_>) -> Result<(), SnapshotError> {
+    let invalid = |e: safetensors::SafeTensorError| SnapshotError::InvalidSafetensors {
+        path: src.to_owned(),
+        reason: e.to_string(),
+    };
+    let mut out: BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)> = BTreeMap::new();
+    for (name, view) in tensors.tensors() {
+        let shape = view.shape().to_vec();
+        if !is_float(view.dtype()) {
+            out.insert(name, (view.dtype(), shape, view.data().to_vec()));
+            continue;
+        }
+        let f32_bytes = convert(view.data(), view.dtype(), Dtype::F32);
+        if !crate::quantize::is_projection(&name, &shape) {
+            out.insert(name, (Dtype::F32, shape, f32_bytes));
+            continue;
+        }
+        let values: Vec<f32> = f32_bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let (q, scales) = crate::quantize::quantize_rows(&values, shape[1]);
+        let scale_bytes = scales.iter().flat_map(|x| x.to_le_bytes()).collect();
+        out.insert(
+            crate::quantize::scale_name(&name),
+            (Dtype::F32, vec![shape[0]], scale_bytes),
+        );
+        out.insert(name, (Dtype::I8, shape, q.iter().map(|&v| v as u8).collect()));
+    }
+    if !out.values().any(|(d, _, _)| *d == Dtype::I8) {
+        return Err(SnapshotError::InvalidBuild(
+            "--dtype int8 found no BERT encoder projections (encoder.layer.N.*.weight) to quantize".into(),
+        ));
+    }
+    let mut views = Vec::with_capacity(out.len());
+    for (name, (dtype, shape, data)) in &out {
+        views.push((
+            name.clone(),
+            TensorView::new(*dtype, shape.clone(), data).map_err(invalid)?,
+        ));
+    }
+    let bytes = safetensors::serialize(views, None).map_err(invalid)?;
+    write_file_atomic(dst, &bytes)
 }
 
 fn is_float(d: Dtype) -> bool {

@@ -19,6 +19,7 @@ pub mod cache;
 mod digest;
 mod error;
 mod gguf;
+mod quantize;
 pub mod meta;
 pub mod recipe;
 pub mod restore;

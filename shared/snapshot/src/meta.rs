@@ -65,6 +65,9 @@ pub enum WeightDtype {
     /// GGUF Q8_0 blocks.
     #[serde(rename = "q8_0")]
     Q8_0,
+    /// BERT encoder projections as `i8` per output channel (`weight` plus an f32
+    /// `weight_scale`), everything else f32: for the CPU encoder's INT8 kernels.
+    Int8,
 }
 
 /// How token states become one sentence vector.

@@ -71,7 +71,7 @@ pub(crate) fn apply(src: &[f32], dst: &mut [f32]) {
 
 /// `0.5 x (1 + erf(x / sqrt 2))`.
 #[inline(always)]
-fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
@@ -93,7 +93,7 @@ fn erf(x: f32) -> f32 {
 
 /// `e^x` for `x <= 0`, arithmetic only: `x = n ln 2 + r`, `e^x = 2^n e^r`.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     // Below this e^x is under f32's smallest normal; 2^n must stay a normal number.
     let x = x.max(-87.0);
     // Round to nearest by adding and subtracting 1.5 * 2^23 (no `round` call): the sum's

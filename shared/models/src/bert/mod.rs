@@ -16,7 +16,10 @@
 //! Weights load under the same names (`embeddings.*`, `encoder.layer.N.*`, optionally
 //! under `bert.` or the model type), so every snapshot that loaded before loads now.
 
-mod gelu;
+mod backend;
+pub(crate) mod gelu;
+
+pub(crate) use backend::Backend;
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{embedding, layer_norm, linear, Embedding, LayerNorm, Linear, VarBuilder};

@@ -1,0 +1,221 @@
+//! f32 matrix multiply against a right-hand side packed once: `C = A · B`, with the bias,
+//! the residual and GELU applied while each output tile is still in registers.
+//!
+//! B is packed into panels of [`NR`] = 32 columns, each panel `k × 32` contiguous, so the
+//! micro-kernel reads it as two AVX-512 vectors per step and A one scalar per row
+//! (broadcast). A `ROWS × 32` tile of C lives in registers for the whole `k` loop: 24 of
+//! the 32 AVX-512 registers at 12 rows. Weights are packed at load; attention packs its
+//! K and V heads per call, which costs `len × head` copies against `len² × head` work.
+//!
+//! Rows are walked in blocks of [`MC`] so the A block stays in L2 while every panel of B
+//! passes over it; a panel (`k × 128` bytes) stays in L1/L2 while the block's rows do.
+
+// The micro-kernels index with raw pointers inside bounds their callers assert once per
+// call; a bounds check per multiply-add would cost more than the multiply-add.
+#![allow(unsafe_code)]
+
+use super::isa::Kernels;
+use super::ops::Activation;
+
+/// Columns per packed panel: two AVX-512 vectors of f32.
+pub(crate) const NR: usize = 32;
+/// Rows of A per cache block.
+const MC: usize = 96;
+
+/// B, `k × n`, in panels of [`NR`] columns, zero-padded to a whole panel.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PackedF32 {
+    k: usize,
+    n: usize,
+    data: Vec<f32>,
+}
+
+impl PackedF32 {
+    /// Packs B where element `(kk, j)` is `src[kk * rs_k + j * cs_n]`.
+    pub(crate) fn pack(k: usize, n: usize, src: &[f32], rs_k: usize, cs_n: usize) -> Self {
+        let mut p = PackedF32::default();
+        p.repack(k, n, src, rs_k, cs_n);
+        p
+    }
+
+    /// [`PackedF32::pack`] into this buffer, reusing its allocation.
+    #[inline(always)]
+    pub(crate) fn repack(&mut self, k: usize, n: usize, src: &[f32], rs_k: usize, cs_n: usize) {
+        let panels = n.div_ceil(NR);
+        self.k = k;
+        self.n = n;
+        self.data.clear();
+        self.data.resize(panels * k * NR, 0.0);
+        if k == 0 || n == 0 {
+            return;
+        }
+        assert!(src.len() > (k - 1) * rs_k + (n - 1) * cs_n, "pack: source too short");
+        for (p, panel) in self.data.chunks_exact_mut(k * NR).enumerate() {
+            let cols = NR.min(n - p * NR);
+            for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
+                let base = kk * rs_k + p * NR * cs_n;
+                for (j, v) in row[..cols].iter_mut().enumerate() {
+                    *v = src[base + j * cs_n];
+                }
+            }
+        }
+    }
+
+    /// The inner dimension.
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    /// The output width.
+    pub(crate) fn n(&self) -> usize {
+        self.n
+    }
+
+}
+
+/// What happens to each output value after the product: `act(acc + bias + c_old)`, each
+/// part optional.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Epilogue<'a> {
+    /// Added per column.
+    pub bias: Option<&'a [f32]>,
+    /// Add what C held (the residual), rather than overwrite it.
+    pub accumulate: bool,
+    /// Applied last.
+    pub activation: Option<Activation>,
+}
+
+/// `C[m × n] (row stride ldc) = A[m × k] (row stride lda) · B`, then the epilogue.
+#[inline(always)]
+pub(crate) fn matmul<K: Kernels>(
+    m: usize,
+    a: &[f32],
+    lda: usize,
+    b: &PackedF32,
+    c: &mut [f32],
+    ldc: usize,
+    epi: Epilogue<'_>,
+) {
+    let (k, n) = (b.k, b.n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * lda + k, "matmul: A too short");
+    assert!(c.len() >= (m - 1) * ldc + n, "matmul: C too short");
+    assert!(epi.bias.is_none_or(|bias| bias.len() >= n), "matmul: bias too short");
+    for m0 in (0..m).step_by(MC) {
+        let mc = MC.min(m - m0);
+        for (p, panel) in b.data.chunks_exact(k * NR).enumerate() {
+            let n0 = p * NR;
+            let cols = NR.min(n - n0);
+            let mut r = m0;
+            while r < m0 + mc {
+                let rows = tile_rows::<K>(m0 + mc - r);
+                // SAFETY: rows r..r+rows are below m, so every A read (row < m, column
+                // < k) and C write (row < m, column < n) is inside the asserted lengths;
+                // the panel is k × NR floats.
+                unsafe {
+                    match rows {
+                        12 => tile::<K, 12>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
+                        8 => tile::<K, 8>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
+                        4 => tile::<K, 4>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
+                        2 => tile::<K, 2>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
+                        _ => tile::<K, 1>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
+                    }
+                }
+                r += rows;
+            }
+        }
+    }
+}
+
+/// The largest micro-tile height that fits `rest` rows and the register file.
+#[inline(always)]
+pub(crate) fn tile_rows<K: Kernels>(rest: usize) -> usize {
+    [12, 8, 4, 2, 1]
+        .into_iter()
+        .find(|&h| h <= K::ROWS && h <= rest)
+        .unwrap_or(1)
+}
+
+/// One `R × NR` tile of C at rows `row0..row0 + R`, columns `n0..n0 + cols`.
+///
+/// # Safety
+/// Rows `row0..row0 + R` of A (k columns, stride lda) and of C (n0 + cols columns, stride
+/// ldc) must be in bounds, and `panel` must hold `k × NR` floats.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<K: Kernels, const R: usize>(
+    k: usize,
+    a: &[f32],
+    row0: usize,
+    lda: usize,
+    panel: &[f32],
+    c: &mut [f32],
+    ldc: usize,
+    n0: usize,
+    cols: usize,
+    epi: Epilogue<'_>,
+) {
+    let mut acc = [[0f32; NR]; R];
+    let a = a.as_ptr().add(row0 * lda);
+    let b = panel.as_ptr();
+    for kk in 0..k {
+        // SAFETY (caller): kk < k, so the panel row and the A element are in bounds.
+        let bv: [f32; NR] = std::ptr::read_unaligned(b.add(kk * NR).cast::<[f32; NR]>());
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = *a.add(r * lda + kk);
+            for (o, &bj) in acc_r.iter_mut().zip(&bv) {
+                *o = K::madd(av, bj, *o);
+            }
+        }
+    }
+    finish::<R>(&acc, c, row0, ldc, n0, cols, epi);
+}
+
+/// Writes a finished tile through the epilogue.
+///
+/// # Safety
+/// Rows `row0..row0 + R`, columns `n0..n0 + cols` of C (stride ldc) must be in bounds.
+#[inline(always)]
+pub(crate) unsafe fn finish<const R: usize>(
+    acc: &[[f32; NR]; R],
+    c: &mut [f32],
+    row0: usize,
+    ldc: usize,
+    n0: usize,
+    cols: usize,
+    epi: Epilogue<'_>,
+) {
+    let bias = match epi.bias {
+        // SAFETY (caller): n0 + cols <= n <= bias.len(), asserted in `matmul`.
+        Some(b) => Some(b.get_unchecked(n0..n0 + cols)),
+        None => None,
+    };
+    for (r, acc_r) in acc.iter().enumerate() {
+        let out = c.get_unchecked_mut((row0 + r) * ldc + n0..(row0 + r) * ldc + n0 + cols);
+        if cols == NR {
+            // The common case, with a constant trip count the compiler vectorises.
+            write_row(&acc_r[..], bias, out, epi);
+        } else {
+            write_row(&acc_r[..cols], bias, out, epi);
+        }
+    }
+}
+
+#[inline(always)]
+fn write_row(acc: &[f32], bias: Option<&[f32]>, out: &mut [f32], epi: Epilogue<'_>) {
+    for (j, (o, &v)) in out.iter_mut().zip(acc).enumerate() {
+        let mut v = v;
+        if let Some(b) = bias {
+            v += b[j];
+        }
+        if epi.accumulate {
+            v += *o;
+        }
+        if let Some(act) = epi.activation {
+            v = act.apply(v);
+        }
+        *o = v;
+    }
+}
