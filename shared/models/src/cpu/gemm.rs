@@ -157,19 +157,7 @@ unsafe fn tile<K: Kernels, const R: usize>(
     cols: usize,
     epi: Epilogue<'_>,
 ) {
-    let mut acc = [[0f32; NR]; R];
-    let a = a.as_ptr().add(row0 * lda);
-    let b = panel.as_ptr();
-    for kk in 0..k {
-        // SAFETY (caller): kk < k, so the panel row and the A element are in bounds.
-        let bv: [f32; NR] = std::ptr::read_unaligned(b.add(kk * NR).cast::<[f32; NR]>());
-        for (r, acc_r) in acc.iter_mut().enumerate() {
-            let av = *a.add(r * lda + kk);
-            for (o, &bj) in acc_r.iter_mut().zip(&bv) {
-                *o = K::madd(av, bj, *o);
-            }
-        }
-    }
+    let acc = K::f32_tile::<R>(k, a.as_ptr().add(row0 * lda), lda, panel.as_ptr());
     finish::<R>(&acc, c, row0, ldc, n0, cols, epi);
 }
 
@@ -205,17 +193,86 @@ pub(crate) unsafe fn finish<const R: usize>(
 
 #[inline(always)]
 fn write_row(acc: &[f32], bias: Option<&[f32]>, out: &mut [f32], epi: Epilogue<'_>) {
-    for (j, (o, &v)) in out.iter_mut().zip(acc).enumerate() {
-        let mut v = v;
-        if let Some(b) = bias {
-            v += b[j];
+    // One simple loop per case, so each vectorises; the activation is its own pass over
+    // the row while it is in L1.
+    match (bias, epi.accumulate) {
+        (Some(b), true) => {
+            for ((o, &v), &b) in out.iter_mut().zip(acc).zip(b) {
+                *o += v + b;
+            }
         }
-        if epi.accumulate {
-            v += *o;
+        (Some(b), false) => {
+            for ((o, &v), &b) in out.iter_mut().zip(acc).zip(b) {
+                *o = v + b;
+            }
         }
-        if let Some(act) = epi.activation {
-            v = act.apply(v);
+        (None, true) => {
+            for (o, &v) in out.iter_mut().zip(acc) {
+                *o += v;
+            }
         }
-        *o = v;
+        (None, false) => out.copy_from_slice(&acc[..out.len()]),
     }
+    match epi.activation {
+        Some(Activation::Gelu) => out.iter_mut().for_each(|v| *v = Activation::Gelu.apply(*v)),
+        Some(Activation::GeluTanh) => {
+            out.iter_mut().for_each(|v| *v = Activation::GeluTanh.apply(*v));
+        }
+        Some(Activation::Relu) => out.iter_mut().for_each(|v| *v = v.max(0.0)),
+        None => {}
+    }
+}
+
+/// The micro-tile in plain Rust: `R × NR` accumulators over `k`, for the sets without a
+/// hand-written kernel.
+///
+/// # Safety
+/// `a` must hold R rows of stride `lda` with `k` columns; `b` a `k × NR` panel.
+#[inline(always)]
+pub(crate) unsafe fn tile_plain<K: Kernels, const R: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+) -> [[f32; NR]; R] {
+    let mut acc = [[0f32; NR]; R];
+    for kk in 0..k {
+        let bv: [f32; NR] = std::ptr::read_unaligned(b.add(kk * NR).cast::<[f32; NR]>());
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let av = *a.add(r * lda + kk);
+            for (o, &bj) in acc_r.iter_mut().zip(&bv) {
+                *o = K::madd(av, bj, *o);
+            }
+        }
+    }
+    acc
+}
+
+/// The AVX-512 micro-tile: two vectors of B and one broadcast of A per row and step, 2·R
+/// FMAs, the `R × 2` accumulators held in registers for the whole `k` loop.
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `a` must hold R rows of stride `lda` with `k` columns;
+/// `b` a `k × NR` panel.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub(crate) unsafe fn tile_avx512<const R: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+) -> [[f32; NR]; R] {
+    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps};
+    let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
+    for kk in 0..k {
+        let b0 = _mm512_loadu_ps(b.add(kk * NR));
+        let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            let x = _mm512_set1_ps(*a.add(r * lda + kk));
+            acc_r[0] = _mm512_fmadd_ps(x, b0, acc_r[0]);
+            acc_r[1] = _mm512_fmadd_ps(x, b1, acc_r[1]);
+        }
+    }
+    // SAFETY: [__m512; 2] is 32 f32 lanes, the same size as [f32; NR].
+    std::mem::transmute_copy::<[[__m512; 2]; R], [[f32; NR]; R]>(&acc)
 }

@@ -9,7 +9,11 @@
 //! `THAW_CPU_ISA=portable|avx2|avx512` caps the choice (never above what the CPU has):
 //! the tests use it to hold every path to the same references on one machine.
 
+#![allow(unsafe_code)] // the micro-tile entry points are unsafe fns; see their # Safety.
+
 use std::sync::OnceLock;
+
+use super::gemm::NR;
 
 /// The instruction set a forward pass runs with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +90,25 @@ pub(crate) trait Kernels {
     const VNNI: bool;
     /// `a * b + c`, fused where the set has FMA, so the compiler never calls libm.
     fn madd(a: f32, b: f32, c: f32) -> f32;
+
+    /// An `R × 32` f32 micro-tile of `A · B` (see [`super::gemm`]).
+    ///
+    /// # Safety
+    /// `a` must hold R rows of stride `lda` with `k` columns; `b` a `k × 32` panel; the
+    /// CPU must have this set.
+    #[inline(always)]
+    unsafe fn f32_tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+    ) -> [[f32; NR]; R]
+    where
+        Self: Sized,
+    {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::gemm::tile_plain::<Self, R>(k, a, lda, b) }
+    }
 }
 
 /// AVX-512: 32 registers hold 12 rows × 2 vectors of accumulators.
@@ -101,6 +124,18 @@ impl Kernels for Avx512 {
     #[inline(always)]
     fn madd(a: f32, b: f32, c: f32) -> f32 {
         a.mul_add(b, c)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn f32_tile<const R: usize>(
+        k: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+    ) -> [[f32; NR]; R] {
+        // SAFETY: forwarded from the caller, who runs this copy only on AVX-512 CPUs.
+        unsafe { super::gemm::tile_avx512::<R>(k, a, lda, b) }
     }
 }
 
