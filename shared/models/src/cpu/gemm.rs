@@ -54,8 +54,13 @@ impl PackedF32 {
             let cols = NR.min(n - p * NR);
             for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
                 let base = kk * rs_k + p * NR * cs_n;
-                for (j, v) in row[..cols].iter_mut().enumerate() {
-                    *v = src[base + j * cs_n];
+                if cs_n == 1 {
+                    // Rows of B are contiguous (attention's V): a copy, not a gather.
+                    row[..cols].copy_from_slice(&src[base..base + cols]);
+                } else {
+                    for (j, v) in row[..cols].iter_mut().enumerate() {
+                        *v = src[base + j * cs_n];
+                    }
                 }
             }
         }
