@@ -308,12 +308,11 @@ fn report_encoders(cold: Option<&Cold>) -> anyhow_free::Result {
     let f32w = encoder::thaw("minilm-l6", &inputs)?;
     let int8 = encoder::thaw("minilm-l6-int8", &inputs)?;
     let flops = encoder::passage_flops(&inputs)?;
-    let peak = encoder::matmul_peak()?;
     let peers = encoder::peers(&inputs);
     if let Some(cold) = cold {
         report_cold(cold, peers.as_ref());
     }
-    encoder::report(&f32w, &int8, peers.as_ref(), flops, peak);
+    encoder::report(&f32w, &int8, peers.as_ref(), flops);
     Ok(())
 }
 

@@ -71,13 +71,26 @@ pub(crate) fn apply(src: &[f32], dst: &mut [f32]) {
 
 /// `0.5 x (1 + erf(x / sqrt 2))`.
 #[inline(always)]
-pub(crate) fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+fn gelu(x: f32) -> f32 {
+    gelu_with(x, plain_madd)
+}
+
+/// `a * b + c` in two roundings: what every target can vectorise without FMA.
+#[inline(always)]
+fn plain_madd(a: f32, b: f32, c: f32) -> f32 {
+    a * b + c
+}
+
+/// [`gelu`] with `madd` as the polynomials' multiply-add, so a caller compiled with FMA
+/// evaluates them in fused instructions.
+#[inline(always)]
+pub(crate) fn gelu_with(x: f32, madd: fn(f32, f32, f32) -> f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2, madd))
 }
 
 /// erf by Abramowitz and Stegun 7.1.26, branch-free: odd, so computed on |x|.
 #[inline(always)]
-fn erf(x: f32) -> f32 {
+fn erf(x: f32, madd: fn(f32, f32, f32) -> f32) -> f32 {
     const P: f32 = 0.327_591_1;
     const A1: f32 = 0.254_829_6;
     const A2: f32 = -0.284_496_74;
@@ -86,14 +99,20 @@ fn erf(x: f32) -> f32 {
     const A5: f32 = 1.061_405_4;
     let a = x.abs();
     let t = 1.0 / (1.0 + P * a);
-    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
-    let y = 1.0 - poly * exp_neg(-(a * a));
+    let poly = madd(madd(madd(madd(A5, t, A4), t, A3), t, A2), t, A1) * t;
+    let y = 1.0 - poly * exp_neg_with(-(a * a), madd);
     y.copysign(x)
 }
 
 /// `e^x` for `x <= 0`, arithmetic only: `x = n ln 2 + r`, `e^x = 2^n e^r`.
+#[cfg(test)]
+fn exp_neg(x: f32) -> f32 {
+    exp_neg_with(x, plain_madd)
+}
+
+/// [`exp_neg`] with `madd` as the polynomial's multiply-add.
 #[inline(always)]
-pub(crate) fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg_with(x: f32, madd: fn(f32, f32, f32) -> f32) -> f32 {
     // Below this e^x is under f32's smallest normal; 2^n must stay a normal number.
     let x = x.max(-87.0);
     // Round to nearest by adding and subtracting 1.5 * 2^23 (no `round` call): the sum's
@@ -105,10 +124,12 @@ pub(crate) fn exp_neg(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let r = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let p = madd(1.0 / 720.0, r, 1.0 / 120.0);
+    let p = madd(p, r, 1.0 / 24.0);
+    let p = madd(p, r, 1.0 / 6.0);
+    let p = madd(p, r, 0.5);
+    let p = madd(p, r, 1.0);
+    let p = madd(p, r, 1.0);
     // 2^n from its exponent bits, n read from `shifted`'s bits (in [-126, 0] here). Not
     // `n as i32`: that saturating cast is what keeps a loop from vectorising.
     let n_bits = shifted.to_bits().wrapping_sub(SHIFT.to_bits());

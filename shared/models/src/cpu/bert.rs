@@ -357,7 +357,7 @@ fn attention<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
             // Kᵀ: element (d, j) is key j's component d.
             s.keys.repack(head, len, &qkv[h + col..], 1, ld);
             gemm::matmul::<K>(len, &qkv[col..], ld, &s.keys, &mut s.scores, len, Epilogue::default());
-            ops::softmax(&mut s.scores, len);
+            ops::softmax::<K>(&mut s.scores, len);
             // V: element (j, d) is value j's component d.
             s.values.repack(len, head, &qkv[2 * h + col..], ld, 1);
             gemm::matmul::<K>(

@@ -58,8 +58,8 @@ impl PackedF32 {
                     // Rows of B are contiguous (attention's V): a copy, not a gather.
                     row[..cols].copy_from_slice(&src[base..base + cols]);
                 } else {
-                    for (j, v) in row[..cols].iter_mut().enumerate() {
-                        *v = src[base + j * cs_n];
+                    for (v, &x) in row[..cols].iter_mut().zip(src[base..].iter().step_by(cs_n)) {
+                        *v = x;
                     }
                 }
             }
@@ -163,7 +163,7 @@ unsafe fn tile<K: Kernels, const R: usize>(
     epi: Epilogue<'_>,
 ) {
     let acc = K::f32_tile::<R>(k, a.as_ptr().add(row0 * lda), lda, panel.as_ptr());
-    finish::<R>(&acc, c, row0, ldc, n0, cols, epi);
+    finish::<K, R>(&acc, c, row0, ldc, n0, cols, epi);
 }
 
 /// Writes a finished tile through the epilogue.
@@ -171,7 +171,7 @@ unsafe fn tile<K: Kernels, const R: usize>(
 /// # Safety
 /// Rows `row0..row0 + R`, columns `n0..n0 + cols` of C (stride ldc) must be in bounds.
 #[inline(always)]
-pub(crate) unsafe fn finish<const R: usize>(
+pub(crate) unsafe fn finish<K: Kernels, const R: usize>(
     acc: &[[f32; NR]; R],
     c: &mut [f32],
     row0: usize,
@@ -189,15 +189,15 @@ pub(crate) unsafe fn finish<const R: usize>(
         let out = c.get_unchecked_mut((row0 + r) * ldc + n0..(row0 + r) * ldc + n0 + cols);
         if cols == NR {
             // The common case, with a constant trip count the compiler vectorises.
-            write_row(&acc_r[..], bias, out, epi);
+            write_row::<K>(&acc_r[..], bias, out, epi);
         } else {
-            write_row(&acc_r[..cols], bias, out, epi);
+            write_row::<K>(&acc_r[..cols], bias, out, epi);
         }
     }
 }
 
 #[inline(always)]
-fn write_row(acc: &[f32], bias: Option<&[f32]>, out: &mut [f32], epi: Epilogue<'_>) {
+fn write_row<K: Kernels>(acc: &[f32], bias: Option<&[f32]>, out: &mut [f32], epi: Epilogue<'_>) {
     // One simple loop per case, so each vectorises; the activation is its own pass over
     // the row while it is in L1.
     match (bias, epi.accumulate) {
@@ -219,9 +219,9 @@ fn write_row(acc: &[f32], bias: Option<&[f32]>, out: &mut [f32], epi: Epilogue<'
         (None, false) => out.copy_from_slice(&acc[..out.len()]),
     }
     match epi.activation {
-        Some(Activation::Gelu) => out.iter_mut().for_each(|v| *v = Activation::Gelu.apply(*v)),
+        Some(Activation::Gelu) => out.iter_mut().for_each(|v| *v = Activation::Gelu.apply(*v, K::madd)),
         Some(Activation::GeluTanh) => {
-            out.iter_mut().for_each(|v| *v = Activation::GeluTanh.apply(*v));
+            out.iter_mut().for_each(|v| *v = Activation::GeluTanh.apply(*v, K::madd));
         }
         Some(Activation::Relu) => out.iter_mut().for_each(|v| *v = v.max(0.0)),
         None => {}

@@ -223,7 +223,7 @@ unsafe fn tile<K: Kernels, const R: usize>(
             out[j] = corrected as f32 * (scale * col_scales[j]);
         }
     }
-    finish::<R>(&acc, c, row0, ldc, n0, cols, epi);
+    finish::<K, R>(&acc, c, row0, ldc, n0, cols, epi);
 }
 
 /// The i32 inner products in plain arithmetic.

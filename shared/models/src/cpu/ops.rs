@@ -2,7 +2,8 @@
 //! GELU. Each is `#[inline(always)]` so it compiles inside the dispatched forward pass
 //! with that pass's target features.
 
-use crate::bert::gelu::{exp_neg, gelu};
+use super::isa::Kernels;
+use crate::bert::gelu::{exp_neg_with, gelu_with};
 
 /// The feed-forward activation, applied in the first projection's epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,10 +17,12 @@ pub(crate) enum Activation {
 }
 
 impl Activation {
+    /// The activation of `x`, with `madd` as the multiply-add (fused where the caller's
+    /// instruction set has FMA).
     #[inline(always)]
-    pub(crate) fn apply(self, x: f32) -> f32 {
+    pub(crate) fn apply(self, x: f32, madd: fn(f32, f32, f32) -> f32) -> f32 {
         match self {
-            Activation::Gelu => gelu(x),
+            Activation::Gelu => gelu_with(x, madd),
             Activation::GeluTanh => {
                 const C: f32 = 0.797_884_6; // sqrt(2 / pi)
                 0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
@@ -46,11 +49,11 @@ pub(crate) fn layer_norm(x: &mut [f32], width: usize, gamma: &[f32], beta: &[f32
 /// Softmax over each row of `width` in `x`, in place. Rows hold one sequence's scores
 /// only (sequences are never padded), so no mask is needed.
 #[inline(always)]
-pub(crate) fn softmax(x: &mut [f32], width: usize) {
+pub(crate) fn softmax<K: Kernels>(x: &mut [f32], width: usize) {
     for row in x.chunks_exact_mut(width) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        let max = max(row);
         for v in row.iter_mut() {
-            *v = exp_neg(*v - max);
+            *v = exp_neg_with(*v - max, K::madd);
         }
         let inv = 1.0 / sum(row, |v| v);
         for v in row.iter_mut() {
@@ -72,4 +75,20 @@ fn sum(xs: &[f32], f: impl Fn(f32) -> f32) -> f32 {
     }
     let tail: f32 = chunks.remainder().iter().map(|&x| f(x)).sum();
     lanes.iter().sum::<f32>() + tail
+}
+
+/// The largest value, in 16 lanes so it vectorises.
+#[inline(always)]
+fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = l.max(x);
+        }
+    }
+    lanes
+        .iter()
+        .chain(chunks.remainder())
+        .fold(f32::NEG_INFINITY, |m, &x| m.max(x))
 }
