@@ -6,6 +6,7 @@
 mod analyze;
 mod auth;
 mod batching;
+mod cpu_encoder;
 mod durable;
 mod durable_bounds;
 mod edge;
