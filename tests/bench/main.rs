@@ -60,6 +60,14 @@ fn main() -> anyhow_free::Result {
             serving::report()?;
             return Ok(());
         }
+        Some("cold") => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?;
+            report_cold(&rt.block_on(cold_starts())?, None);
+            return Ok(());
+        }
         Some("encoder") => {
             report_encoders(None)?;
             return Ok(());

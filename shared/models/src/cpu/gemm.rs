@@ -31,14 +31,35 @@ pub(crate) struct PackedF32 {
 }
 
 impl PackedF32 {
-    /// Packs B where element `(kk, j)` is `src[kk * rs_k + j * cs_n]`.
-    pub(crate) fn pack(k: usize, n: usize, src: &[f32], rs_k: usize, cs_n: usize) -> Self {
-        let mut p = PackedF32::default();
-        p.repack(k, n, src, rs_k, cs_n);
-        p
+    /// Packs `Bᵀ` given by rows: output column `j` of B is `row(j) = (w, s)`, the
+    /// weight row `w` (length k) times `s`. Each row is read once, in order, and written
+    /// down its panel column (the panel, `k × 128` bytes, stays in cache meanwhile): the
+    /// load path, where this and the first touch of the fresh memory are the cost.
+    pub(crate) fn pack_rows<'w>(k: usize, n: usize, row: impl Fn(usize) -> (&'w [f32], f32)) -> Self {
+        let panels = n.div_ceil(NR);
+        let mut data = vec![0f32; panels * k * NR];
+        for (p, panel) in data.chunks_exact_mut((k * NR).max(1)).enumerate() {
+            let cols = NR.min(n - p * NR);
+            let rows: Vec<(&[f32], f32)> = (0..cols).map(|j| row(p * NR + j)).collect();
+            // Blocks of 8 k-steps: each of the panel's rows is read 8 values at a time
+            // and the block written out in k order, so reads and writes both stream.
+            for k0 in (0..k).step_by(8) {
+                let kb = 8.min(k - k0);
+                let mut block = [[0f32; NR]; 8];
+                for (j, (w, s)) in rows.iter().enumerate() {
+                    for (t, &v) in w[k0..k0 + kb].iter().enumerate() {
+                        block[t][j] = v * s;
+                    }
+                }
+                for (t, b) in block[..kb].iter().enumerate() {
+                    panel[(k0 + t) * NR..(k0 + t + 1) * NR].copy_from_slice(b);
+                }
+            }
+        }
+        Self { k, n, data }
     }
 
-    /// [`PackedF32::pack`] into this buffer, reusing its allocation.
+    /// [`PackedF32::pack_rows`]' layout, from a strided source, into this buffer, reusing its allocation.
     #[inline(always)]
     pub(crate) fn repack(&mut self, k: usize, n: usize, src: &[f32], rs_k: usize, cs_n: usize) {
         let panels = n.div_ceil(NR);

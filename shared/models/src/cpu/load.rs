@@ -69,20 +69,28 @@ pub fn load(snapshot: Arc<RestoredSnapshot>, config: &Config) -> Result<CpuBert,
         norm: w.norm("embeddings.LayerNorm", h, eps)?,
     };
     let scale = 1.0 / ((h / heads) as f32).sqrt();
-    let layers = (0..config.num_hidden_layers)
-        .map(|i| {
-            let p = format!("encoder.layer.{i}.");
-            let inter = config.intermediate_size;
-            Ok(Layer {
-                qkv: w.qkv(&format!("{p}attention.self."), h, scale)?,
-                attention_out: w.linear(&format!("{p}attention.output.dense"), h, h)?,
-                attention_norm: w.norm(&format!("{p}attention.output.LayerNorm"), h, eps)?,
-                intermediate: w.linear(&format!("{p}intermediate.dense"), inter, h)?,
-                output: w.linear(&format!("{p}output.dense"), h, inter)?,
-                output_norm: w.norm(&format!("{p}output.LayerNorm"), h, eps)?,
-            })
+    let layer = |i: usize| -> Result<Layer, ModelError> {
+        let p = format!("encoder.layer.{i}.");
+        let inter = config.intermediate_size;
+        Ok(Layer {
+            qkv: w.qkv(&format!("{p}attention.self."), h, scale)?,
+            attention_out: w.linear(&format!("{p}attention.output.dense"), h, h)?,
+            attention_norm: w.norm(&format!("{p}attention.output.LayerNorm"), h, eps)?,
+            intermediate: w.linear(&format!("{p}intermediate.dense"), inter, h)?,
+            output: w.linear(&format!("{p}output.dense"), h, inter)?,
+            output_norm: w.norm(&format!("{p}output.LayerNorm"), h, eps)?,
         })
-        .collect::<Result<Vec<_>, ModelError>>()?;
+    };
+    // Packing is most of a cold start's weight time: the second half of the layers is
+    // packed on a second thread (the tokenizer's thread is the only other work then).
+    let n = config.num_hidden_layers;
+    let (first, second) = std::thread::scope(|scope| {
+        let second = scope.spawn(|| (n / 2..n).map(layer).collect::<Result<Vec<_>, _>>());
+        let first = (0..n / 2).map(layer).collect::<Result<Vec<_>, _>>();
+        (first, second.join())
+    });
+    let mut layers = first?;
+    layers.extend(second.map_err(|_| invalid("the packing thread panicked".into()))??);
     let activation = match config.hidden_act {
         HiddenAct::Gelu => Activation::Gelu,
         HiddenAct::GeluApproximate => Activation::GeluTanh,
@@ -141,11 +149,18 @@ impl<'a, F: Fn(String) -> ModelError> Weights<'a, F> {
         self.f32s(&format!("{name}.bias"), &[n])
     }
 
-    /// The weight of `name` (`n × k`): f32 rows, or INT8 rows with their scales.
-    fn rows(&self, name: &str, n: usize, k: usize) -> Result<RowMajor, ModelError> {
+    /// The weight of `name` (`n × k`): f32 rows (read in place when the snapshot is
+    /// f32), or INT8 rows with their scales.
+    fn rows(&self, name: &str, n: usize, k: usize) -> Result<RowMajor<'a>, ModelError> {
         let view = self.view(&format!("{name}.weight"), &[n, k])?;
+        if view.dtype() == Dtype::F32 && cfg!(target_endian = "little") {
+            if let Ok(values) = bytemuck::try_cast_slice::<u8, f32>(view.data()) {
+                return Ok(RowMajor::F32(Floats::Mapped(values)));
+            }
+        }
         if view.dtype() != Dtype::I8 {
-            return Ok(RowMajor::F32(self.f32s(&format!("{name}.weight"), &[n, k])?));
+            let owned = self.f32s(&format!("{name}.weight"), &[n, k])?;
+            return Ok(RowMajor::F32(Floats::Owned(owned)));
         }
         let scales = self.f32s(&format!("{name}.weight_scale"), &[n])?;
         let q = view.data().iter().map(|&b| b as i8).collect();
@@ -165,14 +180,18 @@ impl<'a, F: Fn(String) -> ModelError> Weights<'a, F> {
             .map(|p| self.rows(&format!("{prefix}{p}"), h, h));
         let [q, k, v] = parts;
         let weight = match (q?, k?, v?) {
-            (RowMajor::F32(mut q), RowMajor::F32(k), RowMajor::F32(v)) => {
-                q.iter_mut().for_each(|x| *x *= scale);
-                RowMajor::F32([q, k, v].concat())
+            (RowMajor::F32(q), RowMajor::F32(k), RowMajor::F32(v)) => {
+                // Output column j of the fused projection is row j % h of part j / h.
+                let parts = [(q.values(), scale), (k.values(), 1.0), (v.values(), 1.0)];
+                Weight::F32(PackedF32::pack_rows(h, 3 * h, |j| {
+                    let (w, s) = parts[j / h];
+                    (&w[(j % h) * h..(j % h + 1) * h], s)
+                }))
             }
             (RowMajor::Int8(q, mut qs), RowMajor::Int8(k, ks), RowMajor::Int8(v, vs)) => {
                 // Scaling a channel's dequantization scale scales the channel exactly.
                 qs.iter_mut().for_each(|x| *x *= scale);
-                RowMajor::Int8([q, k, v].concat(), [qs, ks, vs].concat())
+                RowMajor::Int8([q, k, v].concat(), [qs, ks, vs].concat()).pack(3 * h, h)
             }
             _ => {
                 return Err((self.invalid)(format!(
@@ -186,25 +205,41 @@ impl<'a, F: Fn(String) -> ModelError> Weights<'a, F> {
             let s = if i == 0 { scale } else { 1.0 };
             bias.extend(b.iter().map(|x| x * s));
         }
-        Ok(Linear {
-            weight: weight.pack(3 * h, h),
-            bias,
-        })
+        Ok(Linear { weight, bias })
     }
 }
 
 /// A weight before packing: `n × k`, row `n` one output channel.
-enum RowMajor {
-    F32(Vec<f32>),
+enum RowMajor<'a> {
+    F32(Floats<'a>),
     Int8(Vec<i8>, Vec<f32>),
 }
 
-impl RowMajor {
+impl RowMajor<'_> {
     fn pack(self, n: usize, k: usize) -> Weight {
         match self {
             // Element (kk, j) of B = Wᵀ is W[j][kk].
-            RowMajor::F32(w) => Weight::F32(PackedF32::pack(k, n, &w, 1, k)),
+            RowMajor::F32(w) => {
+                let w = w.values();
+                Weight::F32(PackedF32::pack_rows(k, n, |j| (&w[j * k..(j + 1) * k], 1.0)))
+            }
             RowMajor::Int8(w, s) => Weight::Int8(PackedI8::pack(n, k, &w, &s)),
+        }
+    }
+}
+
+/// f32 values: the snapshot's own bytes where they are aligned f32 (read in place, so
+/// packing is the only copy), or converted (f16, bf16, an unaligned tensor).
+enum Floats<'a> {
+    Mapped(&'a [f32]),
+    Owned(Vec<f32>),
+}
+
+impl Floats<'_> {
+    fn values(&self) -> &[f32] {
+        match self {
+            Floats::Mapped(v) => v,
+            Floats::Owned(v) => v,
         }
     }
 }
