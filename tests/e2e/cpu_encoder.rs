@@ -132,6 +132,39 @@ fn every_instruction_set_gives_candle_transformers_hidden_states_for_a_16_wide_h
 }
 
 #[test]
+fn every_instruction_set_keeps_int8_hidden_states_close_to_f32() {
+    let (q, f) = (restore("minilm-l6-int8"), restore("minilm-l6"));
+    let int8 = thaw_models::cpu::load(Arc::clone(&q), &config(&q)).expect("int8 load");
+    let f32b = thaw_models::cpu::load(Arc::clone(&f), &config(&f)).expect("f32 load");
+    assert!(int8.is_int8() && !f32b.is_int8(), "the snapshots load as their dtypes");
+    let enc = encodings(&q, false);
+    let seqs: Vec<Sequence<'_>> = enc
+        .iter()
+        .map(|e| Sequence {
+            ids: e.get_ids(),
+            type_ids: e.get_type_ids(),
+        })
+        .collect();
+    let want = f32b.forward_with(Isa::Portable, &seqs).expect("f32");
+    let portable = int8.forward_with(Isa::Portable, &seqs).expect("portable");
+    for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
+        if isa > Isa::detected() {
+            continue;
+        }
+        let got = int8.forward_with(isa, &seqs).expect("forward");
+        for i in 0..seqs.len() {
+            // Per token state, not just pooled: every row keeps its direction.
+            let cos = cosine(got.rows(i), want.rows(i));
+            assert!(cos >= 0.99, "{isa:?} INT8 sequence {i}: cosine {cos} to f32");
+            // The i32 sums are exact everywhere; FMA rounding upstream may flip a
+            // quantization step, never more than that.
+            let same = cosine(got.rows(i), portable.rows(i));
+            assert!(same >= 0.999, "{isa:?} INT8 sequence {i}: cosine {same} to portable");
+        }
+    }
+}
+
+#[test]
 fn a_token_outside_the_vocabulary_is_a_typed_error_not_a_panic() {
     let s = restore("minilm-l6");
     let bert = thaw_models::cpu::load(Arc::clone(&s), &config(&s)).expect("cpu load");
@@ -219,3 +252,4 @@ fn int8_keeps_cosine_099_and_the_ranking_on_the_labelled_rerank_set() {
         assert_eq!(best(&got), relevant, "INT8 misses the relevant document for {:?}", case.query);
     }
 }
+

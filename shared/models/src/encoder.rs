@@ -191,9 +191,10 @@ impl SentenceEncoder {
         self.max_seq_length
     }
 
-    /// Encodes texts. They are sorted by length and run in chunks of up to 32, each
-    /// padded only to its own longest member; results come back in input order. Padding
-    /// never changes an embedding: attention and pooling are both masked.
+    /// Encodes texts. They are sorted by length and run in chunks of up to 32; results
+    /// come back in input order. On a CPU a chunk's sequences are never padded; on a GPU
+    /// each chunk is padded to its own longest member, with attention and pooling masked.
+    /// Either way an embedding does not depend on its neighbours.
     pub fn encode(&self, texts: &[&str], opts: EncodeOptions) -> Result<Encoded, ModelError> {
         let encodings = self
             .tokenizer

@@ -341,7 +341,11 @@ fn write_int8(src: &Path, dst: &Path, tensors: &safetensors::SafeTensors<'_>) ->
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        let (q, scales) = crate::quantize::quantize_rows(&values, shape[1]);
+        let (q, scales) = crate::quantize::quantize_rows(&values, shape[1]).map_err(|i| {
+            SnapshotError::InvalidBuild(format!(
+                "{name} has a non-finite value at index {i}; --dtype int8 refuses to quantize it"
+            ))
+        })?;
         let scale_bytes = scales.iter().flat_map(|x| x.to_le_bytes()).collect();
         out.insert(
             crate::quantize::scale_name(&name),

@@ -29,17 +29,21 @@ pub(crate) fn scale_name(name: &str) -> String {
 }
 
 /// Quantizes a row-major `rows × cols` f32 matrix per row: the `i8` values and one scale
-/// per row. An all-zero row gets scale 1 (its values are all 0 either way).
-pub(crate) fn quantize_rows(values: &[f32], cols: usize) -> (Vec<i8>, Vec<f32>) {
+/// per row. A row of zeros (or of values too small for a normal scale) gets scale 1 and
+/// all-zero values. A NaN or infinite weight is refused: quantizing it would hide it.
+pub(crate) fn quantize_rows(values: &[f32], cols: usize) -> Result<(Vec<i8>, Vec<f32>), usize> {
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        return Err(i);
+    }
     let mut q = Vec::with_capacity(values.len());
     let mut scales = Vec::with_capacity(values.len() / cols.max(1));
     for row in values.chunks(cols.max(1)) {
         let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let scale = if max > 0.0 { max / 127.0 } else { 1.0 };
+        let scale = if max / 127.0 >= f32::MIN_POSITIVE { max / 127.0 } else { 1.0 };
         q.extend(row.iter().map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8));
         scales.push(scale);
     }
-    (q, scales)
+    Ok((q, scales))
 }
 
 #[cfg(test)]
@@ -49,7 +53,7 @@ mod tests {
     #[test]
     fn each_row_gets_its_own_scale_and_round_trips_within_half_a_step() {
         let w = [0.5f32, -1.0, 0.25, 0.0, 100.0, -3.0, 0.0, 0.0, 0.0];
-        let (q, s) = quantize_rows(&w, 3);
+        let (q, s) = quantize_rows(&w, 3).expect("finite");
         assert_eq!(s, vec![1.0 / 127.0, 100.0 / 127.0, 1.0]);
         assert_eq!(&q[..3], &[64, -127, 32]);
         assert_eq!(&q[6..], &[0, 0, 0]);
@@ -57,6 +61,14 @@ mod tests {
             let back = f32::from(qv) * s[i / 3];
             assert!((back - v).abs() <= s[i / 3] / 2.0 + 1e-6, "{v} -> {back}");
         }
+    }
+
+    #[test]
+    fn a_non_finite_weight_is_refused_and_a_denormal_row_is_zero() {
+        assert_eq!(quantize_rows(&[0.0, f32::NAN, 1.0], 3), Err(1));
+        assert_eq!(quantize_rows(&[f32::INFINITY], 1), Err(0));
+        let (q, s) = quantize_rows(&[1e-44, -1e-44], 2).expect("finite");
+        assert_eq!((q, s), (vec![0, 0], vec![1.0]));
     }
 
     #[test]

@@ -124,6 +124,10 @@ impl Hidden {
     }
 }
 
+/// The largest scratch kept for the next call: 32 MiB holds MiniLM's buffers for 32 ×
+/// 256 tokens.
+const MAX_POOLED_SCRATCH: usize = 32 << 20;
+
 /// Buffers one forward pass needs, kept between calls.
 #[derive(Debug, Default)]
 struct Scratch {
@@ -135,6 +139,20 @@ struct Scratch {
     keys: PackedF32,
     values: PackedF32,
     quantized: QuantizedRows,
+}
+
+impl Scratch {
+    /// Bytes the buffers hold.
+    fn bytes(&self) -> usize {
+        4 * (self.x.capacity()
+            + self.qkv.capacity()
+            + self.context.capacity()
+            + self.inner.capacity()
+            + self.scores.capacity())
+            + self.keys.bytes()
+            + self.values.bytes()
+            + self.quantized.bytes()
+    }
 }
 
 /// The CPU BERT encoder.
@@ -197,17 +215,22 @@ impl CpuBert {
         self.embed(seqs, &mut scratch.x);
         #[allow(unsafe_code)]
         match isa.min(Isa::detected()) {
-            // SAFETY: `Isa::detected` found AVX-512 F/BW/VL, VNNI and FMA on this CPU.
+            // SAFETY: `Isa::detected` found AVX-512 F/BW/VL, VNNI, AVX2 and FMA on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { layers_avx512(self, &lens, &mut scratch) },
             // SAFETY: `Isa::detected` found AVX2 and FMA on this CPU.
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => unsafe { layers_avx2(self, &lens, &mut scratch) },
-            _ => layers::<Portable>(self, &lens, &mut scratch),
+            // SAFETY: the portable copy uses no instruction beyond the target's baseline.
+            _ => unsafe { layers::<Portable>(self, &lens, &mut scratch) },
         }
         let data = std::mem::take(&mut scratch.x);
-        if let Ok(mut pool) = self.scratch.lock() {
-            pool.push(scratch);
+        // A scratch grown by an unusually large batch is dropped, not kept for the life of
+        // the process.
+        if scratch.bytes() <= MAX_POOLED_SCRATCH {
+            if let Ok(mut pool) = self.scratch.lock() {
+                pool.push(scratch);
+            }
         }
         Ok(Hidden {
             data,
@@ -266,7 +289,7 @@ impl CpuBert {
 /// The CPU must have every feature enabled here.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma")]
 unsafe fn layers_avx512(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
     layers::<Avx512>(m, lens, s);
 }
@@ -275,14 +298,18 @@ unsafe fn layers_avx512(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
 /// The CPU must have every feature enabled here.
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
-#[target_feature(enable = "avx2,fma,f16c")]
+#[target_feature(enable = "avx2,fma")]
 unsafe fn layers_avx2(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
     layers::<Avx2>(m, lens, s);
 }
 
 /// Every encoder layer over `s.x` (`tokens × hidden`), in place.
+///
+/// # Safety
+/// The CPU must have `K`'s instruction set.
 #[inline(always)]
-fn layers<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
+#[allow(unsafe_code)]
+unsafe fn layers<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
     let h = m.hidden;
     let tokens = s.x.len() / h;
     for layer in &m.layers {
@@ -316,9 +343,12 @@ fn resize(v: &mut Vec<f32>, len: usize) {
 }
 
 /// `out = act(a Wᵀ + b (+ out))` over `rows` rows.
+///
+/// # Safety
+/// The CPU must have `K`'s instruction set.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn project<K: Kernels>(
+#[allow(clippy::too_many_arguments, unsafe_code)]
+unsafe fn project<K: Kernels>(
     linear: &Linear,
     rows: usize,
     a: &[f32],
@@ -343,27 +373,37 @@ fn project<K: Kernels>(
 }
 
 /// Self-attention of every sequence and head, from `s.qkv` into `s.context`.
+///
+/// # Safety
+/// The CPU must have `K`'s instruction set.
 #[inline(always)]
-fn attention<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
+#[allow(unsafe_code)]
+unsafe fn attention<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
     let h = m.hidden;
     let head = h / m.heads;
     let ld = 3 * h;
     let mut start = 0;
     for &len in lens {
         let qkv = &s.qkv[start * ld..];
-        resize(&mut s.scores, len * len);
+        // Score rows are padded to whole vectors, the padding -inf, so softmax runs
+        // without scalar tails; `P V` reads only the `len` real columns.
+        let stride = len.next_multiple_of(16);
+        resize(&mut s.scores, len * stride);
         for hd in 0..m.heads {
             let col = hd * head;
-            // Kᵀ: element (d, j) is key j's component d.
-            s.keys.repack(head, len, &qkv[h + col..], 1, ld);
-            gemm::matmul::<K>(len, &qkv[col..], ld, &s.keys, &mut s.scores, len, Epilogue::default());
-            ops::softmax::<K>(&mut s.scores, len);
+            // Kᵀ: column j is key j, a contiguous run of `head` values.
+            s.keys.repack_rows(head, len, |j| (&qkv[j * ld + h + col..j * ld + h + col + head], 1.0));
+            gemm::matmul::<K>(len, &qkv[col..], ld, &s.keys, &mut s.scores, stride, Epilogue::default());
+            for row in s.scores.chunks_exact_mut(stride) {
+                row[len..].fill(f32::NEG_INFINITY);
+            }
+            ops::softmax::<K>(&mut s.scores, stride);
             // V: element (j, d) is value j's component d.
             s.values.repack(len, head, &qkv[2 * h + col..], ld, 1);
             gemm::matmul::<K>(
                 len,
                 &s.scores,
-                len,
+                stride,
                 &s.values,
                 &mut s.context[start * h + col..],
                 h,

@@ -32,21 +32,33 @@ pub(crate) struct PackedF32 {
 
 impl PackedF32 {
     /// Packs `Bᵀ` given by rows: output column `j` of B is `row(j) = (w, s)`, the
-    /// weight row `w` (length k) times `s`. Each row is read once, in order, and written
-    /// down its panel column (the panel, `k × 128` bytes, stays in cache meanwhile): the
-    /// load path, where this and the first touch of the fresh memory are the cost.
+    /// weight row `w` (length k) times `s`.
     pub(crate) fn pack_rows<'w>(k: usize, n: usize, row: impl Fn(usize) -> (&'w [f32], f32)) -> Self {
+        let mut p = PackedF32::default();
+        p.repack_rows(k, n, row);
+        p
+    }
+
+    /// [`PackedF32::pack_rows`] into this buffer, reusing its allocation. Rows are read
+    /// 8 values at a time into a block written out in k order, so reads and writes both
+    /// stream (a column-at-a-time gather was a tenth of attention).
+    #[inline(always)]
+    pub(crate) fn repack_rows<'w>(&mut self, k: usize, n: usize, row: impl Fn(usize) -> (&'w [f32], f32)) {
         let panels = n.div_ceil(NR);
-        let mut data = vec![0f32; panels * k * NR];
-        for (p, panel) in data.chunks_exact_mut((k * NR).max(1)).enumerate() {
+        self.k = k;
+        self.n = n;
+        self.data.clear();
+        self.data.resize(panels * k * NR, 0.0);
+        if k == 0 {
+            return;
+        }
+        for (p, panel) in self.data.chunks_exact_mut(k * NR).enumerate() {
             let cols = NR.min(n - p * NR);
-            let rows: Vec<(&[f32], f32)> = (0..cols).map(|j| row(p * NR + j)).collect();
-            // Blocks of 8 k-steps: each of the panel's rows is read 8 values at a time
-            // and the block written out in k order, so reads and writes both stream.
             for k0 in (0..k).step_by(8) {
                 let kb = 8.min(k - k0);
                 let mut block = [[0f32; NR]; 8];
-                for (j, (w, s)) in rows.iter().enumerate() {
+                for j in 0..cols {
+                    let (w, s) = row(p * NR + j);
                     for (t, &v) in w[k0..k0 + kb].iter().enumerate() {
                         block[t][j] = v * s;
                     }
@@ -56,7 +68,6 @@ impl PackedF32 {
                 }
             }
         }
-        Self { k, n, data }
     }
 
     /// [`PackedF32::pack_rows`]' layout, from a strided source, into this buffer, reusing its allocation.
@@ -92,6 +103,11 @@ impl PackedF32 {
         self.k
     }
 
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        4 * self.data.capacity()
+    }
+
     /// The output width.
     pub(crate) fn n(&self) -> usize {
         self.n
@@ -112,8 +128,12 @@ pub(crate) struct Epilogue<'a> {
 }
 
 /// `C[m × n] (row stride ldc) = A[m × k] (row stride lda) · B`, then the epilogue.
+///
+/// # Safety
+/// The CPU must have `K`'s instruction set (the AVX-512 copy runs its intrinsics
+/// unchecked): call it only from a function dispatched on [`super::isa::Isa::detected`].
 #[inline(always)]
-pub(crate) fn matmul<K: Kernels>(
+pub(crate) unsafe fn matmul<K: Kernels>(
     m: usize,
     a: &[f32],
     lda: usize,
@@ -123,7 +143,7 @@ pub(crate) fn matmul<K: Kernels>(
     epi: Epilogue<'_>,
 ) {
     let (k, n) = (b.k, b.n);
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k == 0 {
         return;
     }
     assert!(a.len() >= (m - 1) * lda + k, "matmul: A too short");

@@ -46,7 +46,7 @@ impl PackedI8 {
         let k4 = k.div_ceil(4);
         let panels = n.div_ceil(NR);
         let mut data = vec![0i8; panels * k4 * STEP];
-        for (p, panel) in data.chunks_exact_mut(k4 * STEP).enumerate() {
+        for (p, panel) in data.chunks_exact_mut((k4 * STEP).max(1)).enumerate() {
             for j in 0..NR.min(n - p * NR) {
                 let row = &weight[(p * NR + j) * k..(p * NR + j + 1) * k];
                 for (kk, &w) in row.iter().enumerate() {
@@ -94,6 +94,11 @@ pub(crate) struct QuantizedRows {
 }
 
 impl QuantizedRows {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.data.capacity() + 4 * (self.scales.capacity() + self.zeros.capacity())
+    }
+
     /// Quantizes rows `0..m` (k columns, stride lda) of `a`.
     #[inline(always)]
     pub(crate) fn quantize(&mut self, m: usize, k: usize, a: &[f32], lda: usize) {
@@ -140,8 +145,12 @@ fn min_max(row: &[f32]) -> (f32, f32) {
 
 /// `C[m × n] = dequant(A_q · B_q)`, then the epilogue; A must hold `m` quantized rows of
 /// B's `k`.
+///
+/// # Safety
+/// The CPU must have `K`'s instruction set (the AVX-512 copy runs `vpdpbusd` unchecked):
+/// call it only from a function dispatched on [`super::isa::Isa::detected`].
 #[inline(always)]
-pub(crate) fn matmul<K: Kernels>(
+pub(crate) unsafe fn matmul<K: Kernels>(
     m: usize,
     a: &QuantizedRows,
     b: &PackedI8,
@@ -150,7 +159,7 @@ pub(crate) fn matmul<K: Kernels>(
     epi: Epilogue<'_>,
 ) {
     let (k4, n) = (b.k.div_ceil(4), b.n);
-    if m == 0 || n == 0 {
+    if m == 0 || n == 0 || k4 == 0 {
         return;
     }
     assert!(a.stride == k4 * 4 && a.scales.len() >= m, "int8 matmul: A not quantized for B");

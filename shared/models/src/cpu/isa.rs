@@ -6,8 +6,9 @@
 //! x86-64 or any other architecture. The whole forward pass is dispatched once, so every
 //! loop inside it is vectorised for the chosen set without a per-op check.
 //!
-//! `THAW_CPU_ISA=portable|avx2|avx512` caps the choice (never above what the CPU has):
-//! the tests use it to hold every path to the same references on one machine.
+//! `THAW_CPU_ISA=portable|avx2|avx512` caps the process's choice (never above what the
+//! CPU has). The tests call `CpuBert::forward_with` for each set instead, to hold every
+//! path to the same references in one process.
 
 #![allow(unsafe_code)] // the micro-tile entry points are unsafe fns; see their # Safety.
 
@@ -47,6 +48,7 @@ impl Isa {
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512vnni")
+                && std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
                 return Isa::Avx512;

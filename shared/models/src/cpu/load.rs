@@ -34,6 +34,11 @@ pub fn load(snapshot: Arc<RestoredSnapshot>, config: &Config) -> Result<CpuBert,
             "hidden_size {h} is not a positive multiple of num_attention_heads {heads}"
         )));
     }
+    if config.intermediate_size == 0 || config.vocab_size == 0 || config.max_position_embeddings == 0 || config.type_vocab_size == 0 {
+        return Err(invalid(
+            "intermediate_size, vocab_size, max_position_embeddings and type_vocab_size must be positive".into(),
+        ));
+    }
     let prefix = ["bert.".to_owned(), config.model_type.clone().map(|t| format!("{t}.")).unwrap_or_default(), String::new()]
         .into_iter()
         .find(|p| st.tensor(&format!("{p}embeddings.word_embeddings.weight")).is_ok())
@@ -54,7 +59,8 @@ pub fn load(snapshot: Arc<RestoredSnapshot>, config: &Config) -> Result<CpuBert,
             snapshot: Arc::clone(&snapshot),
         })
     } else {
-        Box::new(OwnedRows::new(to_f32(&words), h))
+        let values = w.f32s("embeddings.word_embeddings.weight", &[config.vocab_size, h])?;
+        Box::new(OwnedRows::new(values, h))
     };
     let embeddings = Embeddings {
         words,
