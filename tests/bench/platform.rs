@@ -114,7 +114,9 @@ pub fn durable_throughput(
     secs: f64,
 ) -> Durable {
     let s = Serve::start(&format!(
-        "[app]\nname = \"bench\"\n[function.noop]\nbinary = \"thaw-fault\"\nmin_containers = 2\nmax_containers = 2\nconcurrency = {concurrency}\n",
+        // The backlog bound (default 1,000 queued calls, then 429) is raised so the whole
+        // burst is admitted: this measures commit throughput, not admission.
+        "[app]\nname = \"bench\"\n[function.noop]\nbinary = \"thaw-fault\"\nmin_containers = 2\nmax_containers = 2\nconcurrency = {concurrency}\nmax_queue = 100000\n",
     ));
     s.wait_until(Duration::from_secs(10), |s| s.state("noop")["idle"] == 2);
     let url = format!("{}/v1/functions/noop/spawn", s.base);
