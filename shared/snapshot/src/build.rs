@@ -320,7 +320,11 @@ fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<()
 }
 
 /// `--dtype int8`: encoder projections per channel ([`crate::quantize`]), the rest f32.
-fn write_int8(src: &Path, dst: &Path, tensors: &safetensors::SafeTensors<'_>) -> Result<(), SnapshotError> {
+fn write_int8(
+    src: &Path,
+    dst: &Path,
+    tensors: &safetensors::SafeTensors<'_>,
+) -> Result<(), SnapshotError> {
     let invalid = |e: safetensors::SafeTensorError| SnapshotError::InvalidSafetensors {
         path: src.to_owned(),
         reason: e.to_string(),
@@ -351,11 +355,15 @@ fn write_int8(src: &Path, dst: &Path, tensors: &safetensors::SafeTensors<'_>) ->
             crate::quantize::scale_name(&name),
             (Dtype::F32, vec![shape[0]], scale_bytes),
         );
-        out.insert(name, (Dtype::I8, shape, q.iter().map(|&v| v as u8).collect()));
+        out.insert(
+            name,
+            (Dtype::I8, shape, q.iter().map(|&v| v as u8).collect()),
+        );
     }
     if !out.values().any(|(d, _, _)| *d == Dtype::I8) {
         return Err(SnapshotError::InvalidBuild(
-            "--dtype int8 found no BERT encoder projections (encoder.layer.N.*.weight) to quantize".into(),
+            "--dtype int8 found no BERT encoder projections (encoder.layer.N.*.weight) to quantize"
+                .into(),
         ));
     }
     let mut views = Vec::with_capacity(out.len());

@@ -20,7 +20,9 @@ const PROJECTIONS: [&str; 5] = [
 
 /// Whether `name` (with `shape`) is an encoder projection INT8 applies to.
 pub(crate) fn is_projection(name: &str, shape: &[usize]) -> bool {
-    shape.len() == 2 && name.contains("encoder.layer.") && PROJECTIONS.iter().any(|p| name.ends_with(p))
+    shape.len() == 2
+        && name.contains("encoder.layer.")
+        && PROJECTIONS.iter().any(|p| name.ends_with(p))
 }
 
 /// The name the scales of weight `name` are stored under.
@@ -39,8 +41,15 @@ pub(crate) fn quantize_rows(values: &[f32], cols: usize) -> Result<(Vec<i8>, Vec
     let mut scales = Vec::with_capacity(values.len() / cols.max(1));
     for row in values.chunks(cols.max(1)) {
         let max = row.iter().fold(0f32, |m, &v| m.max(v.abs()));
-        let scale = if max / 127.0 >= f32::MIN_POSITIVE { max / 127.0 } else { 1.0 };
-        q.extend(row.iter().map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8));
+        let scale = if max / 127.0 >= f32::MIN_POSITIVE {
+            max / 127.0
+        } else {
+            1.0
+        };
+        q.extend(
+            row.iter()
+                .map(|&v| (v / scale).round().clamp(-127.0, 127.0) as i8),
+        );
         scales.push(scale);
     }
     Ok((q, scales))
@@ -73,12 +82,27 @@ mod tests {
 
     #[test]
     fn only_encoder_projections_are_quantized() {
-        assert!(is_projection("encoder.layer.0.attention.self.query.weight", &[4, 4]));
-        assert!(is_projection("bert.encoder.layer.11.output.dense.weight", &[4, 16]));
-        assert!(is_projection("encoder.layer.3.attention.output.dense.weight", &[4, 4]));
-        assert!(!is_projection("encoder.layer.0.output.LayerNorm.weight", &[4]));
+        assert!(is_projection(
+            "encoder.layer.0.attention.self.query.weight",
+            &[4, 4]
+        ));
+        assert!(is_projection(
+            "bert.encoder.layer.11.output.dense.weight",
+            &[4, 16]
+        ));
+        assert!(is_projection(
+            "encoder.layer.3.attention.output.dense.weight",
+            &[4, 4]
+        ));
+        assert!(!is_projection(
+            "encoder.layer.0.output.LayerNorm.weight",
+            &[4]
+        ));
         assert!(!is_projection("encoder.layer.0.output.dense.bias", &[4]));
-        assert!(!is_projection("embeddings.word_embeddings.weight", &[30, 4]));
+        assert!(!is_projection(
+            "embeddings.word_embeddings.weight",
+            &[30, 4]
+        ));
         assert!(!is_projection("bert.pooler.dense.weight", &[4, 4]));
         assert!(!is_projection("classifier.weight", &[1, 4]));
     }

@@ -36,7 +36,9 @@ impl Backend {
         if snapshot.meta.dtype == WeightDtype::Int8 {
             return Err(ModelError::InvalidWeights {
                 name: snapshot.meta.name.clone(),
-                reason: "INT8 snapshots run on the CPU encoder; build an f16 or f32 snapshot for a GPU".into(),
+                reason:
+                    "INT8 snapshots run on the CPU encoder; build an f16 or f32 snapshot for a GPU"
+                        .into(),
             });
         }
         let vb = VarBuilder::from_slice_safetensors(snapshot.weights(), DType::F16, device)?;
@@ -56,9 +58,12 @@ impl Backend {
             Backend::Cpu(_) => (DType::F32, Device::Cpu),
             Backend::Tensor { device, .. } => (DType::F16, device.clone()),
         };
-        Ok(VarBuilder::from_slice_safetensors(snapshot.weights(), dtype, &device)?)
+        Ok(VarBuilder::from_slice_safetensors(
+            snapshot.weights(),
+            dtype,
+            &device,
+        )?)
     }
-
 
     /// The last hidden state of each encoding, unpadded.
     pub(crate) fn forward(&self, batch: &[&Encoding], pad_id: u32) -> Result<Hidden, ModelError> {
@@ -85,7 +90,9 @@ impl Backend {
                 let mut starts = vec![0];
                 for (row, e) in batch.iter().enumerate() {
                     let len = e.get_ids().len();
-                    data.extend_from_slice(&flat[row * longest * width..(row * longest + len) * width]);
+                    data.extend_from_slice(
+                        &flat[row * longest * width..(row * longest + len) * width],
+                    );
                     starts.push(starts[row] + len);
                 }
                 Ok(Hidden {

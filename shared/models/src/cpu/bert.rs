@@ -43,7 +43,6 @@ impl Weight {
             Weight::Int8(w) => w.n(),
         }
     }
-
 }
 
 /// `y = x Wᵀ + b`.
@@ -257,10 +256,16 @@ impl CpuBert {
             ));
         }
         if let Some(id) = s.ids.iter().find(|&&id| id as usize >= e.words.rows()) {
-            return bad(format!("token id {id} is outside the vocabulary of {}", e.words.rows()));
+            return bad(format!(
+                "token id {id} is outside the vocabulary of {}",
+                e.words.rows()
+            ));
         }
         if let Some(t) = s.type_ids.iter().find(|&&t| t as usize >= e.types.rows()) {
-            return bad(format!("token type {t} is outside the model's {} types", e.types.rows()));
+            return bad(format!(
+                "token type {t} is outside the model's {} types",
+                e.types.rows()
+            ));
         }
         Ok(())
     }
@@ -316,9 +321,25 @@ unsafe fn layers<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
         resize(&mut s.qkv, tokens * 3 * h);
         resize(&mut s.context, tokens * h);
         resize(&mut s.inner, tokens * layer.intermediate.weight.n());
-        project::<K>(&layer.qkv, tokens, &s.x, &mut s.qkv, None, false, &mut s.quantized);
+        project::<K>(
+            &layer.qkv,
+            tokens,
+            &s.x,
+            &mut s.qkv,
+            None,
+            false,
+            &mut s.quantized,
+        );
         attention::<K>(m, lens, s);
-        project::<K>(&layer.attention_out, tokens, &s.context, &mut s.x, None, true, &mut s.quantized);
+        project::<K>(
+            &layer.attention_out,
+            tokens,
+            &s.context,
+            &mut s.x,
+            None,
+            true,
+            &mut s.quantized,
+        );
         let n = &layer.attention_norm;
         ops::layer_norm(&mut s.x, h, &n.gamma, &n.beta, n.eps);
         project::<K>(
@@ -330,7 +351,15 @@ unsafe fn layers<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
             false,
             &mut s.quantized,
         );
-        project::<K>(&layer.output, tokens, &s.inner, &mut s.x, None, true, &mut s.quantized);
+        project::<K>(
+            &layer.output,
+            tokens,
+            &s.inner,
+            &mut s.x,
+            None,
+            true,
+            &mut s.quantized,
+        );
         let n = &layer.output_norm;
         ops::layer_norm(&mut s.x, h, &n.gamma, &n.beta, n.eps);
     }
@@ -392,8 +421,18 @@ unsafe fn attention<K: Kernels>(m: &CpuBert, lens: &[usize], s: &mut Scratch) {
         for hd in 0..m.heads {
             let col = hd * head;
             // Kᵀ: column j is key j, a contiguous run of `head` values.
-            s.keys.repack_rows(head, len, |j| (&qkv[j * ld + h + col..j * ld + h + col + head], 1.0));
-            gemm::matmul::<K>(len, &qkv[col..], ld, &s.keys, &mut s.scores, stride, Epilogue::default());
+            s.keys.repack_rows(head, len, |j| {
+                (&qkv[j * ld + h + col..j * ld + h + col + head], 1.0)
+            });
+            gemm::matmul::<K>(
+                len,
+                &qkv[col..],
+                ld,
+                &s.keys,
+                &mut s.scores,
+                stride,
+                Epilogue::default(),
+            );
             for row in s.scores.chunks_exact_mut(stride) {
                 row[len..].fill(f32::NEG_INFINITY);
             }

@@ -33,7 +33,11 @@ pub(crate) struct PackedF32 {
 impl PackedF32 {
     /// Packs `Bᵀ` given by rows: output column `j` of B is `row(j) = (w, s)`, the
     /// weight row `w` (length k) times `s`.
-    pub(crate) fn pack_rows<'w>(k: usize, n: usize, row: impl Fn(usize) -> (&'w [f32], f32)) -> Self {
+    pub(crate) fn pack_rows<'w>(
+        k: usize,
+        n: usize,
+        row: impl Fn(usize) -> (&'w [f32], f32),
+    ) -> Self {
         let mut p = PackedF32::default();
         p.repack_rows(k, n, row);
         p
@@ -43,7 +47,12 @@ impl PackedF32 {
     /// 8 values at a time into a block written out in k order, so reads and writes both
     /// stream (a column-at-a-time gather was a tenth of attention).
     #[inline(always)]
-    pub(crate) fn repack_rows<'w>(&mut self, k: usize, n: usize, row: impl Fn(usize) -> (&'w [f32], f32)) {
+    pub(crate) fn repack_rows<'w>(
+        &mut self,
+        k: usize,
+        n: usize,
+        row: impl Fn(usize) -> (&'w [f32], f32),
+    ) {
         let panels = n.div_ceil(NR);
         self.k = k;
         self.n = n;
@@ -57,8 +66,8 @@ impl PackedF32 {
             for k0 in (0..k).step_by(8) {
                 let kb = 8.min(k - k0);
                 let mut block = [[0f32; NR]; 8];
-                for j in 0..cols {
-                    let (w, s) = row(p * NR + j);
+                for (j, col) in (p * NR..p * NR + cols).enumerate() {
+                    let (w, s) = row(col);
                     for (t, &v) in w[k0..k0 + kb].iter().enumerate() {
                         block[t][j] = v * s;
                     }
@@ -81,7 +90,10 @@ impl PackedF32 {
         if k == 0 || n == 0 {
             return;
         }
-        assert!(src.len() > (k - 1) * rs_k + (n - 1) * cs_n, "pack: source too short");
+        assert!(
+            src.len() > (k - 1) * rs_k + (n - 1) * cs_n,
+            "pack: source too short"
+        );
         for (p, panel) in self.data.chunks_exact_mut(k * NR).enumerate() {
             let cols = NR.min(n - p * NR);
             for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
@@ -112,7 +124,6 @@ impl PackedF32 {
     pub(crate) fn n(&self) -> usize {
         self.n
     }
-
 }
 
 /// What happens to each output value after the product: `act(acc + bias + c_old)`, each
@@ -148,26 +159,56 @@ pub(crate) unsafe fn matmul<K: Kernels>(
     }
     assert!(a.len() >= (m - 1) * lda + k, "matmul: A too short");
     assert!(c.len() >= (m - 1) * ldc + n, "matmul: C too short");
-    assert!(epi.bias.is_none_or(|bias| bias.len() >= n), "matmul: bias too short");
+    assert!(
+        epi.bias.is_none_or(|bias| bias.len() >= n),
+        "matmul: bias too short"
+    );
+    let mut tiles = F32Tiles::<K> {
+        k,
+        n,
+        a,
+        lda,
+        b,
+        c,
+        ldc,
+        epi,
+        isa: std::marker::PhantomData,
+    };
+    // SAFETY: every A read (row < m, column < k) and C write (row < m, column < n) is
+    // inside the lengths asserted above; panels are k × NR floats; the caller vouches
+    // for K's instruction set.
+    unsafe { for_each_tile::<K, _>(m, n.div_ceil(NR), &mut tiles) }
+}
+
+/// One `R × NR` block of a blocked product, at rows `row0..row0 + R` and panel `p`.
+pub(crate) trait Tiles {
+    /// Computes and writes the block.
+    ///
+    /// # Safety
+    /// `row0 + R` must not exceed the product's rows, nor `p` its panels.
+    unsafe fn tile<const R: usize>(&mut self, row0: usize, p: usize);
+}
+
+/// Walks `m` rows and `panels` panels: rows in cache blocks of [`MC`] (the block stays in
+/// L2 while every panel passes over it), each block in micro-tiles as tall as `K`'s
+/// register file allows, then 8, 4, 2, 1 for the rest.
+///
+/// # Safety
+/// As [`Tiles::tile`], for every block it is given here.
+#[inline(always)]
+pub(crate) unsafe fn for_each_tile<K: Kernels, T: Tiles>(m: usize, panels: usize, t: &mut T) {
     for m0 in (0..m).step_by(MC) {
         let mc = MC.min(m - m0);
-        for (p, panel) in b.data.chunks_exact(k * NR).enumerate() {
-            let n0 = p * NR;
-            let cols = NR.min(n - n0);
+        for p in 0..panels {
             let mut r = m0;
             while r < m0 + mc {
                 let rows = tile_rows::<K>(m0 + mc - r);
-                // SAFETY: rows r..r+rows are below m, so every A read (row < m, column
-                // < k) and C write (row < m, column < n) is inside the asserted lengths;
-                // the panel is k × NR floats.
-                unsafe {
-                    match rows {
-                        12 => tile::<K, 12>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
-                        8 => tile::<K, 8>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
-                        4 => tile::<K, 4>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
-                        2 => tile::<K, 2>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
-                        _ => tile::<K, 1>(k, a, r, lda, panel, c, ldc, n0, cols, epi),
-                    }
+                match rows {
+                    12 => t.tile::<12>(r, p),
+                    8 => t.tile::<8>(r, p),
+                    4 => t.tile::<4>(r, p),
+                    2 => t.tile::<2>(r, p),
+                    _ => t.tile::<1>(r, p),
                 }
                 r += rows;
             }
@@ -175,36 +216,45 @@ pub(crate) unsafe fn matmul<K: Kernels>(
     }
 }
 
+/// The f32 product's state for [`for_each_tile`].
+struct F32Tiles<'a, 'e, K> {
+    k: usize,
+    n: usize,
+    a: &'a [f32],
+    lda: usize,
+    b: &'a PackedF32,
+    c: &'a mut [f32],
+    ldc: usize,
+    epi: Epilogue<'e>,
+    isa: std::marker::PhantomData<K>,
+}
+
+impl<K: Kernels> Tiles for F32Tiles<'_, '_, K> {
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&mut self, row0: usize, p: usize) {
+        let k = self.k;
+        let n0 = p * NR;
+        let panel = self.b.data.as_ptr().add(p * k * NR);
+        let acc = K::f32_tile::<R>(k, self.a.as_ptr().add(row0 * self.lda), self.lda, panel);
+        finish::<K, R>(
+            &acc,
+            self.c,
+            row0,
+            self.ldc,
+            n0,
+            NR.min(self.n - n0),
+            self.epi,
+        );
+    }
+}
+
 /// The largest micro-tile height that fits `rest` rows and the register file.
 #[inline(always)]
-pub(crate) fn tile_rows<K: Kernels>(rest: usize) -> usize {
+fn tile_rows<K: Kernels>(rest: usize) -> usize {
     [12, 8, 4, 2, 1]
         .into_iter()
         .find(|&h| h <= K::ROWS && h <= rest)
         .unwrap_or(1)
-}
-
-/// One `R × NR` tile of C at rows `row0..row0 + R`, columns `n0..n0 + cols`.
-///
-/// # Safety
-/// Rows `row0..row0 + R` of A (k columns, stride lda) and of C (n0 + cols columns, stride
-/// ldc) must be in bounds, and `panel` must hold `k × NR` floats.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<K: Kernels, const R: usize>(
-    k: usize,
-    a: &[f32],
-    row0: usize,
-    lda: usize,
-    panel: &[f32],
-    c: &mut [f32],
-    ldc: usize,
-    n0: usize,
-    cols: usize,
-    epi: Epilogue<'_>,
-) {
-    let acc = K::f32_tile::<R>(k, a.as_ptr().add(row0 * lda), lda, panel.as_ptr());
-    finish::<K, R>(&acc, c, row0, ldc, n0, cols, epi);
 }
 
 /// Writes a finished tile through the epilogue.
@@ -221,11 +271,8 @@ pub(crate) unsafe fn finish<K: Kernels, const R: usize>(
     cols: usize,
     epi: Epilogue<'_>,
 ) {
-    let bias = match epi.bias {
-        // SAFETY (caller): n0 + cols <= n <= bias.len(), asserted in `matmul`.
-        Some(b) => Some(b.get_unchecked(n0..n0 + cols)),
-        None => None,
-    };
+    // SAFETY (caller): n0 + cols <= n <= bias.len(), asserted in `matmul`.
+    let bias = epi.bias.map(|b| unsafe { b.get_unchecked(n0..n0 + cols) });
     for (r, acc_r) in acc.iter().enumerate() {
         let out = c.get_unchecked_mut((row0 + r) * ldc + n0..(row0 + r) * ldc + n0 + cols);
         if cols == NR {
@@ -260,9 +307,12 @@ fn write_row<K: Kernels>(acc: &[f32], bias: Option<&[f32]>, out: &mut [f32], epi
         (None, false) => out.copy_from_slice(&acc[..out.len()]),
     }
     match epi.activation {
-        Some(Activation::Gelu) => out.iter_mut().for_each(|v| *v = Activation::Gelu.apply(*v, K::madd)),
+        Some(Activation::Gelu) => out
+            .iter_mut()
+            .for_each(|v| *v = Activation::Gelu.apply(*v, K::madd)),
         Some(Activation::GeluTanh) => {
-            out.iter_mut().for_each(|v| *v = Activation::GeluTanh.apply(*v, K::madd));
+            out.iter_mut()
+                .for_each(|v| *v = Activation::GeluTanh.apply(*v, K::madd));
         }
         Some(Activation::Relu) => out.iter_mut().for_each(|v| *v = v.max(0.0)),
         None => {}
@@ -308,7 +358,9 @@ pub(crate) unsafe fn tile_avx512<const R: usize>(
     lda: usize,
     b: *const f32,
 ) -> [[f32; NR]; R] {
-    use std::arch::x86_64::{__m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps};
+    use std::arch::x86_64::{
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+    };
     let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..k {
         let b0 = _mm512_loadu_ps(b.add(kk * NR));

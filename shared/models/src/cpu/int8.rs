@@ -19,11 +19,9 @@
 // call; a bounds check per multiply-add would cost more than the multiply-add.
 #![allow(unsafe_code)]
 
-use super::gemm::{finish, tile_rows, Epilogue, NR};
+use super::gemm::{finish, for_each_tile, Epilogue, Tiles, NR};
 use super::isa::Kernels;
 
-/// Rows of A per cache block.
-const MC: usize = 96;
 /// Bytes per packed k-step of a panel: 32 columns × 4.
 const STEP: usize = NR * 4;
 
@@ -42,7 +40,10 @@ pub(crate) struct PackedI8 {
 impl PackedI8 {
     /// Packs a row-major `n × k` weight (output channel `n` is row `n`) and its scales.
     pub(crate) fn pack(n: usize, k: usize, weight: &[i8], scales: &[f32]) -> Self {
-        assert!(weight.len() >= n * k && scales.len() >= n, "pack: weight too short");
+        assert!(
+            weight.len() >= n * k && scales.len() >= n,
+            "pack: weight too short"
+        );
         let k4 = k.div_ceil(4);
         let panels = n.div_ceil(NR);
         let mut data = vec![0i8; panels * k4 * STEP];
@@ -81,7 +82,6 @@ impl PackedI8 {
     pub(crate) fn n(&self) -> usize {
         self.n
     }
-
 }
 
 /// A, quantized per row, its rows padded to a multiple of 4 bytes; reused across calls.
@@ -107,7 +107,12 @@ impl QuantizedRows {
         self.data.resize(m * self.stride, 0);
         self.scales.clear();
         self.zeros.clear();
-        for (r, out) in self.data.chunks_exact_mut(self.stride.max(1)).take(m).enumerate() {
+        for (r, out) in self
+            .data
+            .chunks_exact_mut(self.stride.max(1))
+            .take(m)
+            .enumerate()
+        {
             let row = &a[r * lda..r * lda + k];
             let (lo, hi) = min_max(row);
             let scale = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
@@ -138,7 +143,10 @@ fn min_max(row: &[f32]) -> (f32, f32) {
         }
     }
     let fold = |init: f32, lanes: &[f32], f: fn(f32, f32) -> f32| {
-        lanes.iter().chain(chunks.remainder()).fold(init, |a, &b| f(a, b))
+        lanes
+            .iter()
+            .chain(chunks.remainder())
+            .fold(init, |a, &b| f(a, b))
     };
     (fold(0.0, &lo, f32::min), fold(0.0, &hi, f32::max))
 }
@@ -162,77 +170,72 @@ pub(crate) unsafe fn matmul<K: Kernels>(
     if m == 0 || n == 0 || k4 == 0 {
         return;
     }
-    assert!(a.stride == k4 * 4 && a.scales.len() >= m, "int8 matmul: A not quantized for B");
+    assert!(
+        a.stride == k4 * 4 && a.scales.len() >= m,
+        "int8 matmul: A not quantized for B"
+    );
     assert!(c.len() >= (m - 1) * ldc + n, "int8 matmul: C too short");
-    assert!(epi.bias.is_none_or(|bias| bias.len() >= n), "int8 matmul: bias too short");
-    for m0 in (0..m).step_by(MC) {
-        let mc = MC.min(m - m0);
-        for (p, panel) in b.data.chunks_exact(k4 * STEP).enumerate() {
-            let n0 = p * NR;
-            let cols = NR.min(n - n0);
-            let mut r = m0;
-            while r < m0 + mc {
-                let rows = tile_rows::<K>(m0 + mc - r);
-                // SAFETY: rows r..r+rows are below m, inside A's m quantized rows of
-                // stride 4·k4 and inside C's asserted length; the panel is k4 steps.
-                unsafe {
-                    match rows {
-                        12 => tile::<K, 12>(k4, a, r, b, panel, c, ldc, n0, cols, epi),
-                        8 => tile::<K, 8>(k4, a, r, b, panel, c, ldc, n0, cols, epi),
-                        4 => tile::<K, 4>(k4, a, r, b, panel, c, ldc, n0, cols, epi),
-                        2 => tile::<K, 2>(k4, a, r, b, panel, c, ldc, n0, cols, epi),
-                        _ => tile::<K, 1>(k4, a, r, b, panel, c, ldc, n0, cols, epi),
-                    }
-                }
-                r += rows;
-            }
-        }
-    }
+    assert!(
+        epi.bias.is_none_or(|bias| bias.len() >= n),
+        "int8 matmul: bias too short"
+    );
+    let mut tiles = Int8Tiles::<K> {
+        k4,
+        a,
+        b,
+        c,
+        ldc,
+        epi,
+        isa: std::marker::PhantomData,
+    };
+    // SAFETY: rows below m are inside A's m quantized rows of stride 4·k4 and inside C's
+    // asserted length; panels are k4 steps; the caller vouches for K's instruction set.
+    unsafe { for_each_tile::<K, _>(m, n.div_ceil(NR), &mut tiles) }
 }
 
-/// One `R × 32` tile: the i32 inner products, then dequantization into the f32 epilogue.
-///
-/// # Safety
-/// Rows `row0..row0 + R` must be quantized in `a` and in bounds of C; `panel` must hold
-/// `k4` steps.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile<K: Kernels, const R: usize>(
+/// The INT8 product's state for [`for_each_tile`].
+struct Int8Tiles<'a, 'e, K> {
     k4: usize,
-    a: &QuantizedRows,
-    row0: usize,
-    b: &PackedI8,
-    panel: &[i8],
-    c: &mut [f32],
+    a: &'a QuantizedRows,
+    b: &'a PackedI8,
+    c: &'a mut [f32],
     ldc: usize,
-    n0: usize,
-    cols: usize,
-    epi: Epilogue<'_>,
-) {
-    let rows = a.data.as_ptr().add(row0 * a.stride);
-    let sums: [[i32; NR]; R] = if K::VNNI {
-        #[cfg(target_arch = "x86_64")]
-        {
-            vnni::dot::<R>(k4, rows, a.stride, panel.as_ptr())
+    epi: Epilogue<'e>,
+    isa: std::marker::PhantomData<K>,
+}
+
+impl<K: Kernels> Tiles for Int8Tiles<'_, '_, K> {
+    /// The i32 inner products, then dequantization into the f32 epilogue.
+    #[inline(always)]
+    unsafe fn tile<const R: usize>(&mut self, row0: usize, p: usize) {
+        let (a, b, k4) = (self.a, self.b, self.k4);
+        let n0 = p * NR;
+        let panel = b.data.as_ptr().add(p * k4 * STEP);
+        let rows = a.data.as_ptr().add(row0 * a.stride);
+        let sums: [[i32; NR]; R] = if K::VNNI {
+            #[cfg(target_arch = "x86_64")]
+            {
+                vnni::dot::<R>(k4, rows, a.stride, panel)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            {
+                dot_plain::<R>(k4, rows, a.stride, panel)
+            }
+        } else {
+            dot_plain::<R>(k4, rows, a.stride, panel)
+        };
+        let mut acc = [[0f32; NR]; R];
+        let col_sums: &[i32; NR] = b.col_sums[n0..n0 + NR].try_into().unwrap_or(&[0; NR]);
+        let col_scales: &[f32; NR] = b.scales[n0..n0 + NR].try_into().unwrap_or(&[0.0; NR]);
+        for (r, (out, sum)) in acc.iter_mut().zip(&sums).enumerate() {
+            let (scale, zero) = (a.scales[row0 + r], a.zeros[row0 + r]);
+            for j in 0..NR {
+                let corrected = sum[j] - zero * col_sums[j];
+                out[j] = corrected as f32 * (scale * col_scales[j]);
+            }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            dot_plain::<R>(k4, rows, a.stride, panel.as_ptr())
-        }
-    } else {
-        dot_plain::<R>(k4, rows, a.stride, panel.as_ptr())
-    };
-    let mut acc = [[0f32; NR]; R];
-    let col_sums: &[i32; NR] = b.col_sums[n0..n0 + NR].try_into().unwrap_or(&[0; NR]);
-    let col_scales: &[f32; NR] = b.scales[n0..n0 + NR].try_into().unwrap_or(&[0.0; NR]);
-    for (r, (out, sum)) in acc.iter_mut().zip(&sums).enumerate() {
-        let (scale, zero) = (a.scales[row0 + r], a.zeros[row0 + r]);
-        for j in 0..NR {
-            let corrected = sum[j] - zero * col_sums[j];
-            out[j] = corrected as f32 * (scale * col_scales[j]);
-        }
+        finish::<K, R>(&acc, self.c, row0, self.ldc, n0, NR.min(b.n - n0), self.epi);
     }
-    finish::<K, R>(&acc, c, row0, ldc, n0, cols, epi);
 }
 
 /// The i32 inner products in plain arithmetic.
@@ -267,8 +270,7 @@ unsafe fn dot_plain<const R: usize>(
 mod vnni {
     use super::{NR, STEP};
     use std::arch::x86_64::{
-        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32,
-        _mm512_setzero_si512,
+        __m512i, _mm512_dpbusd_epi32, _mm512_loadu_si512, _mm512_set1_epi32, _mm512_setzero_si512,
     };
 
     /// The i32 inner products with `vpdpbusd`: per k-step, two panel vectors and one

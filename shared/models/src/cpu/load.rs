@@ -34,15 +34,30 @@ pub fn load(snapshot: Arc<RestoredSnapshot>, config: &Config) -> Result<CpuBert,
             "hidden_size {h} is not a positive multiple of num_attention_heads {heads}"
         )));
     }
-    if config.intermediate_size == 0 || config.vocab_size == 0 || config.max_position_embeddings == 0 || config.type_vocab_size == 0 {
+    if config.intermediate_size == 0
+        || config.vocab_size == 0
+        || config.max_position_embeddings == 0
+        || config.type_vocab_size == 0
+    {
         return Err(invalid(
             "intermediate_size, vocab_size, max_position_embeddings and type_vocab_size must be positive".into(),
         ));
     }
-    let prefix = ["bert.".to_owned(), config.model_type.clone().map(|t| format!("{t}.")).unwrap_or_default(), String::new()]
-        .into_iter()
-        .find(|p| st.tensor(&format!("{p}embeddings.word_embeddings.weight")).is_ok())
-        .ok_or_else(|| invalid("no embeddings.word_embeddings.weight".into()))?;
+    let prefix = [
+        "bert.".to_owned(),
+        config
+            .model_type
+            .clone()
+            .map(|t| format!("{t}."))
+            .unwrap_or_default(),
+        String::new(),
+    ]
+    .into_iter()
+    .find(|p| {
+        st.tensor(&format!("{p}embeddings.word_embeddings.weight"))
+            .is_ok()
+    })
+    .ok_or_else(|| invalid("no embeddings.word_embeddings.weight".into()))?;
     let w = Weights {
         st: &st,
         prefix: &prefix,
@@ -65,11 +80,17 @@ pub fn load(snapshot: Arc<RestoredSnapshot>, config: &Config) -> Result<CpuBert,
     let embeddings = Embeddings {
         words,
         positions: Box::new(OwnedRows::new(
-            w.f32s("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?,
+            w.f32s(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, h],
+            )?,
             h,
         )),
         types: Box::new(OwnedRows::new(
-            w.f32s("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?,
+            w.f32s(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+            )?,
             h,
         )),
         norm: w.norm("embeddings.LayerNorm", h, eps)?,
@@ -182,8 +203,7 @@ impl<'a, F: Fn(String) -> ModelError> Weights<'a, F> {
 
     /// Query, key and value as one `3h × h` projection, the query scaled by `scale`.
     fn qkv(&self, prefix: &str, h: usize, scale: f32) -> Result<Linear, ModelError> {
-        let parts = ["query", "key", "value"]
-            .map(|p| self.rows(&format!("{prefix}{p}"), h, h));
+        let parts = ["query", "key", "value"].map(|p| self.rows(&format!("{prefix}{p}"), h, h));
         let [q, k, v] = parts;
         let weight = match (q?, k?, v?) {
             (RowMajor::F32(q), RowMajor::F32(k), RowMajor::F32(v)) => {
@@ -227,7 +247,9 @@ impl RowMajor<'_> {
             // Element (kk, j) of B = Wᵀ is W[j][kk].
             RowMajor::F32(w) => {
                 let w = w.values();
-                Weight::F32(PackedF32::pack_rows(k, n, |j| (&w[j * k..(j + 1) * k], 1.0)))
+                Weight::F32(PackedF32::pack_rows(k, n, |j| {
+                    (&w[j * k..(j + 1) * k], 1.0)
+                }))
             }
             RowMajor::Int8(w, s) => Weight::Int8(PackedI8::pack(n, k, &w, &s)),
         }
@@ -314,7 +336,10 @@ impl OwnedRows {
 
 impl Rows for OwnedRows {
     fn add_row(&self, i: usize, out: &mut [f32]) {
-        for (o, &v) in out.iter_mut().zip(&self.data[i * self.width..(i + 1) * self.width]) {
+        for (o, &v) in out
+            .iter_mut()
+            .zip(&self.data[i * self.width..(i + 1) * self.width])
+        {
             *o += v;
         }
     }
