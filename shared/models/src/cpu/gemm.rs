@@ -359,10 +359,14 @@ pub(crate) unsafe fn tile_avx512<const R: usize>(
     b: *const f32,
 ) -> [[f32; NR]; R] {
     use std::arch::x86_64::{
-        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps,
+        __m512, _mm512_fmadd_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm_prefetch,
+        _MM_HINT_T0,
     };
     let mut acc: [[__m512; 2]; R] = [[_mm512_setzero_ps(); 2]; R];
     for kk in 0..k {
+        // When few rows share a panel (a single text) it streams from memory: ask for
+        // the step 8 ahead (1 KiB). A hint, so an address past the panel never faults.
+        _mm_prefetch::<_MM_HINT_T0>(b.wrapping_add((kk + 8) * NR).cast::<i8>());
         let b0 = _mm512_loadu_ps(b.add(kk * NR));
         let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
         for (r, acc_r) in acc.iter_mut().enumerate() {
