@@ -202,16 +202,7 @@ pub fn peers(inputs: &Inputs) -> Option<Value> {
 fn min_cosine(a: &[Vec<f32>], b: &[Vec<f32>]) -> f64 {
     a.iter()
         .zip(b)
-        .map(|(x, y)| {
-            let dot: f64 = x
-                .iter()
-                .zip(y)
-                .map(|(p, q)| f64::from(*p) * f64::from(*q))
-                .sum();
-            let nx: f64 = x.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
-            let ny: f64 = y.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt();
-            dot / (nx * ny)
-        })
+        .map(|(x, y)| thaw_tests::cosine(x, y))
         .fold(f64::INFINITY, f64::min)
 }
 

@@ -308,15 +308,7 @@ fn convert_safetensors(src: &Path, dst: &Path, target: WeightDtype) -> Result<()
         };
         converted.insert(name, (dtype, view.shape().to_vec(), data));
     }
-    let mut views = Vec::with_capacity(converted.len());
-    for (name, (dtype, shape, data)) in &converted {
-        views.push((
-            name.clone(),
-            TensorView::new(*dtype, shape.clone(), data).map_err(invalid)?,
-        ));
-    }
-    let out = safetensors::serialize(views, None).map_err(invalid)?;
-    write_file_atomic(dst, &out)
+    write_tensors(dst, &converted, invalid)
 }
 
 /// `--dtype int8`: encoder projections per channel ([`crate::quantize`]), the rest f32.
@@ -366,8 +358,18 @@ fn write_int8(
                 .into(),
         ));
     }
-    let mut views = Vec::with_capacity(out.len());
-    for (name, (dtype, shape, data)) in &out {
+    write_tensors(dst, &out, invalid)
+}
+
+/// Serializes `tensors` (name → dtype, shape, bytes) as safetensors and writes them to
+/// `dst` atomically.
+fn write_tensors(
+    dst: &Path,
+    tensors: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
+    invalid: impl Fn(safetensors::SafeTensorError) -> SnapshotError + Copy,
+) -> Result<(), SnapshotError> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, (dtype, shape, data)) in tensors {
         views.push((
             name.clone(),
             TensorView::new(*dtype, shape.clone(), data).map_err(invalid)?,
