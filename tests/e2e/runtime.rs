@@ -468,7 +468,7 @@ fn a_gpu_function_falls_back_to_the_cpu_unless_the_gpu_is_required() {
     assert_eq!(e["error"]["type"], "InitError");
     let msg = e["error"]["message"].as_str().unwrap_or("");
     assert!(
-        msg.contains("needs a H100:2 GPU") && msg.contains("cuda"),
+        msg.contains("needs a H100:1 GPU") && msg.contains("cuda"),
         "{msg}"
     );
     // The fallback is logged where thaw logs shows it.

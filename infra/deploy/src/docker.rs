@@ -5,8 +5,12 @@
 //! docker build -f deploy/docker/embed/Dockerfile -t registry/app-embed .
 //! ```
 //!
-//! A GPU function starts from a CUDA runtime image (its binaries built with
-//! `--features cuda`), any other from Debian slim, unless the manifest names an `image`.
+//! A GPU function starts from NVIDIA's CUDA runtime image of the CUDA release `make gpu`
+//! builds with ([`CUDA_BASE`]: cuBLAS and cuRAND of the same major version, which the
+//! binaries load at run time), and takes its function binary from the CUDA build its
+//! GPU type needs ([`thaw_manifest::GpuKind::cuda_arch`]: `target/cuda-sm75` for a T4,
+//! `target/cuda-sm80` for the others). Any other function starts from Debian slim.
+//! A manifest `image` replaces either base.
 //! The function's snapshots are baked in, content-addressed as in thaw's cache, and the
 //! entrypoint is `thaw serve --single <function>` on `$PORT` (8080).
 //!
@@ -21,8 +25,9 @@ use thaw_manifest::{FunctionPlan, Plan};
 use crate::knative::PORT;
 use crate::{snapshot_names, File, RenderOptions, Rendered};
 
-/// The default base image of GPU functions.
-pub const CUDA_BASE: &str = "nvidia/cuda:12.4.1-runtime-ubuntu22.04";
+/// The default base image of GPU functions: the runtime libraries of the CUDA release
+/// the Makefile's `CUDA_TOOLKIT` pin builds with (13.4; a test holds the two together).
+pub const CUDA_BASE: &str = "nvidia/cuda:13.4.2-runtime-ubuntu24.04";
 /// The default base image of CPU functions.
 pub const SLIM_BASE: &str = "debian:bookworm-slim";
 
@@ -62,6 +67,11 @@ fn object_of(dir: Option<&std::path::PathBuf>) -> Option<String> {
 fn dockerfile(plan: &Plan, f: &FunctionPlan) -> String {
     let spec = &f.spec;
     let gpu = spec.gpu.kind.is_some();
+    // The function binary: the CUDA build for the GPU type, else the CPU build.
+    let binary_dir = spec.gpu.kind.map_or_else(
+        || "target/release".to_owned(),
+        |k| k.cuda_arch().release_dir(),
+    );
     let base = spec
         .image
         .clone()
@@ -74,8 +84,8 @@ fn dockerfile(plan: &Plan, f: &FunctionPlan) -> String {
     );
     let _ = writeln!(
         d,
-        "# Build from the repository root after `make build` and `make snapshots`{}:",
-        if gpu { " (with `--features cuda`)" } else { "" }
+        "# Build from the repository root after `make build`{} and `make snapshots`:",
+        if gpu { ", `make gpu`" } else { "" }
     );
     let _ = writeln!(
         d,
@@ -95,7 +105,7 @@ fn dockerfile(plan: &Plan, f: &FunctionPlan) -> String {
     let _ = writeln!(d, "RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*");
     let _ = writeln!(
         d,
-        "COPY target/release/thaw target/release/{} /opt/thaw/bin/",
+        "COPY target/release/thaw {binary_dir}/{} /opt/thaw/bin/",
         spec.binary
     );
     let _ = writeln!(d, "COPY infra/functions.toml /opt/thaw/functions.toml");

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use thaw_manifest::{FunctionPlan, Manifest, Plan};
+use thaw_manifest::{CudaArch, FunctionPlan, GpuKind, Manifest, Plan};
 
 use crate::{render, RenderOptions, Target};
 
@@ -153,7 +153,7 @@ fn knative_services_carry_scaling_gpu_and_probe() {
     );
     assert_eq!(
         tpl["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
-        "2"
+        "1"
     );
     assert_eq!(
         tpl["spec"]["nodeSelector"]["nvidia.com/gpu.product"],
@@ -411,4 +411,78 @@ fn knative_services_fit_the_serving_v1_schema() {
         );
     }
     assert_eq!(services, 5);
+}
+
+/// `KEY := value` from the repository's Makefile.
+fn makefile_var(key: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Makefile");
+    let text = std::fs::read_to_string(&path).expect("read the Makefile");
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(":=")?;
+            (k.trim() == key).then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("the Makefile sets no {key}"))
+}
+
+/// `13.4` from `13.4.3` or `13.4.2-runtime-ubuntu24.04`.
+fn major_minor(version: &str) -> String {
+    version
+        .split(['.', '-'])
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[test]
+fn the_gpu_dockerfile_runs_on_the_cuda_release_make_gpu_builds_with() {
+    let toolkit = makefile_var("CUDA_TOOLKIT");
+    let rendered = render(&plan(), Target::Docker, &RenderOptions::default());
+    let gpu = rendered
+        .files
+        .iter()
+        .find(|f| f.path.ends_with("embed-gpu/Dockerfile"))
+        .expect("the GPU function's Dockerfile");
+    let from = gpu
+        .text
+        .lines()
+        .find_map(|l| l.strip_prefix("FROM "))
+        .expect("a FROM line");
+    let tag = from
+        .strip_prefix("nvidia/cuda:")
+        .unwrap_or_else(|| panic!("{from} is not NVIDIA's CUDA image"));
+    // The same major (the libraries' sonames) and minor (what cudarc's bindings expect).
+    assert_eq!(
+        major_minor(tag),
+        major_minor(&toolkit),
+        "FROM {from} against CUDA_TOOLKIT {toolkit}"
+    );
+    // An L4 runs the sm80 build.
+    assert!(
+        gpu.text
+            .contains("COPY target/release/thaw target/cuda-sm80/release/embed "),
+        "{}",
+        gpu.text
+    );
+}
+
+#[test]
+fn the_makefile_builds_every_cuda_arch_and_each_gpu_type_copies_its_own() {
+    let archs: Vec<String> = CudaArch::ALL
+        .iter()
+        .map(|a| a.compute_cap().to_string())
+        .collect();
+    assert_eq!(makefile_var("CUDA_ARCHS"), archs.join(" "));
+    let mut plan = plan();
+    let f = plan
+        .functions
+        .values_mut()
+        .find(|f| f.spec.gpu.kind.is_some())
+        .expect("a GPU function");
+    f.spec.gpu.kind = Some(GpuKind::T4);
+    let rendered = render(&plan, Target::Docker, &RenderOptions::default());
+    assert!(rendered
+        .files
+        .iter()
+        .any(|f| f.text.contains("target/cuda-sm75/release/embed")));
 }

@@ -10,7 +10,7 @@
 //! | memory | memory request and limit |
 //! | cpu = 0.5 | cpu request and limit (`"500m"`; whole cores as `"2"`) |
 //! | tmp | `ephemeral-storage` limit |
-//! | gpu = "L4:2" | `nvidia.com/gpu: 2` limit, node selector `nvidia.com/gpu.product` |
+//! | gpu = "L4" | `nvidia.com/gpu: 1` limit, node selector `nvidia.com/gpu.product` |
 //!
 //! `network` renders nothing: a Knative pod can always open outbound connections, so
 //! `none` is not enforced there. `pids` renders nothing either (Kubernetes sets the pid
@@ -57,17 +57,6 @@ fn container_env(f: &FunctionPlan) -> Vec<Value> {
         env.push(secret("THAW_URL_TOKEN", "url-token"));
     }
     env
-}
-
-/// The `nvidia.com/gpu.product` label (NVIDIA GPU feature discovery) of a GPU type.
-pub fn gpu_product(kind: &str) -> &'static str {
-    match kind {
-        "T4" => "Tesla-T4",
-        "L4" => "NVIDIA-L4",
-        "A10G" => "NVIDIA-A10G",
-        "A100" => "NVIDIA-A100-SXM4-80GB",
-        _ => "NVIDIA-H100-80GB-HBM3",
-    }
 }
 
 /// A DNS-1123 label from any name.
@@ -155,7 +144,7 @@ pub fn service(plan: &Plan, f: &FunctionPlan, namespace: &str, opts: &RenderOpti
     });
     if let Some(kind) = &spec.gpu.kind {
         limits.insert("nvidia.com/gpu".into(), json!(spec.gpu.count.to_string()));
-        pod["nodeSelector"] = json!({"nvidia.com/gpu.product": gpu_product(kind)});
+        pod["nodeSelector"] = json!({"nvidia.com/gpu.product": kind.node_product()});
     }
     pod["containers"][0]["resources"]["requests"] = Value::Object(requests);
     pod["containers"][0]["resources"]["limits"] = Value::Object(limits);

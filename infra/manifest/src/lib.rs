@@ -12,6 +12,7 @@
 //! stay free of the snapshot crate's storage and model dependencies.
 
 mod error;
+mod gpu;
 mod lines;
 mod plan;
 mod schema;
@@ -19,10 +20,11 @@ mod units;
 mod validate;
 
 pub use error::{Limit, ManifestError};
+pub use gpu::{CudaArch, Gpu, GpuKind};
 pub use plan::{FunctionPlan, LookupError, Plan, Resolver, SnapshotLookup};
 pub use schema::{
-    App, Batch, EnvName, FunctionName, FunctionSpec, Gpu, Manifest, Network, SnapshotStore,
-    UrlAuth, UrlConfig,
+    App, Batch, EnvName, FunctionName, FunctionSpec, Manifest, Network, SnapshotStore, UrlAuth,
+    UrlConfig,
 };
 pub use units::{ByteSize, Duration};
 pub use validate::limits;

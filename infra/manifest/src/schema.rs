@@ -7,6 +7,7 @@ use std::path::{Component, Path};
 
 use serde::{Deserialize, Serialize};
 
+use crate::gpu::Gpu;
 use crate::lines::KeyLines;
 use crate::units::{ByteSize, Duration};
 use crate::ManifestError;
@@ -298,49 +299,6 @@ pub(crate) fn volume_error(sandbox: &str, host: &str) -> Option<String> {
              /proc, /dev, /sys, /usr, /etc, /bin, /sbin, /lib, /lib32, /lib64, /libx32, /tmp); use /mnt/... instead"
         )),
         Some(_) => None,
-    }
-}
-
-/// `gpu = "none" | "T4" | "L4" | "A10G" | "A100" | "H100"`, optionally `":N"`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Gpu {
-    /// The GPU type; `None` for CPU functions.
-    pub kind: Option<String>,
-    /// How many.
-    pub count: u32,
-}
-
-const GPU_KINDS: [&str; 5] = ["T4", "L4", "A10G", "A100", "H100"];
-
-impl<'de> Deserialize<'de> for Gpu {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "none" {
-            return Ok(Self::default());
-        }
-        let (kind, count) = match s.split_once(':') {
-            Some((k, n)) => (k, n.parse::<u32>().ok().filter(|&n| n >= 1)),
-            None => (s.as_str(), Some(1)),
-        };
-        match (GPU_KINDS.contains(&kind), count) {
-            (true, Some(count)) => Ok(Self {
-                kind: Some(kind.to_owned()),
-                count,
-            }),
-            _ => Err(serde::de::Error::custom(format!(
-                "invalid gpu {s:?}: none, or one of {} with an optional \":N\"",
-                GPU_KINDS.join(", ")
-            ))),
-        }
-    }
-}
-
-impl Serialize for Gpu {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match &self.kind {
-            None => s.serialize_str("none"),
-            Some(k) => s.serialize_str(&format!("{k}:{}", self.count)),
-        }
     }
 }
 

@@ -63,8 +63,10 @@ pub mod limits {
     pub const MAX_BATCH_SIZE: u32 = 1024;
     /// `batch.wait` at most.
     pub const MAX_BATCH_WAIT: Duration = Duration::from_secs(60);
-    /// The N of `gpu = "TYPE:N"` at most.
-    pub const MAX_GPUS: u32 = 16;
+    /// The N of `gpu = "TYPE:N"` at most. thaw's models compute on one device, so an
+    /// instance gets one GPU; a function wanting more GPUs runs more instances
+    /// (`max_containers`), each on a GPU of its own.
+    pub const MAX_GPUS: u32 = 1;
 }
 
 /// A number as the manifest writes it, for messages.
@@ -201,8 +203,18 @@ impl Checker<'_> {
             self.range("batch.max_size", b.max_size, 1, MAX_BATCH_SIZE)?;
             self.range("batch.wait", b.wait.0, StdDuration::ZERO, MAX_BATCH_WAIT)?;
         }
-        if f.gpu.kind.is_some() {
-            self.range("gpu", f.gpu.count, 1, MAX_GPUS)?;
+        if f.gpu.kind.is_some() && f.gpu.count > MAX_GPUS {
+            // One GPU per instance: say where more GPUs come from.
+            return Err(ManifestError::OutOfRange {
+                function: self.function.to_owned(),
+                key: "gpu",
+                value: format!("\"{}\"", f.gpu),
+                limit: Limit::Maximum(format!(
+                    "{MAX_GPUS} GPU per instance (thaw's models compute on one device; \
+                     for more GPUs raise max_containers)"
+                )),
+                line: self.line("gpu"),
+            });
         }
         for role in f.snapshots.keys() {
             let ok = !role.is_empty()
@@ -359,8 +371,8 @@ mod tests {
             ),
             (
                 "gpu",
-                vec!["\"T4:1\"".into(), "\"T4:16\"".into()],
-                vec!["\"T4:17\"".into()],
+                vec!["\"T4:1\"".into(), "\"T4\"".into()],
+                vec!["\"T4:2\"".into()],
             ),
         ];
         for (key, ok, bad) in cases {

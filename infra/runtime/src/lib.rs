@@ -73,12 +73,14 @@ impl Runtime {
         let metrics = Arc::new(Metrics::default());
         let (stop_background, stopped) = watch::channel(false);
         let (closing, closing_rx) = watch::channel(false);
+        let gpus = launcher::GpuPool::from_env();
         let pools: BTreeMap<String, Arc<FunctionPool>> = plan
             .functions
             .iter()
             .enumerate()
             .map(|(index, (name, f))| {
-                let launcher = ProcessLauncher::new(Arc::clone(&sandbox), f, index);
+                let launcher =
+                    ProcessLauncher::new(Arc::clone(&sandbox), Arc::clone(&gpus), f, index);
                 let report = launcher.report().clone();
                 (
                     name.to_string(),

@@ -6,9 +6,16 @@
 //!
 //! - No GPU asked: the CPU.
 //! - A GPU asked, the binary built with `--features cuda` and a device present: CUDA
-//!   device 0 of those visible.
+//!   device 0 of those visible. The platform hands each instance one GPU of its own
+//!   (the manifest accepts one per instance), so device 0 is that GPU.
 //! - Otherwise the CPU with a warning, or, with `THAW_GPU_REQUIRED=1`, an init error that
 //!   says why.
+//!
+//! A CUDA build (`make gpu`) binds the NVIDIA driver and the CUDA libraries when it first
+//! uses them, not when it starts (cudarc's `dynamic-loading`), so the same binary starts
+//! on a machine without them. cudarc panics when a library it needs cannot be loaded;
+//! [`cuda_device`] therefore looks for every one of them first and turns a missing one
+//! into the reason above, naming the library.
 
 use candle_core::Device;
 
@@ -44,6 +51,35 @@ pub fn from_env() -> Result<Device, ModelError> {
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<Device, String> {
+    // SAFETY: each probe dlopens a shared library by name and closes it again; loading
+    // one runs only its initialisers, as the first CUDA call would.
+    let libraries = unsafe {
+        [
+            (
+                "the NVIDIA driver library libcuda.so.1 is not installed (no NVIDIA driver on this machine)",
+                cudarc::driver::sys::is_culib_present(),
+            ),
+            (
+                "cuBLAS (libcublas) is not on the library path",
+                cudarc::cublas::sys::is_culib_present(),
+            ),
+            (
+                "cuBLASLt (libcublasLt) is not on the library path",
+                cudarc::cublaslt::sys::is_culib_present(),
+            ),
+            (
+                "cuRAND (libcurand) is not on the library path",
+                cudarc::curand::sys::is_culib_present(),
+            ),
+            (
+                "NVRTC (libnvrtc) is not on the library path",
+                cudarc::nvrtc::sys::is_culib_present(),
+            ),
+        ]
+    };
+    if let Some((missing, _)) = libraries.iter().find(|(_, present)| !present) {
+        return Err(format!("no usable CUDA device: {missing}"));
+    }
     Device::new_cuda(0).map_err(|e| format!("no usable CUDA device: {e}"))
 }
 

@@ -8,10 +8,11 @@
 //!
 //! - [`ProcessLauncher`] execs the function's binary, sandboxed as
 //!   [`crate::sandbox`] allows (bubblewrap, a network namespace, a cgroup), or bare with
-//!   `--no-sandbox`. Its output is read line by line into the function's [`LogRing`],
+//!   `--no-sandbox`, on GPUs lent by the machine's [`GpuPool`]. Its output is read line by line into the function's [`LogRing`],
 //!   in constant memory however long a line is ([`lines`]).
 //! - Tests drive the scheduler with a launcher that serves the API in-process.
 
+mod gpus;
 pub(crate) mod lines;
 mod process;
 mod slot;
@@ -25,6 +26,7 @@ use thaw_manifest::FunctionPlan;
 use crate::logs::LogRing;
 use crate::runtime_api::InstanceApi;
 
+pub use self::gpus::{GpuLease, GpuPool, NoFreeGpu};
 pub use self::process::ProcessLauncher;
 
 /// What a launcher is asked to start.
@@ -51,6 +53,9 @@ pub enum LaunchError {
     /// The instance's cgroup could not be made.
     #[error("cannot make the instance's cgroup: {0}")]
     Cgroup(std::io::Error),
+    /// Every GPU of the machine is held by other instances.
+    #[error(transparent)]
+    NoFreeGpu(#[from] NoFreeGpu),
     /// The process could not be started.
     #[error("cannot start {program}: {source}")]
     Spawn {
@@ -181,42 +186,4 @@ pub fn raise_fd_limit() -> std::io::Result<u64> {
         }
     }
     Ok(lim.rlim_cur)
-}
-
-/// The GPUs of instance `n` of a function that wants `count`: the machine's GPUs
-/// (`THAW_GPUS`, else thaw's own `CUDA_VISIBLE_DEVICES`) cut into groups of `count`,
-/// handed out round-robin. `None` when thaw does not know the machine's GPUs: the
-/// instance then sees them all.
-fn gpu_devices(n: u64, count: u32) -> Option<String> {
-    let all = std::env::var("THAW_GPUS")
-        .or_else(|_| std::env::var("CUDA_VISIBLE_DEVICES"))
-        .ok()?;
-    let ids: Vec<&str> = all
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let count = (count as usize).max(1);
-    if ids.len() < count {
-        return Some(ids.join(","));
-    }
-    let groups = ids.len() / count;
-    let g = (n as usize) % groups;
-    Some(ids[g * count..(g + 1) * count].join(","))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn instances_get_their_own_group_of_gpus_round_robin() {
-        std::env::set_var("THAW_GPUS", "0,1,2,3");
-        assert_eq!(gpu_devices(1, 2).as_deref(), Some("2,3"));
-        assert_eq!(gpu_devices(2, 2).as_deref(), Some("0,1"));
-        assert_eq!(gpu_devices(3, 1).as_deref(), Some("3"));
-        // Asking for more than the machine has: all of them.
-        assert_eq!(gpu_devices(1, 8).as_deref(), Some("0,1,2,3"));
-        std::env::remove_var("THAW_GPUS");
-    }
 }

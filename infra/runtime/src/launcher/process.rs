@@ -31,8 +31,8 @@ use tokio::process::{Child, Command};
 use super::lines::pump_lines;
 use super::slot::{Slot, SlotConfig, Spare};
 use super::{
-    gpu_devices, signal_group, signal_pid, InstanceControl, InstanceExit, LaunchError,
-    LaunchRequest, Launched, Launcher,
+    signal_group, signal_pid, GpuPool, InstanceControl, InstanceExit, LaunchError, LaunchRequest,
+    Launched, Launcher,
 };
 use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup, Limits};
 use crate::sandbox::jail::{JailSpec, ShimSpec, SHIM_PATH, SHIM_SUBCOMMAND};
@@ -43,19 +43,27 @@ use crate::sandbox::{bwrap, Sandbox, SandboxReport};
 #[derive(Debug)]
 pub struct ProcessLauncher {
     sandbox: Arc<Sandbox>,
+    gpus: Arc<GpuPool>,
     report: SandboxReport,
     /// A sandbox kept ready for the next cold start, where thaw can run its jail.
     spare: Option<Arc<Spare>>,
 }
 
 impl ProcessLauncher {
-    /// A launcher for function number `index` of the manifest. Inside a Tokio runtime
-    /// with the sandbox on, it starts making the function's spare sandbox at once.
-    pub fn new(sandbox: Arc<Sandbox>, plan: &FunctionPlan, index: usize) -> Self {
+    /// A launcher for function number `index` of the manifest, lending GPUs from `gpus`
+    /// (shared by every function). Inside a Tokio runtime with the sandbox on, it starts
+    /// making the function's spare sandbox at once.
+    pub fn new(
+        sandbox: Arc<Sandbox>,
+        gpus: Arc<GpuPool>,
+        plan: &FunctionPlan,
+        index: usize,
+    ) -> Self {
         let report = sandbox.report(plan, index);
         let isolated_net = matches!(report.network.as_str(), "isolated" | "outbound");
         let mut launcher = Self {
             sandbox: Arc::clone(&sandbox),
+            gpus,
             report,
             spare: None,
         };
@@ -121,10 +129,36 @@ impl ProcessLauncher {
         }
     }
 
+    /// Lends the instance its GPUs, starts it, and hands the lease to its exit future,
+    /// so the devices come back when the instance is gone (or at once if it never
+    /// started).
     async fn start(&self, req: LaunchRequest<'_>) -> Result<Launched, LaunchError> {
+        let lease = match &req.plan.spec.gpu.kind {
+            Some(_) => self.gpus.take(req.plan.spec.gpu.count)?,
+            None => None,
+        };
+        let devices = lease.as_ref().map(|l| l.devices());
+        let launched = self.start_on(req, devices.as_deref()).await?;
+        let exited = launched.exited;
+        Ok(Launched {
+            control: launched.control,
+            exited: async move {
+                let exit = exited.await;
+                drop(lease);
+                exit
+            }
+            .boxed(),
+        })
+    }
+
+    async fn start_on(
+        &self,
+        req: LaunchRequest<'_>,
+        devices: Option<&str>,
+    ) -> Result<Launched, LaunchError> {
         if let Some(spare) = &self.spare {
             if let Some(slot) = spare.take() {
-                match self.start_in(slot, &req).await {
+                match self.start_in(slot, &req, devices).await {
                     Ok(launched) => return Ok(launched),
                     // The spare's jail died while it waited: make one now.
                     Err(e) => {
@@ -133,7 +167,7 @@ impl ProcessLauncher {
                 }
             }
             let slot = spare.make_now().await?;
-            return self.start_in(slot, &req).await;
+            return self.start_in(slot, &req, devices).await;
         }
         let name = req.instance.to_owned();
         let (isolated, cgroups, lim) = (
@@ -152,7 +186,7 @@ impl ProcessLauncher {
         let mut cmd = Command::new(&program);
         cmd.args(args)
             .env_clear()
-            .envs(instance_env(req.plan, &req, api_addr))
+            .envs(instance_env(req.plan, &req, api_addr, devices))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -185,11 +219,12 @@ impl ProcessLauncher {
         &self,
         mut slot: Slot,
         req: &LaunchRequest<'_>,
+        devices: Option<&str>,
     ) -> Result<Launched, LaunchError> {
         let listener = slot.listener.try_clone().map_err(LaunchError::RuntimeApi)?;
         let api_addr = serve_api(req, listener)?;
         let slirp = self.outbound(slot.netns.as_ref()).await?;
-        let env = instance_env(req.plan, req, api_addr);
+        let env = instance_env(req.plan, req, api_addr, devices);
         let (program, sent) = if slot.shim {
             // The sandbox is built: only the function and its environment are left.
             let program = req.plan.binary_path.clone();
@@ -370,11 +405,13 @@ impl Launcher for ProcessLauncher {
     }
 }
 
-/// The instance's whole environment: nothing of thaw's own.
+/// The instance's whole environment: nothing of thaw's own. `devices`: the GPUs lent
+/// to it, if thaw knows the machine's.
 fn instance_env(
     plan: &FunctionPlan,
     req: &LaunchRequest<'_>,
     api: std::net::SocketAddr,
+    devices: Option<&str>,
 ) -> Vec<(String, String)> {
     let spec = &plan.spec;
     let mut vars: Vec<(String, String)> = vec![
@@ -398,8 +435,8 @@ fn instance_env(
         vars.push(("THAW_GPU".into(), format!("{kind}:{}", spec.gpu.count)));
         let required = if spec.gpu_required { "1" } else { "0" };
         vars.push(("THAW_GPU_REQUIRED".into(), required.into()));
-        if let Some(devices) = gpu_devices(req.number, spec.gpu.count) {
-            vars.push(("CUDA_VISIBLE_DEVICES".into(), devices));
+        if let Some(devices) = devices {
+            vars.push(("CUDA_VISIBLE_DEVICES".into(), devices.into()));
         }
     }
     for (k, v) in &spec.env {
