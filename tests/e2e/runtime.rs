@@ -457,7 +457,7 @@ fn a_gpu_function_falls_back_to_the_cpu_unless_the_gpu_is_required() {
     // This machine has no GPU, and the test binaries are built without `cuda`.
     let s = Serve::start(&manifest(&[
         "[function.soft]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\ngpu = \"L4\"\n".to_owned(),
-        "[function.hard]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\ngpu = \"H100:2\"\ngpu_required = true\n".to_owned(),
+        "[function.hard]\nbinary = \"embed\"\nsnapshot = \"minilm-l6\"\ngpu = \"H100\"\ngpu_required = true\n".to_owned(),
     ]));
     let r = call(&s, "soft", json!({"text": "runs on the CPU"}));
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -481,4 +481,36 @@ fn a_gpu_function_falls_back_to_the_cpu_unless_the_gpu_is_required() {
             .as_str()
             .unwrap_or("")
             .contains("running on the CPU instead")));
+}
+
+#[test]
+fn each_instance_is_lent_a_gpu_of_its_own_and_gives_it_back() {
+    // Two GPUs on paper; the functions only read their environment.
+    let fault = |name: &str| format!("[function.{name}]\nbinary = \"thaw-fault\"\ngpu = \"T4\"\n");
+    let s = Serve::start_with_env(
+        &manifest(&[fault("a"), fault("b"), fault("c")]),
+        &[],
+        &[("THAW_GPUS", "4,7")],
+    );
+    let devices = |f: &str| {
+        let r = call(&s, f, json!({"action": "environ"}));
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json()["report"]["CUDA_VISIBLE_DEVICES"].clone()
+    };
+    assert_eq!(devices("a"), "4");
+    assert_eq!(devices("b"), "7");
+    // Both lent: a third instance is refused, and says why.
+    let r = call(&s, "c", json!({"action": "environ"}));
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    let msg = r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    assert!(msg.contains("0 of this machine's 2 are free"), "{msg}");
+    // a's instance dies; its replacement gets the GPU back, never b's.
+    let r = call(&s, "a", json!({"action": "exit"}));
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert!(s.wait_until(Duration::from_secs(10), |s| instances(s, "a") == 0));
+    assert_eq!(devices("a"), "4");
+    assert_eq!(devices("b"), "7");
 }

@@ -50,6 +50,7 @@ pub fn from_env() -> Result<Device, ModelError> {
 }
 
 #[cfg(feature = "cuda")]
+#[allow(unsafe_code)]
 fn cuda_device() -> Result<Device, String> {
     // SAFETY: each probe dlopens a shared library by name and closes it again; loading
     // one runs only its initialisers, as the first CUDA call would.

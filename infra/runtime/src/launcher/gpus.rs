@@ -138,27 +138,34 @@ mod tests {
         )))
     }
 
+    /// A lease of `count` devices, which the test expects to be free.
+    fn lend(p: &Arc<GpuPool>, count: u32) -> GpuLease {
+        p.take(count)
+            .expect("free devices")
+            .expect("a known machine")
+    }
+
     #[test]
     fn instances_hold_distinct_devices_and_give_them_back() {
         let p = pool(&["0", "1", "3"]);
-        let a = p.take(1).unwrap().unwrap();
-        let b = p.take(1).unwrap().unwrap();
+        let a = lend(&p, 1);
+        let b = lend(&p, 1);
         assert_eq!((a.devices().as_str(), b.devices().as_str()), ("0", "1"));
         // A replacement of `a` while `b` lives gets the device `a` gave back, never `b`'s.
         drop(a);
-        let c = p.take(1).unwrap().unwrap();
+        let c = lend(&p, 1);
         assert_eq!(c.devices(), "0");
-        let d = p.take(1).unwrap().unwrap();
+        let d = lend(&p, 1);
         assert_eq!(d.devices(), "3");
         assert_eq!(p.lent(), 3);
         // All lent: the next launch is refused, and says so.
         assert_eq!(
-            p.take(1).unwrap_err(),
-            NoFreeGpu {
+            p.take(1).err(),
+            Some(NoFreeGpu {
                 wanted: 1,
                 free: 0,
                 total: 3
-            }
+            })
         );
         drop((b, c, d));
         assert_eq!(p.lent(), 0);
@@ -167,18 +174,18 @@ mod tests {
     #[test]
     fn groups_take_several_free_devices() {
         let p = pool(&["0", "1", "2", "3"]);
-        let one = p.take(1).unwrap().unwrap();
-        let two = p.take(2).unwrap().unwrap();
+        let one = lend(&p, 1);
+        let two = lend(&p, 2);
         assert_eq!(two.devices(), "1,2");
         assert!(p.take(2).is_err());
         drop(one);
-        assert_eq!(p.take(2).unwrap().unwrap().devices(), "0,3");
+        assert_eq!(lend(&p, 2).devices(), "0,3");
     }
 
     #[test]
     fn unknown_machine_lends_nothing() {
         let p = Arc::new(GpuPool::new(None));
-        assert!(p.take(1).unwrap().is_none());
+        assert!(matches!(p.take(1), Ok(None)));
         assert_eq!(p.lent(), 0);
     }
 }
