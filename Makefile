@@ -115,12 +115,15 @@ CUDA_STAMP    := $(CUDA_DIR)/toolkit/.done-$(CUDA_TOOLKIT)
 CANDLE_VERSION := $(shell sed -n '/^name = "candle-core"$$/{n;s/^version = "\(.*\)"$$/\1/p;}' Cargo.lock)
 CANDLE_PATCHED := $(CUDA_DIR)/crates/candle-core-$(CANDLE_VERSION)
 
-gpu: $(foreach a,$(CUDA_ARCHS),gpu-sm$(a))
+# The architectures one after another (each patches and restores Cargo.lock), after the
+# CPU build (which must never see the patched lock).
+gpu: build $(CUDA_STAMP) $(CANDLE_PATCHED)/.done
+	for cap in $(CUDA_ARCHS); do $(MAKE) --no-print-directory gpu-sm$$cap; done
 
-$(CUDA_STAMP):
+$(CUDA_STAMP): infra/cuda/toolkit-requirements.txt
 	rm -rf $(CUDA_DIR)/toolkit $(CUDA_DIR)/wheels
-	$(PYTHON) -m pip download --quiet --disable-pip-version-check -d $(CUDA_DIR)/wheels \
-		'cuda-toolkit[nvcc,cudart,cublas,curand,nvrtc,cccl]==$(CUDA_TOOLKIT)'
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps --require-hashes \
+		-d $(CUDA_DIR)/wheels -r infra/cuda/toolkit-requirements.txt
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-deps --no-index \
 		--target $(CUDA_DIR)/toolkit $(CUDA_DIR)/wheels/*.whl
 	rm -rf $(CUDA_DIR)/wheels $(CUDA_DIR)/link && mkdir -p $(CUDA_DIR)/link
@@ -128,11 +131,14 @@ $(CUDA_STAMP):
 	$(CUDA_HOME_REL)/bin/nvcc --version | grep -q 'release $(CUDA_MAJOR)\.'
 	touch $@
 
+# candle-core's source as cargo fetched it (wherever CARGO_HOME or a source replacement
+# put it), copied, with cudarc's linking feature swapped.
 $(CANDLE_PATCHED)/.done:
 	$(CARGO) fetch --locked --quiet
-	rm -rf $(CANDLE_PATCHED) && mkdir -p $(CUDA_DIR)/crates
-	tar -xzf "$$(ls $${CARGO_HOME:-$$HOME/.cargo}/registry/cache/*/candle-core-$(CANDLE_VERSION).crate | head -n1)" \
-		-C $(CUDA_DIR)/crates
+	src="$$($(CARGO) metadata --locked --format-version 1 | $(PYTHON) -c 'import json,sys,os; \
+		print(next(os.path.dirname(p["manifest_path"]) for p in json.load(sys.stdin)["packages"] \
+		if p["name"] == "candle-core" and p["version"] == "$(CANDLE_VERSION)"))')"; \
+	rm -rf $(CANDLE_PATCHED) && mkdir -p $(CUDA_DIR)/crates && cp -r "$$src" $(CANDLE_PATCHED)
 	sed -i 's/^    "dynamic-linking",$$/    "dynamic-loading",/' $(CANDLE_PATCHED)/Cargo.toml
 	grep -q '^    "dynamic-loading",$$' $(CANDLE_PATCHED)/Cargo.toml || \
 		{ echo "candle-core $(CANDLE_VERSION) no longer asks cudarc for dynamic-linking: revisit the GPU build"; exit 1; }

@@ -486,9 +486,16 @@ fn a_gpu_function_falls_back_to_the_cpu_unless_the_gpu_is_required() {
 #[test]
 fn each_instance_is_lent_a_gpu_of_its_own_and_gives_it_back() {
     // Two GPUs on paper; the functions only read their environment.
-    let fault = |name: &str| format!("[function.{name}]\nbinary = \"thaw-fault\"\ngpu = \"T4\"\n");
+    let fault = |name: &str, extra: &str| {
+        format!("[function.{name}]\nbinary = \"thaw-fault\"\ngpu = \"T4\"\n{extra}")
+    };
     let s = Serve::start_with_env(
-        &manifest(&[fault("a"), fault("b"), fault("c")]),
+        &manifest(&[
+            fault("a", ""),
+            fault("b", ""),
+            fault("c", ""),
+            fault("d", "gpu_required = true\nstartup_timeout = \"1s\"\n"),
+        ]),
         &[],
         &[("THAW_GPUS", "4,7")],
     );
@@ -499,15 +506,23 @@ fn each_instance_is_lent_a_gpu_of_its_own_and_gives_it_back() {
     };
     assert_eq!(devices("a"), "4");
     assert_eq!(devices("b"), "7");
-    // Both lent: a third instance is refused, and says why.
-    let r = call(&s, "c", json!({"action": "environ"}));
+    // Both lent. A function that requires its GPU waits its startup timeout for one,
+    // then fails to start, saying why.
+    let r = call(&s, "d", json!({"action": "environ"}));
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     let msg = r.json()["error"]["message"]
         .as_str()
         .unwrap_or("")
         .to_owned();
-    assert!(msg.contains("0 of this machine's 2 are free"), "{msg}");
-    // a's instance dies; its replacement gets the GPU back, never b's.
+    assert!(
+        msg.contains("no GPU came free within 1s") && msg.contains("all 2"),
+        "{msg}"
+    );
+    // One that does not waits a few seconds, then starts with no GPU visible (the CPU).
+    let t = Instant::now();
+    assert_eq!(devices("c"), "");
+    assert!(t.elapsed() >= Duration::from_secs(5), "{:?}", t.elapsed());
+    // a's instance dies; its replacement gets its GPU back, never b's.
     let r = call(&s, "a", json!({"action": "exit"}));
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert!(s.wait_until(Duration::from_secs(10), |s| instances(s, "a") == 0));

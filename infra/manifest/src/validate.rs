@@ -208,7 +208,10 @@ impl Checker<'_> {
             return Err(ManifestError::OutOfRange {
                 function: self.function.to_owned(),
                 key: "gpu",
-                value: format!("\"{}\"", f.gpu),
+                value: self
+                    .lines
+                    .written(self.function, "gpu")
+                    .map_or_else(|| format!("\"{}\"", f.gpu), str::to_owned),
                 limit: Limit::Maximum(format!(
                     "{MAX_GPUS} GPU per instance (thaw's models compute on one device; \
                      for more GPUs raise max_containers)"

@@ -1,7 +1,7 @@
 //! Which device an instance computes on.
 //!
-//! The platform tells each instance what its manifest asked for: `THAW_GPU` (`T4`,
-//! `L4:2`, … or unset for CPU), `THAW_GPU_REQUIRED=1` when the function must not run
+//! The platform tells each instance what its manifest asked for: `THAW_GPU` (`T4:1`,
+//! `L4:1`, … or unset for CPU), `THAW_GPU_REQUIRED=1` when the function must not run
 //! without it, and `CUDA_VISIBLE_DEVICES` with the GPUs it may use.
 //!
 //! - No GPU asked: the CPU.
@@ -80,6 +80,25 @@ fn cuda_device() -> Result<Device, String> {
     };
     if let Some((missing, _)) = libraries.iter().find(|(_, present)| !present) {
         return Err(format!("no usable CUDA device: {missing}"));
+    }
+    // The kernels are PTX from this build's CUDA release, which a driver for an older
+    // release cannot compile: refuse here rather than fail on every request.
+    let mut driver: std::ffi::c_int = 0;
+    // SAFETY: cuDriverGetVersion writes one int through the pointer we own; libcuda is
+    // loadable (checked above) and the call needs no cuInit.
+    let status = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut driver) };
+    let built = cudarc::driver::sys::CUDA_VERSION;
+    let release = |v: u32| format!("{}.{}", v / 1000, v % 1000 / 10);
+    match u32::try_from(driver) {
+        Ok(v) if status == cudarc::driver::sys::CUresult::CUDA_SUCCESS && v >= built => {}
+        Ok(v) if status == cudarc::driver::sys::CUresult::CUDA_SUCCESS => {
+            return Err(format!(
+                "no usable CUDA device: the NVIDIA driver supports CUDA {}, but this build needs {} or newer",
+                release(v),
+                release(built)
+            ))
+        }
+        _ => return Err(format!("no usable CUDA device: the NVIDIA driver did not report its version ({status:?})")),
     }
     Device::new_cuda(0).map_err(|e| format!("no usable CUDA device: {e}"))
 }

@@ -13,6 +13,7 @@
 //! - Tests drive the scheduler with a launcher that serves the API in-process.
 
 mod gpus;
+mod instance_env;
 pub(crate) mod lines;
 mod process;
 mod slot;
@@ -26,7 +27,7 @@ use thaw_manifest::FunctionPlan;
 use crate::logs::LogRing;
 use crate::runtime_api::InstanceApi;
 
-pub use self::gpus::{GpuLease, GpuPool, NoFreeGpu};
+pub use self::gpus::{GpuLease, GpuPool, Lent, NoGpu, CPU_FALLBACK_AFTER};
 pub use self::process::ProcessLauncher;
 
 /// What a launcher is asked to start.
@@ -53,9 +54,9 @@ pub enum LaunchError {
     /// The instance's cgroup could not be made.
     #[error("cannot make the instance's cgroup: {0}")]
     Cgroup(std::io::Error),
-    /// Every GPU of the machine is held by other instances.
+    /// The function requires a GPU and none could be lent.
     #[error(transparent)]
-    NoFreeGpu(#[from] NoFreeGpu),
+    NoGpu(#[from] NoGpu),
     /// The process could not be started.
     #[error("cannot start {program}: {source}")]
     Spawn {

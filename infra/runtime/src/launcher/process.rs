@@ -25,14 +25,15 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use thaw_manifest::FunctionPlan;
-use thaw_protocol::runtime_api::env;
 use tokio::process::{Child, Command};
 
+use super::gpus::hold_until_exit;
+use super::instance_env::instance_env;
 use super::lines::pump_lines;
 use super::slot::{Slot, SlotConfig, Spare};
 use super::{
     signal_group, signal_pid, GpuPool, InstanceControl, InstanceExit, LaunchError, LaunchRequest,
-    Launched, Launcher,
+    Launched, Launcher, Lent,
 };
 use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup, Limits};
 use crate::sandbox::jail::{JailSpec, ShimSpec, SHIM_PATH, SHIM_SUBCOMMAND};
@@ -129,26 +130,26 @@ impl ProcessLauncher {
         }
     }
 
-    /// Lends the instance its GPUs, starts it, and hands the lease to its exit future,
-    /// so the devices come back when the instance is gone (or at once if it never
+    /// Lends the instance its GPU, starts it, and hands the lease to its exit future,
+    /// so the device comes back when the instance is gone (or at once if it never
     /// started).
     async fn start(&self, req: LaunchRequest<'_>) -> Result<Launched, LaunchError> {
-        let lease = match &req.plan.spec.gpu.kind {
-            Some(_) => self.gpus.take(req.plan.spec.gpu.count)?,
-            None => None,
-        };
-        let devices = lease.as_ref().map(|l| l.devices());
-        let launched = self.start_on(req, devices.as_deref()).await?;
-        let exited = launched.exited;
-        Ok(Launched {
-            control: launched.control,
-            exited: async move {
-                let exit = exited.await;
-                drop(lease);
-                exit
+        let spec = &req.plan.spec;
+        let lent = match spec.gpu.kind {
+            Some(_) => {
+                self.gpus
+                    .lend(spec.gpu_required, spec.startup_timeout.0)
+                    .await?
             }
-            .boxed(),
-        })
+            None => Lent::Unknown,
+        };
+        let devices = match &lent {
+            Lent::Unknown => None,
+            Lent::Device(lease) => Some(lease.device().to_owned()),
+            Lent::Cpu => Some(String::new()),
+        };
+        let launched = self.start_on(req, devices.as_deref()).await?;
+        Ok(hold_until_exit(lent, launched))
     }
 
     async fn start_on(
@@ -403,46 +404,6 @@ impl Launcher for ProcessLauncher {
         }
         .boxed()
     }
-}
-
-/// The instance's whole environment: nothing of thaw's own. `devices`: the GPUs lent
-/// to it, if thaw knows the machine's.
-fn instance_env(
-    plan: &FunctionPlan,
-    req: &LaunchRequest<'_>,
-    api: std::net::SocketAddr,
-    devices: Option<&str>,
-) -> Vec<(String, String)> {
-    let spec = &plan.spec;
-    let mut vars: Vec<(String, String)> = vec![
-        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
-        ("LANG".into(), "C.UTF-8".into()),
-        ("HOME".into(), "/tmp".into()),
-        (env::RUNTIME_API.into(), api.to_string()),
-        (env::FUNCTION_NAME.into(), plan.name.as_str().into()),
-        (env::MEMORY_SIZE.into(), spec.memory.mebibytes().to_string()),
-        (env::FUNCTION_VERSION.into(), "$LATEST".into()),
-        (env::MAX_CONCURRENCY.into(), spec.concurrency.to_string()),
-        (env::INSTANCE_ID.into(), req.instance.into()),
-    ];
-    if let Some(dir) = &plan.snapshot_dir {
-        vars.push((env::SNAPSHOT_DIR.into(), dir.display().to_string()));
-    }
-    for (role, dir) in &plan.snapshot_dirs {
-        vars.push((env::snapshot_dir_for(role), dir.display().to_string()));
-    }
-    if let Some(kind) = &spec.gpu.kind {
-        vars.push(("THAW_GPU".into(), format!("{kind}:{}", spec.gpu.count)));
-        let required = if spec.gpu_required { "1" } else { "0" };
-        vars.push(("THAW_GPU_REQUIRED".into(), required.into()));
-        if let Some(devices) = devices {
-            vars.push(("CUDA_VISIBLE_DEVICES".into(), devices.into()));
-        }
-    }
-    for (k, v) in &spec.env {
-        vars.push((k.to_string(), v.clone()));
-    }
-    vars
 }
 
 /// What the forked child does before exec, in this order: join the cgroup and the

@@ -146,7 +146,14 @@ impl FunctionPool {
         if let Err(msg) = ready {
             if !gone {
                 control.kill();
-                let _ = tokio::time::timeout(Duration::from_secs(5), exited).await;
+                if tokio::time::timeout(Duration::from_secs(5), &mut exited)
+                    .await
+                    .is_err()
+                {
+                    // Still not gone: keep awaiting it elsewhere, since what it holds
+                    // (its GPU lease, its cgroup) must outlive its processes.
+                    tokio::spawn(exited);
+                }
             }
             return self.init_failed(id, msg);
         }
