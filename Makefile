@@ -149,7 +149,7 @@ gpu-sm%: $(CUDA_STAMP) $(CANDLE_PATCHED)/.done
 	trap 'cp -p $(CUDA_DIR)/Cargo.lock.saved Cargo.lock' EXIT; \
 	PATH="$(abspath $(CUDA_HOME_REL))/bin:$$PATH" CUDA_HOME="$(abspath $(CUDA_HOME_REL))" \
 	CUDA_COMPUTE_CAP=$* CARGO_TARGET_DIR=target/cuda-sm$* \
-	RUSTFLAGS="-L native=$(abspath $(CUDA_DIR)/link) -C link-arg=-Wl,-rpath,"'$$ORIGIN'"/../../../$(CUDA_HOME_REL)/lib" \
+	RUSTFLAGS="-L native=$(abspath $(CUDA_DIR)/link) -C link-arg=-Wl,-rpath,"'$$ORIGIN'"/$$(realpath -m --relative-to=target/cuda-sm$*/release $(CUDA_HOME_REL)/lib)" \
 	$(CARGO) build --release $(foreach b,$(CUDA_BINS),-p $(b)) \
 		--features "$(foreach b,$(CUDA_BINS),$(b)/cuda)" \
 		--config 'patch.crates-io.candle-core.path="$(CANDLE_PATCHED)"'
