@@ -91,8 +91,15 @@ impl GpuPool {
         Arc::new(Self::new(ids))
     }
 
-    /// A pool of these devices; `None`: unknown, lend nothing.
+    /// A pool of these devices; `None`: unknown, lend nothing. A device listed twice is
+    /// one device (lending it twice would put two instances on it).
     pub fn new(ids: Option<Vec<String>>) -> Self {
+        let ids = ids.map(|ids| {
+            let mut seen = std::collections::HashSet::new();
+            ids.into_iter()
+                .filter(|id| seen.insert(id.clone()))
+                .collect::<Vec<_>>()
+        });
         let n = ids.as_ref().map_or(0, Vec::len);
         Self {
             ids,
@@ -279,6 +286,14 @@ mod tests {
             other => panic!("expected the device back, got {other:?}"),
         }
         assert_eq!(t.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_device_listed_twice_is_lent_once() {
+        let p = pool(&["4", "4", "7"]);
+        let (a, b) = (device(&p).await, device(&p).await);
+        assert_eq!((a.device(), b.device()), ("4", "7"));
+        assert!(matches!(p.lend(false, Duration::ZERO).await, Ok(Lent::Cpu)));
     }
 
     #[tokio::test]
