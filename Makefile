@@ -26,7 +26,7 @@ WF_SHA     := 4b1c6ecffc6198be3396d5cf871c4423ca71c907c231348d352dd54d62b97473
 
 export THAW_SNAPSHOTS := $(abspath $(SNAPSHOTS))
 
-.PHONY: help models snapshots build gpu test iac-check bench run clean sandbox-tools metrics-tools
+.PHONY: help models snapshots build gpu python-fn test iac-check bench run clean sandbox-tools metrics-tools
 
 help:
 	@echo "make run        fetch models, build snapshots and binaries, start thaw serve"
@@ -154,6 +154,27 @@ gpu-sm%: $(CUDA_STAMP) $(CANDLE_PATCHED)/.done
 		--features "$(foreach b,$(CUDA_BINS),$(b)/cuda)" \
 		--config 'patch.crates-io.candle-core.path="$(CANDLE_PATCHED)"'
 
+# --- functions in other languages ------------------------------------------------------
+# examples/python's function runs under AWS's own Python runtime client, awslambdaric, from
+# this venv (the sandbox binds it read-only: a program at <prefix>/bin/<name> gets <prefix>).
+PYFN_VENV := $(CACHE)/python-fn-venv
+python-fn: $(PYFN_VENV)/.done
+$(PYFN_VENV)/.done:
+	rm -rf $(PYFN_VENV) && $(PYTHON) -m venv $(PYFN_VENV)
+	$(PYFN_VENV)/bin/pip install --quiet --disable-pip-version-check 'awslambdaric==4.2.2'
+	touch $@
+
+# The clients nobody here wrote, which tests/python drives against a live thaw serve:
+# OpenAI's and Hugging Face's SDKs, boto3, and pytest (thaw's own Python client is
+# clients/python, put on PYTHONPATH by the test).
+CLIENT_VENV := $(CACHE)/client-venv
+CLIENT_PINS := openai==3.51.0 huggingface-hub==2.4.0 boto3==1.44.5 pytest==9.2.0 numpy==2.4.6
+CLIENT_STAMP := $(CLIENT_VENV)/.done-$(shell echo '$(CLIENT_PINS)' | sha256sum | cut -c1-12)
+$(CLIENT_STAMP):
+	rm -rf $(CLIENT_VENV) && $(PYTHON) -m venv $(CLIENT_VENV)
+	$(CLIENT_VENV)/bin/pip install --quiet --disable-pip-version-check $(CLIENT_PINS)
+	touch $@
+
 # --- snapshots ------------------------------------------------------------------------
 snapshots: models build
 	$(THAW) snapshot build --snapshots $(SNAPSHOTS) $(foreach r,$(wildcard snapshots/*.toml),--recipe $(r))
@@ -161,7 +182,7 @@ snapshots: models build
 
 # --- test -----------------------------------------------------------------------------
 # cargo's tests, then the rendered infrastructure-as-code through real validators.
-test: snapshots gpu sandbox-tools metrics-tools $(IAC_VENV)/.done $(S3S_FS)
+test: snapshots gpu sandbox-tools metrics-tools $(IAC_VENV)/.done $(S3S_FS) $(PYFN_VENV)/.done $(CLIENT_STAMP)
 	$(CARGO) test --release --workspace
 	$(MAKE) --no-print-directory iac-check
 

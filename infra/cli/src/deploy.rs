@@ -49,9 +49,11 @@ pub(crate) fn run(cmd: DeployCommand) -> Result<()> {
     let lookup = |name: &str| -> Result<PathBuf, LookupError> { Ok(cache.resolve(name)?) };
     let plan = manifest.resolve(&Resolver {
         bin_dir,
+        manifest_dir: crate::manifest_dir(&args.manifest)?,
         snapshots: &lookup,
         allow_missing_snapshots: false,
     })?;
+    thaw_deploy::renderable(&plan)?;
     let targets: Vec<Target> = if args.target == "all" {
         vec![Target::AwsSam, Target::Knative, Target::Docker]
     } else {

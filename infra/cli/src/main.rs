@@ -111,6 +111,12 @@ pub(crate) fn bin_dir(given: Option<PathBuf>) -> Result<PathBuf> {
     }
 }
 
+/// The manifest's directory, absolute: a `command` function's `workdir` is relative to it.
+pub(crate) fn manifest_dir(manifest: &std::path::Path) -> Result<PathBuf> {
+    let manifest = std::path::absolute(manifest)?;
+    Ok(manifest.parent().map(PathBuf::from).unwrap_or_default())
+}
+
 fn main() -> Result<()> {
     // The jail and the shim are exec'd by thaw serve and must do nothing else first (no
     // threads, no logging set-up).

@@ -160,6 +160,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let lookup = |name: &str| -> Result<PathBuf, LookupError> { Ok(cache.resolve(name)?) };
     let resolver = Resolver {
         bin_dir,
+        manifest_dir: crate::manifest_dir(&args.manifest)?,
         snapshots: &lookup,
         allow_missing_snapshots: store_config.is_some(),
     };

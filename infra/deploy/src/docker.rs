@@ -106,7 +106,7 @@ fn dockerfile(plan: &Plan, f: &FunctionPlan) -> String {
     let _ = writeln!(
         d,
         "COPY target/release/thaw {binary_dir}/{} /opt/thaw/bin/",
-        spec.binary
+        spec.binary.as_deref().unwrap_or_default()
     );
     let _ = writeln!(d, "COPY infra/functions.toml /opt/thaw/functions.toml");
     // In the order snapshot_names gives: the main snapshot, then the roles.

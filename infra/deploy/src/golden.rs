@@ -24,7 +24,10 @@ fn plan() -> Plan {
         .map(|(name, spec)| {
             let f = FunctionPlan {
                 name: name.clone(),
-                binary_path: PathBuf::from("/bin").join(&spec.binary),
+                binary_path: PathBuf::from("/bin").join(spec.binary.as_deref().unwrap_or("")),
+                args: Vec::new(),
+                workdir: None,
+                read_only: Vec::new(),
                 snapshot_dir: spec.snapshot.as_deref().map(object),
                 snapshot_dirs: spec
                     .snapshots

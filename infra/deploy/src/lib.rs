@@ -37,6 +37,13 @@ pub enum DeployError {
     /// The target name is not known.
     #[error("unknown deploy target {0:?}: aws-sam, knative, docker or all")]
     UnknownTarget(String),
+    /// A function runs a `command`: its program and workdir are paths on this machine,
+    /// which no image or Lambda package built from this repository holds.
+    #[error(
+        "function {0:?} runs a command, which deploys cannot package yet: render only the \
+         binary functions (a manifest without it), and deploy it with its own image"
+    )]
+    CommandFunction(String),
 }
 
 /// A deploy target.
@@ -118,7 +125,16 @@ impl Rendered {
     }
 }
 
-/// Renders `plan` for `target`.
+/// Whether every function of `plan` can be rendered: deploys package cargo binaries
+/// only, so a `command` function is refused here rather than rendered wrong.
+pub fn renderable(plan: &Plan) -> Result<(), DeployError> {
+    match plan.functions.values().find(|f| f.spec.command.is_some()) {
+        Some(f) => Err(DeployError::CommandFunction(f.name.to_string())),
+        None => Ok(()),
+    }
+}
+
+/// Renders `plan` for `target` (after [`renderable`]).
 pub fn render(plan: &Plan, target: Target, opts: &RenderOptions) -> Rendered {
     match target {
         Target::AwsSam => sam::render(plan),

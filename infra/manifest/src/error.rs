@@ -66,6 +66,24 @@ pub enum ManifestError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A `command`'s program was not found, or cannot be executed.
+    #[error("function {function:?}: command program {program:?} not found: {looked}")]
+    ProgramNotFound {
+        /// The function.
+        function: String,
+        /// The program, as the manifest writes it.
+        program: String,
+        /// Where it was looked for, and why it did not do.
+        looked: String,
+    },
+    /// A `command`'s working directory does not exist.
+    #[error("function {function:?}: workdir {path} is not a directory")]
+    WorkdirNotFound {
+        /// The function.
+        function: String,
+        /// The directory, as resolved from the manifest's.
+        path: PathBuf,
+    },
     /// A volume's host directory does not exist or is not a directory.
     #[error(
         "function {function:?}: volume {sandbox:?}: host path {} does not exist or is not a directory",

@@ -15,6 +15,7 @@ mod error;
 mod gpu;
 mod lines;
 mod plan;
+mod program;
 mod schema;
 mod units;
 mod validate;
@@ -27,6 +28,7 @@ pub use schema::{
     UrlConfig,
 };
 pub use units::{ByteSize, Duration};
+pub use program::{MAX_COMMAND_ARG, MAX_COMMAND_ARGS};
 pub use validate::limits;
 
 #[cfg(test)]

@@ -29,6 +29,8 @@ impl<F: Fn(&str) -> Result<PathBuf, LookupError>> SnapshotLookup for F {
 pub struct Resolver<'a> {
     /// Directory of the function binaries (`target/release`).
     pub bin_dir: PathBuf,
+    /// The manifest's directory: a `command`'s `workdir` is relative to it.
+    pub manifest_dir: PathBuf,
     /// Finds snapshots by name.
     pub snapshots: &'a dyn SnapshotLookup,
     /// Snapshots the lookup cannot find are left for the runtime to pull (a snapshot
@@ -40,6 +42,7 @@ impl std::fmt::Debug for Resolver<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Resolver")
             .field("bin_dir", &self.bin_dir)
+            .field("manifest_dir", &self.manifest_dir)
             .field("allow_missing_snapshots", &self.allow_missing_snapshots)
             .finish_non_exhaustive()
     }
@@ -61,8 +64,19 @@ pub struct Plan {
 pub struct FunctionPlan {
     /// The function's name.
     pub name: FunctionName,
-    /// Absolute path of its binary.
+    /// Absolute path of the program an instance execs: its `binary`, or its `command`'s
+    /// first item.
     pub binary_path: PathBuf,
+    /// The program's arguments (a `command`'s other items).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Where the program runs (a `command`'s `workdir`); a binary runs in `/tmp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<PathBuf>,
+    /// Directories the sandbox binds read-only for the program: its workdir, and the
+    /// install prefix of an interpreter outside `/usr` (a Python venv).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<PathBuf>,
     /// Its snapshot's directory in the cache.
     pub snapshot_dir: Option<PathBuf>,
     /// Its further snapshots' directories, by role.
@@ -76,19 +90,17 @@ pub struct FunctionPlan {
 }
 
 impl Manifest {
-    /// Resolves every binary, snapshot and volume. Errors name the function and the path.
+    /// Resolves every program, snapshot and volume. Errors name the function and the path.
     pub fn resolve(&self, resolver: &Resolver<'_>) -> Result<Plan, ManifestError> {
         self.validate()?;
         let mut functions = BTreeMap::new();
         for (name, spec) in &self.function {
-            let binary_path = resolver.bin_dir.join(&spec.binary);
-            if !binary_path.is_file() {
-                return Err(ManifestError::BinaryNotFound {
-                    function: name.to_string(),
-                    binary: spec.binary.clone(),
-                    path: binary_path,
-                });
-            }
+            let program = crate::program::resolve(
+                name.as_str(),
+                spec,
+                &resolver.bin_dir,
+                &resolver.manifest_dir,
+            )?;
             for (sandbox, host) in &spec.volumes {
                 if !std::path::Path::new(host).is_dir() {
                     return Err(ManifestError::VolumeNotADirectory {
@@ -124,7 +136,10 @@ impl Manifest {
                 name.clone(),
                 FunctionPlan {
                     name: name.clone(),
-                    binary_path,
+                    binary_path: program.path,
+                    args: program.args,
+                    workdir: program.workdir,
+                    read_only: program.read_only,
                     snapshot_dir,
                     snapshot_dirs,
                     missing_snapshots,
@@ -169,6 +184,7 @@ mod tests {
         };
         let resolver = Resolver {
             bin_dir: dir.join("bin"),
+            manifest_dir: dir.clone(),
             snapshots: &no_snapshots,
             allow_missing_snapshots: false,
         };

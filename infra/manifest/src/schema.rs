@@ -99,8 +99,19 @@ impl<'de> Deserialize<'de> for FunctionName {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionSpec {
-    /// The cargo bin name of the function.
-    pub binary: String,
+    /// The cargo bin name of the function, found in the binary directory. Either this
+    /// or `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<String>,
+    /// Any program and its arguments, for functions in other languages:
+    /// `["python3", "-m", "awslambdaric", "handler.fn"]`. The program is a name looked up
+    /// on `PATH`, or a path (relative ones from `workdir`). Either this or `binary`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// Where `command` runs, bound read-only into its sandbox; relative to the manifest's
+    /// directory, which is the default. Only with `command`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
     /// The snapshot the function restores, by name (`THAW_SNAPSHOT_DIR`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,

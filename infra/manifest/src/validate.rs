@@ -234,12 +234,7 @@ impl Checker<'_> {
         if f.gpu_required && f.gpu.kind.is_none() {
             return Err(self.invalid("gpu_required = true needs a gpu".into()));
         }
-        if f.binary.is_empty() || f.binary.contains('/') {
-            return Err(self.invalid(format!(
-                "binary {:?} must be a cargo bin name, not a path",
-                f.binary
-            )));
-        }
+        crate::program::check(f).map_err(|message| self.invalid(message))?;
         let mut mounts = std::collections::BTreeSet::new();
         for (sandbox, host) in &f.volumes {
             if let Some(message) = volume_error(sandbox, host) {

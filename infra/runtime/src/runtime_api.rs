@@ -129,6 +129,8 @@ pub enum Lifecycle {
 
 #[derive(Debug)]
 struct Shared {
+    /// The function's ARN, on every `next`.
+    arn: HeaderValue,
     queue: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
     /// Each unanswered invocation's reply, and the largest reply it accepts.
     in_flight: Mutex<HashMap<String, (oneshot::Sender<Answer>, usize)>>,
@@ -148,8 +150,9 @@ pub struct InstanceApi {
 }
 
 impl Default for InstanceApi {
+    /// An API for a function named `thaw`.
     fn default() -> Self {
-        Self::new()
+        Self::new("thaw")
     }
 }
 
@@ -172,12 +175,16 @@ pub fn new_request_id() -> String {
 }
 
 impl InstanceApi {
-    /// An API with nothing listening yet: the launcher decides where it listens
-    /// ([`InstanceApi::serve`]); tests may drive it in-process instead.
-    pub fn new() -> Self {
+    /// An API for an instance of `function`, with nothing listening yet: the launcher
+    /// decides where it listens ([`InstanceApi::serve`]); tests may drive it in-process
+    /// instead.
+    pub fn new(function: &str) -> Self {
         let (invocations, rx) = mpsc::channel(1024);
         let (lifecycle_tx, lifecycle) = watch::channel(Lifecycle::Initialising);
+        let arn = HeaderValue::from_str(&thaw_protocol::arn::function_arn(function))
+            .unwrap_or_else(|_| HeaderValue::from_static("arn:aws:lambda:local:000000000000:function:thaw"));
         let shared = Arc::new(Shared {
+            arn,
             queue: tokio::sync::Mutex::new(rx),
             in_flight: Mutex::new(HashMap::new()),
             lifecycle: lifecycle_tx,
@@ -224,7 +231,7 @@ impl InstanceApi {
     /// a function outside thaw. (thaw's own instances listen in their network namespace.)
     pub async fn on_host_loopback() -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-        let api = Self::new();
+        let api = Self::new("thaw");
         api.serve(listener);
         Ok(api)
     }
@@ -328,15 +335,27 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     let id = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid-id"));
     headers.insert(header::REQUEST_ID, id);
     headers.insert(header::DEADLINE_MS, HeaderValue::from(deadline as u64));
-    headers.insert(
-        header::FUNCTION_ARN,
-        HeaderValue::from_static("arn:aws:lambda:local:000000000000:function:thaw"),
-    );
+    headers.insert(header::FUNCTION_ARN, shared.arn.clone());
+    if let Ok(trace) = HeaderValue::from_str(&trace_id()) {
+        headers.insert(header::TRACE_ID, trace);
+    }
     headers.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
     (StatusCode::OK, headers, payload).into_response()
+}
+
+/// A fresh X-Ray style trace id, `Root=1-<epoch seconds, hex>-<96 random bits>;Sampled=0`:
+/// runtimes copy it into `_X_AMZN_TRACE_ID`, and some refuse an invocation without one.
+fn trace_id() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // A v7 uuid's last 96 bits are random (its first 48 are time).
+    let random = uuid::Uuid::now_v7().as_u128() & ((1u128 << 96) - 1);
+    format!("Root=1-{secs:08x}-{random:024x};Sampled=0")
 }
 
 /// The largest reply invocation `id` accepts ([`MAX_RESPONSE`] for an unknown id).
@@ -495,19 +514,40 @@ async fn response(
     complete(&shared, &id, &headers, body, Outcome::Response).await
 }
 
+/// An error document as runtimes post it: every field optional, and `stackTrace` a list
+/// of frames (awslambdaric) or one string (some Node runtimes).
 #[derive(Debug, Deserialize)]
 struct ErrorDoc {
     #[serde(rename = "errorType", default)]
     error_type: String,
     #[serde(rename = "errorMessage", default)]
     error_message: String,
+    #[serde(rename = "stackTrace", default)]
+    stack_trace: Option<StackTrace>,
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StackTrace {
+    Frames(Vec<String>),
+    Text(String),
+    Other(serde::de::IgnoredAny),
+}
+
+/// Frames kept of a stack trace, at most: what a caller reads, not a memory sink.
+const MAX_FRAMES: usize = 256;
 
 fn diagnostic(headers: &HeaderMap, body: &[u8]) -> Diagnostic {
     let doc: ErrorDoc = serde_json::from_slice(body).unwrap_or(ErrorDoc {
         error_type: String::new(),
         error_message: String::from_utf8_lossy(body).into_owned(),
+        stack_trace: None,
     });
+    let stack_trace = match doc.stack_trace {
+        Some(StackTrace::Frames(frames)) => frames.into_iter().take(MAX_FRAMES).collect(),
+        Some(StackTrace::Text(text)) => text.lines().take(MAX_FRAMES).map(str::to_owned).collect(),
+        Some(StackTrace::Other(_)) | None => Vec::new(),
+    };
     let header_type = headers
         .get(header::FUNCTION_ERROR_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -519,6 +559,7 @@ fn diagnostic(headers: &HeaderMap, body: &[u8]) -> Diagnostic {
             doc.error_type
         },
         error_message: doc.error_message,
+        stack_trace,
     })
 }
 
@@ -565,16 +606,10 @@ mod tests {
 
     #[test]
     fn a_deserialize_error_is_invalid_input_and_other_types_are_kept() {
-        let d = normalised(Diagnostic {
-            error_type: "&lambda_runtime::deserializer::DeserializeError".into(),
-            error_message: "failed to deserialize the incoming data".into(),
-        });
+        let d = normalised(Diagnostic::new("&lambda_runtime::deserializer::DeserializeError", "failed to deserialize the incoming data"));
         assert_eq!(d.error_type, "InvalidInput");
         assert!(d.error_message.contains("failed to deserialize"), "{d:?}");
-        let kept = normalised(Diagnostic {
-            error_type: "ModelError".into(),
-            error_message: "m".into(),
-        });
+        let kept = normalised(Diagnostic::new("ModelError", "m"));
         assert_eq!(kept.error_type, "ModelError");
     }
 }

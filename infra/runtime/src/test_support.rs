@@ -16,6 +16,9 @@ pub(crate) fn plan(extra: &str) -> FunctionPlan {
     FunctionPlan {
         name: thaw_manifest::FunctionName::new("f").expect("name"),
         binary_path: "/opt/fns/f".into(),
+        args: Vec::new(),
+        workdir: None,
+        read_only: Vec::new(),
         snapshot_dir: None,
         snapshot_dirs: Default::default(),
         missing_snapshots: Vec::new(),

@@ -41,10 +41,7 @@ impl FnError {
 
     /// The Runtime API's error document.
     pub fn to_diagnostic(&self) -> Diagnostic {
-        Diagnostic {
-            error_type: self.error_type.as_str().to_owned(),
-            error_message: self.message.clone(),
-        }
+        Diagnostic::new(self.error_type.as_str(), self.message.clone())
     }
 }
 

@@ -15,6 +15,21 @@ pub struct Diagnostic {
     /// A human-readable message.
     #[serde(rename = "errorMessage")]
     pub error_message: String,
+    /// Where the error was raised, a frame per line, as runtimes such as `awslambdaric`
+    /// report it; kept to the caller on the Invoke API. Empty when not given.
+    #[serde(rename = "stackTrace", default, skip_serializing_if = "Vec::is_empty")]
+    pub stack_trace: Vec<String>,
+}
+
+impl Diagnostic {
+    /// A diagnostic without a stack trace.
+    pub fn new(error_type: impl Into<String>, error_message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.into(),
+            error_message: error_message.into(),
+            stack_trace: Vec::new(),
+        }
+    }
 }
 
 /// Stable error types a function reports. The string form is the contract.
@@ -122,10 +137,7 @@ mod tests {
 
     #[test]
     fn diagnostic_uses_aws_field_names() {
-        let d = Diagnostic {
-            error_type: "InvalidInput".into(),
-            error_message: "bad".into(),
-        };
+        let d = Diagnostic::new("InvalidInput", "bad");
         let v = serde_json::to_value(&d).unwrap_or_default();
         assert_eq!(v["errorType"], "InvalidInput");
         assert_eq!(v["errorMessage"], "bad");

@@ -8,6 +8,7 @@
 //! - [`batch`]: the `{"thaw_batch": [...]}` envelope for dynamic batching.
 //! - [`error`]: typed function errors ([`ErrorType`]) and the platform's JSON error body.
 
+pub mod arn;
 pub mod batch;
 pub mod error;
 pub mod runtime_api;

@@ -104,6 +104,7 @@ impl ProcessLauncher {
             args,
             env: vec![("PATH".into(), "/usr/bin:/bin".into())],
             uid: self.report.uid,
+            cwd: None,
             parent: std::process::id() as i32,
         })
     }
@@ -117,16 +118,18 @@ impl ProcessLauncher {
         self.sandbox.enabled && self.sandbox.bwrap.is_some()
     }
 
-    /// The program and arguments that run the function: bubblewrap around its binary, or
-    /// the binary alone.
+    /// The program and arguments that run the function: bubblewrap around its program, or
+    /// the program alone (in its workdir, which bubblewrap otherwise enters).
     fn command(&self, plan: &FunctionPlan) -> (PathBuf, Vec<OsString>) {
+        let own_args = plan.args.iter().map(OsString::from);
         match (&self.sandbox.bwrap, self.jailed()) {
             (Some(bwrap_path), true) => {
                 let mut args = bwrap::args(plan, None);
                 args.push(plan.binary_path.clone().into_os_string());
+                args.extend(own_args);
                 (bwrap_path.clone(), args)
             }
-            _ => (plan.binary_path.clone(), Vec::new()),
+            _ => (plan.binary_path.clone(), own_args.collect()),
         }
     }
 
@@ -185,6 +188,9 @@ impl ProcessLauncher {
         let slirp = self.outbound(netns.as_ref()).await?;
         let (program, args) = self.command(req.plan);
         let mut cmd = Command::new(&program);
+        if let Some(workdir) = &req.plan.workdir {
+            cmd.current_dir(workdir);
+        }
         cmd.args(args)
             .env_clear()
             .envs(instance_env(req.plan, &req, api_addr, devices))
@@ -231,6 +237,8 @@ impl ProcessLauncher {
             let program = req.plan.binary_path.clone();
             let spec = ShimSpec {
                 program: program.display().to_string(),
+                args: req.plan.args.clone(),
+                cwd: req.plan.workdir.as_ref().map(|w| w.display().to_string()),
                 env,
             };
             (program, slot.send(&spec, true).await)
@@ -241,6 +249,7 @@ impl ProcessLauncher {
                 args: lossy(&args),
                 env,
                 uid: if self.jailed() { self.report.uid } else { None },
+                cwd: req.plan.workdir.as_ref().map(|w| w.display().to_string()),
                 parent: std::process::id() as i32,
             };
             (program, slot.send(&spec, true).await)

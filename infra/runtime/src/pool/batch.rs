@@ -123,10 +123,7 @@ mod tests {
         );
         assert_eq!(
             got[1],
-            Ok(Outcome::Error(Diagnostic {
-                error_type: "InvalidInput".into(),
-                error_message: "bad".into()
-            }))
+            Ok(Outcome::Error(Diagnostic::new("InvalidInput", "bad")))
         );
         assert_eq!(got[2], Ok(Outcome::Response(Bytes::from_static(b"[3]"))));
     }

@@ -86,7 +86,7 @@ impl FunctionPool {
             Ok(p) => p,
             Err(msg) => return self.init_failed(id, msg),
         };
-        let api = Arc::new(InstanceApi::new());
+        let api = Arc::new(InstanceApi::new(self.plan.name.as_str()));
         let request = LaunchRequest {
             plan: &plan,
             instance: &name,

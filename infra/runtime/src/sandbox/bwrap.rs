@@ -131,7 +131,16 @@ pub fn args(plan: &FunctionPlan, shim: Option<&Path>) -> Vec<OsString> {
     let ro = |a: &mut Vec<OsString>, p: &Path| {
         a.extend(["--ro-bind".into(), p.into(), p.into()]);
     };
-    ro(&mut a, &plan.binary_path);
+    // A command's workdir and interpreter prefix; its program unless one of them (or
+    // /usr) holds it already, since binding over a bound path's symlink fails.
+    for dir in &plan.read_only {
+        ro(&mut a, dir);
+    }
+    let bound = plan.read_only.iter().any(|d| plan.binary_path.starts_with(d))
+        || plan.binary_path.starts_with("/usr");
+    if !bound {
+        ro(&mut a, &plan.binary_path);
+    }
     for dir in plan.snapshot_dir.iter().chain(plan.snapshot_dirs.values()) {
         ro(&mut a, dir);
     }
@@ -151,7 +160,9 @@ pub fn args(plan: &FunctionPlan, shim: Option<&Path>) -> Vec<OsString> {
             super::jail::SHIM_PATH.into(),
         ]);
     }
-    a.extend(["--chdir", "/tmp", "--remount-ro", "/", "--"].map(OsString::from));
+    let workdir = plan.workdir.as_deref().unwrap_or(Path::new("/tmp"));
+    a.extend(["--chdir".into(), workdir.into()]);
+    a.extend(["--remount-ro", "/", "--"].map(OsString::from));
     a
 }
 

@@ -30,8 +30,14 @@ pub const SHIM_PATH: &str = "/run/thaw/shim";
 /// What the shim execs, as one JSON line on its standard input.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShimSpec {
-    /// The function's binary.
+    /// The function's program.
     pub program: String,
+    /// Its arguments (a `command` function's).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Where it runs, if not where the sandbox put it (`/tmp`).
+    #[serde(default)]
+    pub cwd: Option<String>,
     /// The instance's whole environment.
     pub env: Vec<(String, String)>,
 }
@@ -47,6 +53,9 @@ pub struct JailSpec {
     pub env: Vec<(String, String)>,
     /// The uid (and gid) to drop to, if any.
     pub uid: Option<u32>,
+    /// Where the program starts (a `command`'s workdir when no bubblewrap enters it).
+    #[serde(default)]
+    pub cwd: Option<String>,
     /// thaw's pid: if the jail's parent is no longer thaw, it exits instead.
     pub parent: i32,
 }
@@ -98,7 +107,11 @@ pub fn main() -> i32 {
         return 1;
     }
     // stdin stays thaw's pipe: a shim inside reads its spec from it.
-    let err = std::process::Command::new(&spec.program)
+    let mut command = std::process::Command::new(&spec.program);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let err = command
         .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
@@ -118,7 +131,12 @@ pub fn shim_main() -> i32 {
             return 1;
         }
     };
-    let err = std::process::Command::new(&spec.program)
+    let mut command = std::process::Command::new(&spec.program);
+    if let Some(cwd) = &spec.cwd {
+        command.current_dir(cwd);
+    }
+    let err = command
+        .args(&spec.args)
         .env_clear()
         .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())

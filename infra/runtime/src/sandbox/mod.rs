@@ -194,6 +194,7 @@ impl Sandbox {
     /// reach the function's binary, snapshots and volumes.
     pub fn uid_for(&self, plan: &FunctionPlan, index: usize) -> Result<u32, String> {
         let paths = std::iter::once(plan.binary_path.as_path())
+            .chain(plan.read_only.iter().map(PathBuf::as_path))
             .chain(plan.snapshot_dir.as_deref())
             .chain(plan.snapshot_dirs.values().map(PathBuf::as_path))
             .chain(plan.spec.volumes.values().map(Path::new));

@@ -263,10 +263,7 @@ impl FakeInstance {
         match self.init_fail {
             None => {}
             Some(InitFail::Report) => {
-                self.api.init_failed(Diagnostic {
-                    error_type: "Runtime.ConfigError".into(),
-                    error_message: "MODEL_PATH is not set".into(),
-                });
+                self.api.init_failed(Diagnostic::new("Runtime.ConfigError", "MODEL_PATH is not set"));
                 return stopped(&mut self.signalled).await;
             }
             Some(InitFail::Crash) => {
@@ -338,10 +335,7 @@ impl FakeInstance {
                 }
                 sleep(Duration::from_millis(doc["sleep_ms"].as_u64().unwrap_or(0))).await;
                 let outcome = match doc["error"].as_str() {
-                    Some(msg) => Outcome::Error(Diagnostic {
-                        error_type: "Handled".into(),
-                        error_message: msg.into(),
-                    }),
+                    Some(msg) => Outcome::Error(Diagnostic::new("Handled", msg)),
                     None => Outcome::Response(payload),
                 };
                 if api.complete(&id, outcome) {
