@@ -79,6 +79,19 @@ impl LogRing {
             .unwrap_or_default()
     }
 
+    /// Instance `instance`'s lines written at or after `from_ms`: one call's log.
+    pub fn since(&self, instance: &str, from_ms: u64) -> Vec<LogLine> {
+        self.lines
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|e| e.instance == instance && e.ts_ms >= from_ms)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The last `n` stderr lines of one instance, joined: the message for a crash.
     pub fn instance_tail(&self, instance: &str, n: usize) -> String {
         let lines = self.lines.lock().map(|l| {

@@ -159,6 +159,8 @@ impl Guard {
     }
 
     fn function_ok(&self, function: &str, headers: &HeaderMap) -> bool {
+        // The Lambda API names a function by ARN too: guard the function it reaches.
+        let function = thaw_protocol::arn::parse_name(function).map_or(function, |r| r.name);
         let Some(pool) = self.runtime.pools.get(function) else {
             // The handler answers 404.
             return true;

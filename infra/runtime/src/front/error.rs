@@ -3,7 +3,7 @@
 //!
 //! - [`ApiError`]: thaw's own surface (function URLs, `/v1`, `/healthz`, `/metrics`),
 //!   answered as `{"error": {"type", "message"}}`.
-//! - [`AwsError`]: the AWS Lambda Invoke API, answered in AWS's shape
+//! - [`AwsError`]: the AWS Lambda API, answered in AWS's shape
 //!   (`x-amzn-ErrorType` and `{"Type", "message"}`), which boto3 and the AWS CLI parse.
 //!
 //! Handlers return `Result<Response, ApiError>` (or `AwsError`) and use `?`; extractor
@@ -180,9 +180,12 @@ const CHALLENGE: &str = "Bearer realm=\"thaw\"";
 /// An error on the AWS Lambda Invoke API, in AWS's shape.
 #[derive(Debug, thiserror::Error)]
 pub enum AwsError {
-    /// No such function.
-    #[error("Function not found: arn:aws:lambda:local:000000000000:function:{0}")]
+    /// No such function (or version): its ARN.
+    #[error("Function not found: {0}")]
     ResourceNotFound(String),
+    /// No such operation, or not with this method.
+    #[error("no such Lambda API operation on this path and method")]
+    UnknownOperation,
     /// The body is not JSON.
     #[error("Could not parse request body into json")]
     InvalidRequestContent,
@@ -222,6 +225,7 @@ impl AwsError {
     fn status_and_type(&self) -> (StatusCode, &'static str) {
         match self {
             Self::ResourceNotFound(_) => (StatusCode::NOT_FOUND, "ResourceNotFoundException"),
+            Self::UnknownOperation => (StatusCode::NOT_FOUND, "UnknownOperationException"),
             Self::InvalidRequestContent => {
                 (StatusCode::BAD_REQUEST, "InvalidRequestContentException")
             }
@@ -306,6 +310,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .await
             .map(|Query(q)| Self(q))
             .map_err(|e: QueryRejection| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// `Query<T>` whose rejection is an [`AwsError::InvalidParameterValue`], for the Lambda API.
+#[derive(Debug)]
+pub struct AwsQuery<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for AwsQuery<T> {
+    type Rejection = AwsError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AwsError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| Self(q))
+            .map_err(|e: QueryRejection| AwsError::InvalidParameterValue(e.body_text()))
     }
 }
 

@@ -3,7 +3,8 @@
 //! | route | what |
 //! |---|---|
 //! | `ANY /fn/{function}/{path...}` | function URL: a payload-2.0 event in, `{statusCode, headers, body}` out |
-//! | `POST /2015-03-31/functions/{function}/invocations` | the AWS Lambda Invoke API |
+//! | `POST /2015-03-31/functions/{function}/invocations` | the AWS Lambda Invoke API ([`lambda_api`]) |
+//! | `GET /2015-03-31/functions/[{function}[/configuration]]` | ListFunctions, GetFunction, GetFunctionConfiguration |
 //! | `POST /v1/functions/{function}/spawn` | a durable call: 202 `{"call_id"}` ([`calls`]) |
 //! | `GET`, `DELETE /v1/calls/{id}` | long-poll a call's state, cancel it |
 //! | `POST /v1/functions/{function}/map` | fan-out: inputs in, NDJSON results streamed out ([`maps`]) |
@@ -22,7 +23,7 @@
 //! Platform errors are `{"error": {"type", "message"}}`, axum's own rejections (a bad path
 //! segment, a bad query, 404, 405) included: 400, 401, 404, 405, 413 (over 6 MiB), 429
 //! (queue full, with `Retry-After`), 502 (crash, init failure), 503 (shutting down), 504
-//! (timeout). The Invoke API answers in AWS's shapes instead. Both are mapped in one place
+//! (timeout). The Lambda API answers in AWS's shapes instead. Both are mapped in one place
 //! each, [`ApiError`] and [`AwsError`]. A function URL answers whatever the function
 //! answers.
 
@@ -31,19 +32,19 @@ mod calls;
 mod drain;
 mod edge;
 mod error;
+mod lambda_api;
 mod maps;
 mod url;
 
 pub use auth::{bearer, Auth, Token, TokenError};
 pub use edge::{bind, serve, Edge};
-pub use error::{ApiError, ApiPath, ApiQuery, AwsError, AwsPath, BodyError};
+pub use error::{ApiError, ApiPath, ApiQuery, AwsError, AwsPath, AwsQuery, BodyError};
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
@@ -52,9 +53,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use self::auth::{Guard, Surface};
-use crate::calls::CallKind;
-use crate::pool::{CallError, FunctionPool};
-use crate::runtime_api::Outcome;
+use crate::pool::FunctionPool;
 use crate::Runtime;
 
 /// Largest request body, as on AWS Lambda.
@@ -82,12 +81,10 @@ pub fn router(runtime: Shared, auth: Auth) -> Router {
     // route_layer: the guards run only on a matched route, so an unknown route is a 404
     // and a wrong method a 405, whoever asks. A later route_layer wraps an earlier one:
     // the control plane is checked first.
-    let invoke = Router::new()
-        .route(
-            "/2015-03-31/functions/{function}/invocations",
-            post(invoke_api),
-        )
+    let invoke = lambda_api::invoke_routes()
         .route_layer(from_fn_with_state(guard(Surface::Aws), auth::function))
+        .route_layer(from_fn_with_state(guard(Surface::Aws), auth::control_plane));
+    let lambda_management = lambda_api::management_routes()
         .route_layer(from_fn_with_state(guard(Surface::Aws), auth::control_plane));
     let into_functions = Router::new()
         .route("/v1/functions/{function}/spawn", post(calls::spawn))
@@ -117,6 +114,7 @@ pub fn router(runtime: Shared, auth: Auth) -> Router {
         .route_layer(from_fn_with_state(guard(Surface::Thaw), auth::function));
     Router::new()
         .merge(invoke)
+        .merge(lambda_management)
         .merge(control)
         .merge(urls)
         .merge(open)
@@ -230,82 +228,6 @@ async fn read_body(body: Body) -> Result<Bytes, BodyError> {
         Ok(result) => result,
         Err(_) => Err(BodyError::Timeout),
     }
-}
-
-async fn invoke_api(
-    State(rt): State<Shared>,
-    AwsPath(function): AwsPath<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, AwsError> {
-    if !rt.accepting() {
-        return Err(AwsError::Service("thaw is shutting down".into()));
-    }
-    let pool = rt
-        .pools
-        .get(&function)
-        .cloned()
-        .ok_or(AwsError::ResourceNotFound(function.clone()))?;
-    let body = read_body(body).await?;
-    let kind = headers
-        .get("x-amz-invocation-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("RequestResponse");
-    let payload = if body.is_empty() {
-        Bytes::from_static(b"{}")
-    } else {
-        body
-    };
-    if crate::calls::input::validate_json(&payload).is_err() {
-        return Err(AwsError::InvalidRequestContent);
-    }
-    match kind {
-        "DryRun" => Ok(StatusCode::NO_CONTENT.into_response()),
-        // Durable before the 202, and retried as the manifest says, as on AWS.
-        "Event" => {
-            let spawned = rt
-                .store
-                .spawn(&function, CallKind::Event, payload, None)
-                .await?;
-            let mut resp = StatusCode::ACCEPTED.into_response();
-            if let Ok(v) = HeaderValue::from_str(&spawned.call_id) {
-                resp.headers_mut().insert("thaw-call-id", v);
-            }
-            Ok(resp)
-        }
-        "RequestResponse" => match pool.invoke(payload).await {
-            Ok(Outcome::Response(bytes)) => Ok((
-                StatusCode::OK,
-                [
-                    ("content-type", "application/json"),
-                    ("x-amz-executed-version", "$LATEST"),
-                ],
-                bytes,
-            )
-                .into_response()),
-            Ok(Outcome::Error(d)) => Ok(function_error(&d.error_type, &d.error_message)),
-            Err(CallError::QueueFull(_)) => Err(AwsError::TooManyRequests),
-            Err(CallError::ShuttingDown) => Err(AwsError::Service("thaw is shutting down".into())),
-            // As on AWS, a crash, timeout or init failure is the function's error.
-            Err(e) => Ok(function_error(e.kind(), &e.to_string())),
-        },
-        other => Err(AwsError::InvalidParameterValue(format!(
-            "unknown X-Amz-Invocation-Type {other:?}: RequestResponse, Event or DryRun"
-        ))),
-    }
-}
-
-fn function_error(error_type: &str, message: &str) -> Response {
-    let mut resp = (
-        StatusCode::OK,
-        Json(json!({"errorMessage": message, "errorType": error_type})),
-    )
-        .into_response();
-    resp.headers_mut().insert(
-        "x-amz-function-error",
-        HeaderValue::from_static("Unhandled"),
-    );
-    resp
 }
 
 async fn list_functions(State(rt): State<Shared>) -> Response {

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::{batch, CallError, FunctionPool, Pending, State};
+use super::{batch, CallError, FunctionPool, Pending, RanOn, State};
 use crate::launcher::InstanceExit;
 use crate::runtime_api::{
     new_request_id, reply_limit, InstanceApi, Invocation, Outcome, Refused, MAX_RESPONSE,
@@ -111,9 +111,18 @@ impl FunctionPool {
         id: u64,
         api: Arc<InstanceApi>,
         exit: watch::Receiver<Option<InstanceExit>>,
-        calls: Vec<Pending>,
+        mut calls: Vec<Pending>,
     ) {
         let n = calls.len();
+        let from_ms = u64::try_from(crate::calls::now_ms()).unwrap_or(0);
+        for call in &mut calls {
+            if let Some(tx) = call.ran_on.take() {
+                let _ = tx.send(RanOn {
+                    instance: self.instance_name(id),
+                    from_ms,
+                });
+            }
+        }
         let results = if n == 1 {
             let payload = calls[0].payload.clone();
             vec![self.deliver(id, &api, exit, payload, MAX_RESPONSE).await]

@@ -42,13 +42,15 @@ use tokio::time::Instant;
 
 use crate::fetch::SnapshotFetcher;
 use crate::launcher::{InstanceControl, InstanceExit, Launcher};
-use crate::logs::LogRing;
+use crate::logs::{LogLine, LogRing};
 use crate::metrics::Metrics;
 use crate::runtime_api::{InstanceApi, Outcome};
 use crate::sandbox::SandboxReport;
 
 /// How long a stopped instance gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// How long a call's log is given to arrive after its answer (see `invoke_with_log`).
+const LOG_SETTLE: Duration = Duration::from_millis(20);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -115,6 +117,15 @@ struct Pending {
     /// Never batched with others: a retry of a call whose batch failed (so one poison
     /// item cannot fail its neighbours twice), or a payload that is not JSON.
     alone: bool,
+    /// Told where and when the call was dispatched, for a caller that wants its log.
+    ran_on: Option<oneshot::Sender<RanOn>>,
+}
+
+/// Where a call ran: its instance, and when it was handed over (ms since the epoch).
+#[derive(Debug, Clone)]
+pub(super) struct RanOn {
+    instance: String,
+    from_ms: u64,
 }
 
 /// Whether a call may share a dispatch with others.
@@ -269,11 +280,35 @@ impl FunctionPool {
         self.invoke_with(payload, Company::Batchable).await
     }
 
+    /// Runs one call, and returns with its outcome the lines its instance wrote while it
+    /// ran the call (on an instance with `concurrency` > 1, its other calls' lines too),
+    /// as `LogType=Tail` on the Invoke API gives them.
+    pub async fn invoke_with_log(&self, payload: Bytes) -> (Result<Outcome, CallError>, Vec<LogLine>) {
+        let (tx, rx) = oneshot::channel();
+        let result = self.enqueue(payload, Company::Batchable, Some(tx)).await;
+        let Ok(ran) = rx.await else {
+            return (result, Vec::new());
+        };
+        // The instance's output comes through a pipe, its answer over HTTP: give a line
+        // written just before the answer the moment it takes to be read.
+        tokio::time::sleep(LOG_SETTLE).await;
+        (result, self.logs.since(&ran.instance, ran.from_ms))
+    }
+
     /// Runs one call that may or may not share a batch with others.
     pub async fn invoke_with(
         &self,
         payload: Bytes,
         company: Company,
+    ) -> Result<Outcome, CallError> {
+        self.enqueue(payload, company, None).await
+    }
+
+    async fn enqueue(
+        &self,
+        payload: Bytes,
+        company: Company,
+        ran_on: Option<oneshot::Sender<RanOn>>,
     ) -> Result<Outcome, CallError> {
         let started = Instant::now();
         let alone = company == Company::Alone
@@ -304,6 +339,7 @@ impl FunctionPool {
                 reply,
                 queued_at: started,
                 alone,
+                ran_on,
             });
         }
         self.pump();
