@@ -41,6 +41,7 @@ fn plan() -> Plan {
         })
         .collect();
     Plan {
+        routes: Default::default(),
         app: manifest.app.name.clone(),
         regions: manifest.app.regions.clone(),
         functions,

@@ -66,6 +66,14 @@ pub enum ManifestError {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// `[routes]` names a function the manifest does not declare.
+    #[error("[routes] {route} = {function:?}: the manifest declares no such function")]
+    UnknownRouteTarget {
+        /// The route family.
+        route: &'static str,
+        /// The function it names.
+        function: String,
+    },
     /// A `command`'s program was not found, or cannot be executed.
     #[error("function {function:?}: command program {program:?} not found: {looked}")]
     ProgramNotFound {

@@ -24,7 +24,7 @@ pub use error::{Limit, ManifestError};
 pub use gpu::{CudaArch, Gpu, GpuKind};
 pub use plan::{FunctionPlan, LookupError, Plan, Resolver, SnapshotLookup};
 pub use schema::{
-    App, Batch, EnvName, FunctionName, FunctionSpec, Manifest, Network, SnapshotStore, UrlAuth,
+    App, Batch, EnvName, FunctionName, FunctionSpec, Manifest, Network, Routes, SnapshotStore, UrlAuth,
     UrlConfig,
 };
 pub use units::{ByteSize, Duration};

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::schema::{FunctionName, FunctionSpec, Manifest};
+use crate::schema::{FunctionName, FunctionSpec, Manifest, Routes};
 use crate::ManifestError;
 
 /// Why a snapshot lookup failed; shown as is, after the function's name.
@@ -57,6 +57,8 @@ pub struct Plan {
     pub regions: Vec<String>,
     /// Functions by name.
     pub functions: BTreeMap<FunctionName, FunctionPlan>,
+    /// The functions behind the compatible routes, defaults applied.
+    pub routes: Routes,
 }
 
 /// One function, resolved.
@@ -147,9 +149,15 @@ impl Manifest {
                 },
             );
         }
+        let by_name = |name: &str| FunctionName::new(name).ok().filter(|n| functions.contains_key(n));
+        let routes = Routes {
+            embeddings: self.routes.embeddings.clone().or_else(|| by_name("embed")),
+            rerank: self.routes.rerank.clone().or_else(|| by_name("rerank")),
+        };
         Ok(Plan {
             app: self.app.name.clone(),
             regions: self.app.regions.clone(),
+            routes,
             functions,
         })
     }

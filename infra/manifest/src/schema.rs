@@ -21,9 +21,34 @@ pub struct Manifest {
     /// `[function.<name>]`, by name.
     #[serde(default)]
     pub function: BTreeMap<FunctionName, FunctionSpec>,
+    /// `[routes]`: the functions behind the OpenAI-, TEI- and Cohere-compatible routes.
+    #[serde(default, skip_serializing_if = "Routes::is_empty")]
+    pub routes: Routes,
     /// Where each function key was written, for errors found after parsing.
     #[serde(skip)]
     pub(crate) lines: KeyLines,
+}
+
+/// `[routes]`: which function answers each family of compatible routes. A route family
+/// left out goes to the function named like it (`embed`, `rerank`) if there is one, and
+/// answers 404 otherwise. A request's `model` may still name any other function.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routes {
+    /// OpenAI `POST /v1/embeddings` (when `model` names no function or snapshot), and
+    /// TEI `POST /embed` and `GET /info`: a function with `embed`'s contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embeddings: Option<FunctionName>,
+    /// TEI `POST /rerank` and Cohere/Jina `POST /v1/rerank`: a function with `rerank`'s
+    /// contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rerank: Option<FunctionName>,
+}
+
+impl Routes {
+    fn is_empty(&self) -> bool {
+        self.embeddings.is_none() && self.rerank.is_none()
+    }
 }
 
 /// `[app]`.

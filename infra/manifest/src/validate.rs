@@ -265,6 +265,17 @@ impl Manifest {
             }
             .check(f)?;
         }
+        for (route, target) in [
+            ("embeddings", &self.routes.embeddings),
+            ("rerank", &self.routes.rerank),
+        ] {
+            if let Some(f) = target.as_ref().filter(|f| !self.function.contains_key(*f)) {
+                return Err(ManifestError::UnknownRouteTarget {
+                    route,
+                    function: f.to_string(),
+                });
+            }
+        }
         Ok(())
     }
 }

@@ -54,6 +54,8 @@ pub struct Runtime {
     pub store: CallStore,
     /// The sandbox parts this machine has.
     pub sandbox: Arc<Sandbox>,
+    /// The functions behind the compatible routes (`[routes]`).
+    pub routes: thaw_manifest::Routes,
     accepting: AtomicBool,
     /// Turns true when thaw stops accepting work: executors stop claiming calls.
     closing: watch::Sender<bool>,
@@ -115,6 +117,7 @@ impl Runtime {
             metrics,
             store,
             sandbox,
+            routes: plan.routes.clone(),
             accepting: AtomicBool::new(true),
             closing,
             stop_background,

@@ -158,6 +158,12 @@ impl Guard {
         }
     }
 
+    /// Whether a request with `headers` may call `function`: for routes that name the
+    /// function in their body (the compatible routes' `model`), checked by the handler.
+    pub(super) fn allows(&self, function: &str, headers: &HeaderMap) -> bool {
+        self.function_ok(function, headers)
+    }
+
     fn function_ok(&self, function: &str, headers: &HeaderMap) -> bool {
         // The Lambda API names a function by ARN too: guard the function it reaches.
         let function = thaw_protocol::arn::parse_name(function).map_or(function, |r| r.name);

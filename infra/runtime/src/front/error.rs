@@ -142,7 +142,7 @@ impl ApiError {
 }
 
 /// The status of a call the platform could not run, on every surface that answers one.
-fn call_status(e: &CallError) -> StatusCode {
+pub(super) fn call_status(e: &CallError) -> StatusCode {
     match e {
         CallError::QueueFull(_) => StatusCode::TOO_MANY_REQUESTS,
         CallError::FunctionCrashed(_)

@@ -13,6 +13,7 @@
 //! | `GET /v1/functions` | config (env names only) and live state of every function |
 //! | `GET /v1/functions/{function}/logs?tail=N&since=MS` | captured output |
 //! | `GET /healthz`, `GET /metrics` | health, Prometheus |
+//! | `POST /v1/embeddings`, `GET /v1/models`, `POST /embed`, `/rerank`, `GET /info`, `POST /v1/rerank` | OpenAI-, TEI- and Cohere-compatible routes ([`compat`]) |
 //!
 //! Who may call what is decided by tower layers in front of the routes ([`auth`]): the
 //! control-plane token, and each function's `url.auth` on every route that reaches it.
@@ -29,6 +30,7 @@
 
 mod auth;
 mod calls;
+pub mod compat;
 mod drain;
 mod edge;
 mod error;
@@ -107,6 +109,11 @@ pub fn router(runtime: Shared, auth: Auth) -> Router {
         guard(Surface::Thaw),
         auth::control_plane,
     ));
+    // The compatible routes call a function like spawn does: the control plane, then
+    // (in the handler, once the body names it) the function's url.auth.
+    let compat = compat::routes(Arc::clone(&runtime), guard(Surface::Thaw)).route_layer(
+        from_fn_with_state(guard(Surface::Thaw), auth::control_plane),
+    );
     let urls = Router::new()
         .route("/fn/{function}", any(url::prefixed))
         .route("/fn/{function}/", any(url::prefixed))
@@ -115,6 +122,7 @@ pub fn router(runtime: Shared, auth: Auth) -> Router {
     Router::new()
         .merge(invoke)
         .merge(lambda_management)
+        .merge(compat)
         .merge(control)
         .merge(urls)
         .merge(open)
