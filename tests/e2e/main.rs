@@ -15,6 +15,7 @@ mod edge_load;
 mod embed_function;
 mod hardening_instances;
 mod parity;
+mod python_clients;
 mod rerank;
 mod runtime;
 mod s3;

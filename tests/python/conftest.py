@@ -15,6 +15,9 @@ import pytest
 def thaw_url() -> str:
     url = os.environ.get("THAW_URL")
     if not url:
+        # Under `make test` (tests/e2e/python_clients.rs) a missing server is a failure.
+        if os.environ.get("THAW_REQUIRE_LIVE"):
+            pytest.fail("THAW_REQUIRE_LIVE is set but THAW_URL is not")
         pytest.skip("THAW_URL is not set: no thaw serve to test against")
     return url
 
