@@ -192,7 +192,7 @@ mod tests {
         };
         let resolver = Resolver {
             bin_dir: dir.join("bin"),
-            manifest_dir: dir.clone(),
+            manifest_dir: dir.to_path_buf(),
             snapshots: &no_snapshots,
             allow_missing_snapshots: false,
         };
