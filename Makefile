@@ -157,10 +157,19 @@ gpu-sm%: $(CUDA_STAMP) $(CANDLE_PATCHED)/.done
 # --- functions in other languages ------------------------------------------------------
 # examples/python's function runs under AWS's own Python runtime client, awslambdaric, from
 # this venv (the sandbox binds it read-only: a program at <prefix>/bin/<name> gets <prefix>).
-PYFN_VENV := $(CACHE)/python-fn-venv
+# The venv is made from the system's Python (Debian's python3 and python3-venv): under
+# /usr, an unprivileged uid reaches it, so the function runs as one. An interpreter under
+# /root (pyenv's) would leave the sandbox root-mapped.
+PYFN_VENV   := $(CACHE)/python-fn-venv
+PYFN_PYTHON := /usr/bin/python3
 python-fn: $(PYFN_VENV)/.done
 $(PYFN_VENV)/.done:
-	rm -rf $(PYFN_VENV) && $(PYTHON) -m venv $(PYFN_VENV)
+	@if ! $(PYFN_PYTHON) -c 'import ensurepip, venv' 2>/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3 python3-venv >/dev/null; \
+		else echo "install python3 and python3-venv (apt-get install python3-venv)"; exit 1; fi; \
+	fi
+	rm -rf $(PYFN_VENV) && $(PYFN_PYTHON) -m venv $(PYFN_VENV)
 	$(PYFN_VENV)/bin/pip install --quiet --disable-pip-version-check 'awslambdaric==4.2.2'
 	touch $@
 

@@ -121,6 +121,11 @@ fn the_control_plane_token_guards_v1_invoke_and_metrics_and_opens_everything() {
     // The control plane: nothing without the token, not with the function token.
     for path in [
         "/v1/functions",
+        "/v1/models",
+        "/info",
+        "/2015-03-31/functions/",
+        "/2015-03-31/functions/open",
+        "/2015-03-31/functions/open/configuration",
         "/v1/functions/open/logs",
         "/v1/calls/0190a6e0-0000-7000-8000-000000000000",
         "/v1/maps/0190a6e0-0000-7000-8000-000000000000",
@@ -235,6 +240,39 @@ fn the_control_plane_token_guards_v1_invoke_and_metrics_and_opens_everything() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+}
+
+/// The routes that name their function in the body (`model`), by a route table
+/// (`[routes]`), or by ARN reach a token function only with the token.
+#[test]
+fn a_token_function_stays_locked_by_model_route_table_and_arn() {
+    let manifest = format!("{}\n[routes]\nembeddings = \"locked\"\n", manifest());
+    let s = Serve::start_with_env(&manifest, &[], &[("THAW_URL_TOKEN", URL_TOKEN)]);
+    let json_ct = ("content-type", "application/json");
+    let url = format!("Bearer {URL_TOKEN}");
+    let by_body = [
+        ("/v1/embeddings", r#"{"model": "locked", "input": "x"}"#),
+        ("/v1/rerank", r#"{"model": "locked", "query": "q", "documents": ["a"]}"#),
+        ("/embed", r#"{"inputs": "x"}"#),
+        ("/", r#"{"inputs": "x"}"#),
+    ];
+    for (path, body) in by_body {
+        let r = s.post(path, body.as_bytes(), &[json_ct]);
+        assert_eq!(r.status, 401, "{path}: {}", String::from_utf8_lossy(&r.body));
+        assert!(r.headers.contains_key("www-authenticate"), "{path}: {:?}", r.headers);
+        let r = s.post(path, body.as_bytes(), &[json_ct, ("authorization", &url)]);
+        assert_ne!(r.status, 401, "{path} with the token");
+    }
+    assert_eq!(s.get("/info").status, 401);
+    for name in [
+        "arn:aws:lambda:us-east-1:123456789012:function:locked",
+        "123456789012:function:locked",
+        "locked:$LATEST",
+    ] {
+        let path = format!("/2015-03-31/functions/{name}/invocations");
+        assert_unauthorized(&path, &s.post(&path, br#"{"echo": 1}"#, &[]));
+        assert_served(&path, &s.post(&path, br#"{"echo": 1}"#, &[("authorization", &url)]));
+    }
 }
 
 #[test]

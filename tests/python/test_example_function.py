@@ -18,6 +18,8 @@ def test_it_runs_in_the_sandbox(thaw_url) -> None:
     sandbox = next(f for f in functions if f["name"] == FN)["sandbox"]
     assert sandbox["enabled"] and sandbox["mount_namespace"] and sandbox["pid_namespace"]
     assert sandbox["network"] == "isolated"
+    # The venv's interpreter is the system's, under /usr: nothing forces a root mapping.
+    assert sandbox["user"] == "unprivileged", sandbox
 
 
 def test_function_url(thaw_url) -> None:

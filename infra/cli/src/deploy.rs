@@ -50,6 +50,7 @@ pub(crate) fn run(cmd: DeployCommand) -> Result<()> {
     let plan = manifest.resolve(&Resolver {
         bin_dir,
         manifest_dir: crate::manifest_dir(&args.manifest)?,
+        private: Vec::new(),
         snapshots: &lookup,
         allow_missing_snapshots: false,
     })?;

@@ -158,9 +158,18 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         std::path::absolute(args.snapshots.clone().unwrap_or_else(crate::default_cache))?;
     let cache = thaw_snapshot::cache::SnapshotCache::open(&cache_dir)?;
     let lookup = |name: &str| -> Result<PathBuf, LookupError> { Ok(cache.resolve(name)?) };
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::var_os("THAW_STATE_DIR")
+            .map_or_else(|| PathBuf::from(".cache/state"), PathBuf::from)
+    });
+    // Made now (the store would make it), so that no function's workdir can hold it.
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("cannot create the state directory {}", state_dir.display()))?;
+    let private = vec![std::path::absolute(&state_dir)?];
     let resolver = Resolver {
         bin_dir,
         manifest_dir: crate::manifest_dir(&args.manifest)?,
+        private,
         snapshots: &lookup,
         allow_missing_snapshots: store_config.is_some(),
     };
@@ -179,10 +188,6 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
             listen = format!("0.0.0.0:{port}");
         }
     }
-    let state_dir = args.state_dir.unwrap_or_else(|| {
-        std::env::var_os("THAW_STATE_DIR")
-            .map_or_else(|| PathBuf::from(".cache/state"), PathBuf::from)
-    });
     // Opened before serving: it locks the directory and recovers interrupted calls.
     let settings = thaw_runtime::calls::store::settings(&plan);
     let calls = thaw_runtime::calls::store::CallStore::open(

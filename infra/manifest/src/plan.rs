@@ -31,6 +31,8 @@ pub struct Resolver<'a> {
     pub bin_dir: PathBuf,
     /// The manifest's directory: a `command`'s `workdir` is relative to it.
     pub manifest_dir: PathBuf,
+    /// Directories no function may see: no `workdir` may hold one (thaw's call store).
+    pub private: Vec<PathBuf>,
     /// Finds snapshots by name.
     pub snapshots: &'a dyn SnapshotLookup,
     /// Snapshots the lookup cannot find are left for the runtime to pull (a snapshot
@@ -102,6 +104,7 @@ impl Manifest {
                 spec,
                 &resolver.bin_dir,
                 &resolver.manifest_dir,
+                &resolver.private,
             )?;
             for (sandbox, host) in &spec.volumes {
                 if !std::path::Path::new(host).is_dir() {
@@ -193,6 +196,7 @@ mod tests {
         let resolver = Resolver {
             bin_dir: dir.join("bin"),
             manifest_dir: dir.to_path_buf(),
+            private: Vec::new(),
             snapshots: &no_snapshots,
             allow_missing_snapshots: false,
         };

@@ -7,12 +7,19 @@
 //! bounded, NUL-free arguments), [`resolve`] finds the program and the working directory
 //! on disk and says which directories the sandbox must bind for the program to run.
 //!
-//! A program at `<prefix>/bin/<name>` outside `/usr` is given its whole prefix, read-only:
-//! that is how interpreters find their libraries (a Python venv's `site-packages`, a Node
-//! install's `lib`), whatever the interpreter. When the program is a link (a venv's
-//! `bin/python`), the prefix of the file it links to is given too: the interpreter the
-//! venv was made from, with its standard library. A program elsewhere is given its own
-//! file.
+//! The sandbox sees, read-only, the workdir and what the program needs to run:
+//!
+//! - **The workdir** must be declared (no default: the manifest's own directory often
+//!   holds thaw's state and a project's secrets), may not be `/`, a top-level directory
+//!   or a system one (`/proc`, `/etc`, ...), nor hold any of the resolver's
+//!   [`Resolver::private`](crate::Resolver) directories (thaw's call store).
+//! - **An install prefix**: a program at `<prefix>/bin/<name>` outside `/usr` is given
+//!   `<prefix>` when it looks like an installation (a Python venv's `pyvenv.cfg`, or a
+//!   `lib` directory: a Node or pyenv install) and is not a home directory. That is how
+//!   interpreters find their libraries. When the program is a link (a venv's
+//!   `bin/python`), the prefix of the file it links to is given too: the interpreter the
+//!   venv was made from, with its standard library. Any other program is given its own
+//!   file.
 
 use std::path::{Path, PathBuf};
 
@@ -77,10 +84,13 @@ pub(crate) fn check(f: &FunctionSpec) -> Result<(), String> {
                 ));
             }
             match &f.workdir {
+                None => Err("command needs a workdir: the directory it runs in, which its \
+                             sandbox sees read-only (relative to the manifest's directory)"
+                    .into()),
                 Some(w) if w.is_empty() || w.contains('\0') => {
                     Err(format!("workdir {w:?} must be a non-empty path without NUL"))
                 }
-                _ => Ok(()),
+                Some(_) => Ok(()),
             }
         }
     }
@@ -94,6 +104,7 @@ pub(crate) fn resolve(
     f: &FunctionSpec,
     bin_dir: &Path,
     manifest_dir: &Path,
+    private: &[PathBuf],
 ) -> Result<Program, ManifestError> {
     if let Some(binary) = &f.binary {
         let path = bin_dir.join(binary);
@@ -125,14 +136,24 @@ pub(crate) fn resolve(
             function: function.to_owned(),
             path: declared.clone(),
         })?;
+    if let Some(why) = unfit_workdir(&workdir, private) {
+        return Err(ManifestError::Invalid {
+            function: function.to_owned(),
+            message: format!("workdir {}: {why}", workdir.display()),
+        });
+    }
     let not_found = |looked: String| ManifestError::ProgramNotFound {
         function: function.to_owned(),
         program: program.clone(),
         looked,
     };
     let path = if program.contains('/') {
-        let candidate = without_dot_dots(&workdir.join(program))
-            .ok_or_else(|| not_found(format!("{} does not exist", workdir.join(program).display())))?;
+        let candidate = without_dot_dots(&workdir.join(program)).ok_or_else(|| {
+            not_found(format!("{}'s directory does not exist", workdir.join(program).display()))
+        })?;
+        if !candidate.exists() {
+            return Err(not_found(format!("{} does not exist", candidate.display())));
+        }
         if !is_executable(&candidate) {
             return Err(not_found(format!("{} is not an executable file", candidate.display())));
         }
@@ -174,8 +195,42 @@ fn without_dot_dots(path: &Path) -> Option<PathBuf> {
     Some(path.parent()?.canonicalize().ok()?.join(name))
 }
 
-/// `<prefix>` of a program at `<prefix>/bin/<name>`, unless the sandbox has it already
-/// (`/usr`, and `/bin`'s link to it) or it is `/`.
+/// Directories no workdir may be or lie under.
+const SYSTEM_DIRS: [&str; 6] = ["/proc", "/sys", "/dev", "/run", "/etc", "/boot"];
+
+/// Why `workdir` (canonical) may not be bound into a sandbox, if it may not.
+fn unfit_workdir(workdir: &Path, private: &[PathBuf]) -> Option<String> {
+    if workdir.components().count() < 3 {
+        return Some(
+            "a workdir may not be / or a top-level directory (it would be bound over the \
+             sandbox's own /tmp, /usr, ...): use the function's own directory"
+                .into(),
+        );
+    }
+    if let Some(system) = SYSTEM_DIRS.iter().find(|d| workdir.starts_with(d)) {
+        return Some(format!("a workdir may not lie under {system}"));
+    }
+    if is_home(workdir) {
+        return Some("a workdir may not be a home directory: use the function's own directory".into());
+    }
+    private
+        .iter()
+        .filter_map(|p| p.canonicalize().ok())
+        .find(|p| p.starts_with(workdir))
+        .map(|p| format!("it holds {}, which functions may not see (thaw's state)", p.display()))
+}
+
+/// `$HOME`, `/root`, or `/home/<user>`.
+fn is_home(dir: &Path) -> bool {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    dir == Path::new("/root")
+        || home.as_deref() == Some(dir)
+        || (dir.parent() == Some(Path::new("/home")))
+}
+
+/// `<prefix>` of a program at `<prefix>/bin/<name>` that looks like an installation (a
+/// venv's `pyvenv.cfg`, or a `lib` directory), unless the sandbox has it already (`/usr`,
+/// and `/bin`'s link to it), it is `/`, or it is a home directory (`~/bin/tool`).
 fn install_prefix(program: &Path) -> Option<PathBuf> {
     let bin = program.parent()?;
     if bin.file_name()? != "bin" {
@@ -183,7 +238,8 @@ fn install_prefix(program: &Path) -> Option<PathBuf> {
     }
     let prefix = bin.parent()?;
     let system = prefix == Path::new("/") || prefix.starts_with("/usr");
-    (!system).then(|| prefix.to_owned())
+    let install = prefix.join("pyvenv.cfg").is_file() || prefix.join("lib").is_dir();
+    (!system && install && !is_home(prefix)).then(|| prefix.to_owned())
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -213,6 +269,7 @@ mod tests {
             ("binary = \"../f\"", "not a path"),
             ("command = [\"x\", \"a\\u0000b\"]", "NUL"),
             ("command = [\"x\"]\nworkdir = \"\"", "non-empty"),
+            ("command = [\"x\"]", "needs a workdir"),
         ];
         for (lines, why) in refused {
             let err = check(&spec(lines)).expect_err(lines);
@@ -220,7 +277,10 @@ mod tests {
         }
         let long = format!("command = [{}]", vec!["\"a\""; MAX_COMMAND_ARGS + 1].join(","));
         assert!(check(&spec(&long)).is_err());
-        assert!(check(&spec("command = [\"python3\", \"-m\", \"awslambdaric\", \"h.f\"]")).is_ok());
+        assert!(check(&spec(
+            "command = [\"python3\", \"-m\", \"awslambdaric\", \"h.f\"]\nworkdir = \".\""
+        ))
+        .is_ok());
         assert!(check(&spec("binary = \"embed\"")).is_ok());
     }
 
@@ -228,34 +288,59 @@ mod tests {
     fn a_command_finds_its_program_workdir_and_prefix() {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().canonicalize().expect("canonical");
-        std::fs::create_dir_all(root.join("venv/bin")).expect("mkdir");
-        std::fs::create_dir_all(root.join("app")).expect("mkdir");
+        let resolve = |lines: &str, private: &[PathBuf]| {
+            super::resolve("f", &spec(lines), Path::new("/nonexistent"), &root, private)
+        };
+        for d in ["venv/bin", "app", "py/bin", "py/lib", "plain/bin", "state"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::write(root.join("venv/pyvenv.cfg"), "home = /usr/bin\n").expect("cfg");
         std::os::unix::fs::symlink("/bin/sh", root.join("venv/bin/python")).expect("link");
-        let f = spec("command = [\"../venv/bin/python\", \"-m\", \"x\"]\nworkdir = \"app\"");
-        let p = resolve("f", &f, Path::new("/nonexistent"), &root).expect("resolve");
+        let venv = "command = [\"../venv/bin/python\", \"-m\", \"x\"]\nworkdir = \"app\"";
+        let p = resolve(venv, &[]).expect("resolve");
         assert_eq!(p.path, root.join("venv/bin/python"));
         assert_eq!(p.args, ["-m", "x"]);
         assert_eq!(p.workdir.as_deref(), Some(root.join("app").as_path()));
         assert_eq!(p.read_only, [root.join("app"), root.join("venv")]);
         // A venv made from an interpreter outside /usr: both prefixes.
-        std::fs::create_dir_all(root.join("py/bin")).expect("mkdir");
         std::fs::copy("/bin/sh", root.join("py/bin/python3.11")).expect("copy");
         std::fs::remove_file(root.join("venv/bin/python")).expect("unlink");
         std::os::unix::fs::symlink(root.join("py/bin/python3.11"), root.join("venv/bin/python"))
             .expect("link");
-        let p = resolve("f", &f, Path::new("/nonexistent"), &root).expect("resolve");
+        let p = resolve(venv, &[]).expect("resolve");
         assert_eq!(p.read_only, [root.join("app"), root.join("venv"), root.join("py")]);
+        // A bin/ that is not an installation gives only its program.
+        std::fs::copy("/bin/sh", root.join("plain/bin/tool")).expect("copy");
+        let p = resolve("command = [\"../plain/bin/tool\"]\nworkdir = \"app\"", &[]).expect("tool");
+        assert_eq!(p.read_only, [root.join("app")]);
 
-        let on_path = resolve("f", &spec("command = [\"sh\", \"-c\", \"true\"]"), Path::new("/"), &root)
+        let on_path = resolve("command = [\"sh\", \"-c\", \"true\"]\nworkdir = \"app\"", &[])
             .expect("sh on PATH");
         assert!(on_path.path.is_absolute() && on_path.path.ends_with("sh"));
-        assert_eq!(on_path.read_only, [root.clone()]);
+        assert_eq!(on_path.read_only, [root.join("app")]);
 
-        let missing = resolve("f", &spec("command = [\"./nope\"]"), Path::new("/"), &root);
-        assert!(matches!(missing, Err(ManifestError::ProgramNotFound { .. })), "{missing:?}");
-        let not_on_path = resolve("f", &spec("command = [\"no-such-program-here\"]"), Path::new("/"), &root);
-        assert!(matches!(not_on_path, Err(ManifestError::ProgramNotFound { .. })));
-        let no_workdir = resolve("f", &spec("command = [\"sh\"]\nworkdir = \"gone\""), Path::new("/"), &root);
+        for (lines, want) in [
+            ("command = [\"./nope\"]\nworkdir = \"app\"", "does not exist"),
+            ("command = [\"no-such-program-here\"]\nworkdir = \"app\"", "not on PATH"),
+        ] {
+            match resolve(lines, &[]) {
+                Err(e @ ManifestError::ProgramNotFound { .. }) => {
+                    assert!(e.to_string().contains(want), "{e}")
+                }
+                other => panic!("{lines}: {other:?}"),
+            }
+        }
+        let no_workdir = resolve("command = [\"sh\"]\nworkdir = \"gone\"", &[]);
         assert!(matches!(no_workdir, Err(ManifestError::WorkdirNotFound { .. })));
+        // Not /, not a top-level or system directory, not one holding thaw's state.
+        for workdir in ["/", "/tmp", "/etc/ssl", "/proc/self"] {
+            let lines = format!("command = [\"sh\"]\nworkdir = {workdir:?}");
+            let e = resolve(&lines, &[]).expect_err(workdir).to_string();
+            assert!(e.contains("workdir"), "{workdir}: {e}");
+        }
+        let e = resolve("command = [\"sh\"]\nworkdir = \".\"", &[root.join("state")])
+            .expect_err("holds the state dir")
+            .to_string();
+        assert!(e.contains("thaw's state"), "{e}");
     }
 }

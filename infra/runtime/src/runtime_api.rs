@@ -353,7 +353,8 @@ fn trace_id() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    // A v7 uuid's last 96 bits are random (its first 48 are time).
+    // A v7 uuid's low 96 bits: 16 bits of its time, its version and variant bits, and 74
+    // random ones; unique per call, which is what a trace id needs.
     let random = uuid::Uuid::now_v7().as_u128() & ((1u128 << 96) - 1);
     format!("Root=1-{secs:08x}-{random:024x};Sampled=0")
 }

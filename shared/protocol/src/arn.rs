@@ -43,19 +43,17 @@ pub struct NotAFunctionName(pub String);
 pub fn parse_name(given: &str) -> Result<FunctionRef<'_>, NotAFunctionName> {
     let bad = || NotAFunctionName(given.to_owned());
     let parts: Vec<&str> = given.split(':').collect();
+    let account = |a: &str| !a.is_empty() && a.bytes().all(|b| b.is_ascii_digit());
+    let partition = |p: &str| p == "aws" || p.starts_with("aws-");
     let (name, qualifier) = match parts.as_slice() {
         [name] => (*name, None),
         [name, q] => (*name, Some(*q)),
-        [_account, "function", name] => (*name, None),
-        [_account, "function", name, q] => (*name, Some(*q)),
-        ["arn", partition, "lambda", _region, _account, "function", name]
-            if partition.starts_with("aws") =>
-        {
+        [a, "function", name] if account(a) => (*name, None),
+        [a, "function", name, q] if account(a) => (*name, Some(*q)),
+        ["arn", p, "lambda", _region, a, "function", name] if partition(p) && account(a) => {
             (*name, None)
         }
-        ["arn", partition, "lambda", _region, _account, "function", name, q]
-            if partition.starts_with("aws") =>
-        {
+        ["arn", p, "lambda", _region, a, "function", name, q] if partition(p) && account(a) => {
             (*name, Some(*q))
         }
         _ => return Err(bad()),
@@ -87,7 +85,18 @@ mod tests {
             parse_name(&function_arn("embed")).map(|r| r.name),
             Ok("embed")
         );
-        for bad in ["", ":", "embed:", "a:b:c", "arn:aws:s3:::bucket", "arn:aws:lambda:r:1:layer:x", "1:function:"] {
+        for bad in [
+            "",
+            ":",
+            "embed:",
+            "a:b:c",
+            "arn:aws:s3:::bucket",
+            "arn:aws:lambda:r:1:layer:x",
+            "1:function:",
+            ":function:embed",
+            "x1:function:embed",
+            "arn:awsfoo:lambda:r:1:function:embed",
+        ] {
             assert!(parse_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -175,7 +175,7 @@ impl IntoResponse for ApiError {
 }
 
 /// The `WWW-Authenticate` challenge of every 401 (RFC 6750).
-const CHALLENGE: &str = "Bearer realm=\"thaw\"";
+pub(super) const CHALLENGE: &str = "Bearer realm=\"thaw\"";
 
 /// An error on the AWS Lambda Invoke API, in AWS's shape.
 #[derive(Debug, thiserror::Error)]

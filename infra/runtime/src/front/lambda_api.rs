@@ -62,6 +62,8 @@ pub(super) fn management_routes() -> Router<Shared> {
             "/2015-03-31/functions/{function}/configuration",
             aws_only(get(get_configuration)),
         )
+        .route("/2015-03-31", axum::routing::any(unknown_operation))
+        .route("/2015-03-31/", axum::routing::any(unknown_operation))
         .route("/2015-03-31/{*rest}", axum::routing::any(unknown_operation))
 }
 
@@ -88,6 +90,11 @@ fn resolve<'a>(
 ) -> Result<&'a Arc<FunctionPool>, AwsError> {
     let reference =
         parse_name(given).map_err(|e| AwsError::InvalidParameterValue(e.to_string()))?;
+    if query_qualifier.is_some_and(str::is_empty) {
+        return Err(AwsError::InvalidParameterValue(
+            "Qualifier is empty: give a version or alias, or leave it out".into(),
+        ));
+    }
     let qualifier = match (reference.qualifier, query_qualifier) {
         (Some(a), Some(b)) if a != b => {
             return Err(AwsError::InvalidParameterValue(format!(
@@ -123,9 +130,15 @@ async fn invoke(
     let pool = Arc::clone(resolve(&rt, &function, qualifier.as_deref())?);
     let name = pool.plan().name.to_string();
     let body = read_body(body).await?;
-    let header = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    let kind = header("x-amz-invocation-type").unwrap_or("RequestResponse");
-    let tail = match header("x-amz-log-type") {
+    let header = |h: &str| match headers.get(h).map(|v| v.to_str()) {
+        None => Ok(None),
+        Some(Ok(v)) => Ok(Some(v)),
+        Some(Err(_)) => Err(AwsError::InvalidParameterValue(format!(
+            "the {h} header is not visible ASCII"
+        ))),
+    };
+    let kind = header("x-amz-invocation-type")?.unwrap_or("RequestResponse");
+    let tail = match header("x-amz-log-type")? {
         None | Some("None") => false,
         Some("Tail") => true,
         Some(other) => {
@@ -271,8 +284,9 @@ async fn get_configuration(
     Ok(Json(configuration(pool)).into_response())
 }
 
-/// A function's `FunctionConfiguration`, from its plan. `Environment` is left out: its
-/// values are the function's secrets, and nothing that answers HTTP shows them.
+/// A function's `FunctionConfiguration`, from its plan: the settings the control plane
+/// shows on `/v1/functions` too (a command's arguments included). `Environment` is left
+/// out: its values are the function's secrets, and nothing that answers HTTP shows them.
 fn configuration(pool: &FunctionPool) -> Value {
     let plan = pool.plan();
     let spec = &plan.spec;

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use super::{batch, CallError, FunctionPool, Pending, RanOn, State};
+use super::{batch, CallError, FunctionPool, Pending, State};
 use crate::launcher::InstanceExit;
 use crate::runtime_api::{
     new_request_id, reply_limit, InstanceApi, Invocation, Outcome, Refused, MAX_RESPONSE,
@@ -115,14 +115,6 @@ impl FunctionPool {
     ) {
         let n = calls.len();
         let from_ms = u64::try_from(crate::calls::now_ms()).unwrap_or(0);
-        for call in &mut calls {
-            if let Some(tx) = call.ran_on.take() {
-                let _ = tx.send(RanOn {
-                    instance: self.instance_name(id),
-                    from_ms,
-                });
-            }
-        }
         let results = if n == 1 {
             let payload = calls[0].payload.clone();
             vec![self.deliver(id, &api, exit, payload, MAX_RESPONSE).await]
@@ -131,6 +123,18 @@ impl FunctionPool {
             let answer = self.deliver(id, &api, exit, payload, reply_limit(n)).await;
             batch::split(answer, n)
         };
+        // A caller that wants the call's log gets what the instance wrote from the
+        // dispatch until its answer had a moment to be followed by its last lines; the
+        // slot is still held, so no other call of this one's writes into that window.
+        if calls.iter().any(|c| c.log.is_some()) {
+            tokio::time::sleep(super::LOG_SETTLE).await;
+            let lines = self.logs.since(&self.instance_name(id), from_ms);
+            for call in &mut calls {
+                if let Some(tx) = call.log.take() {
+                    let _ = tx.send(lines.clone());
+                }
+            }
+        }
         for (call, result) in calls.into_iter().zip(results) {
             let _ = call.reply.send(result);
         }

@@ -49,7 +49,8 @@ use crate::sandbox::SandboxReport;
 
 /// How long a stopped instance gets between SIGTERM and SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
-/// How long a call's log is given to arrive after its answer (see `invoke_with_log`).
+/// How long a call's log is given to arrive after its answer: the instance's output comes
+/// through a pipe, its answer over HTTP (see `invoke_with_log`).
 const LOG_SETTLE: Duration = Duration::from_millis(20);
 const BACKOFF_START: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -117,15 +118,9 @@ struct Pending {
     /// Never batched with others: a retry of a call whose batch failed (so one poison
     /// item cannot fail its neighbours twice), or a payload that is not JSON.
     alone: bool,
-    /// Told where and when the call was dispatched, for a caller that wants its log.
-    ran_on: Option<oneshot::Sender<RanOn>>,
-}
-
-/// Where a call ran: its instance, and when it was handed over (ms since the epoch).
-#[derive(Debug, Clone)]
-pub(super) struct RanOn {
-    instance: String,
-    from_ms: u64,
+    /// Given the lines its instance wrote while running it, for a caller that wants
+    /// its log (sent before the reply).
+    log: Option<oneshot::Sender<Vec<LogLine>>>,
 }
 
 /// Whether a call may share a dispatch with others.
@@ -280,19 +275,17 @@ impl FunctionPool {
         self.invoke_with(payload, Company::Batchable).await
     }
 
-    /// Runs one call, and returns with its outcome the lines its instance wrote while it
-    /// ran the call (on an instance with `concurrency` > 1, its other calls' lines too),
-    /// as `LogType=Tail` on the Invoke API gives them.
-    pub async fn invoke_with_log(&self, payload: Bytes) -> (Result<Outcome, CallError>, Vec<LogLine>) {
+    /// Runs one call, alone (never in a batch), and returns with its outcome the lines
+    /// its instance wrote while it ran the call, as `LogType=Tail` on the Invoke API gives
+    /// them. The instance takes no other call until they are collected; on an instance
+    /// with `concurrency` > 1 the calls it runs alongside write into the same window.
+    pub async fn invoke_with_log(
+        &self,
+        payload: Bytes,
+    ) -> (Result<Outcome, CallError>, Vec<LogLine>) {
         let (tx, rx) = oneshot::channel();
-        let result = self.enqueue(payload, Company::Batchable, Some(tx)).await;
-        let Ok(ran) = rx.await else {
-            return (result, Vec::new());
-        };
-        // The instance's output comes through a pipe, its answer over HTTP: give a line
-        // written just before the answer the moment it takes to be read.
-        tokio::time::sleep(LOG_SETTLE).await;
-        (result, self.logs.since(&ran.instance, ran.from_ms))
+        let result = self.enqueue(payload, Company::Alone, Some(tx)).await;
+        (result, rx.await.unwrap_or_default())
     }
 
     /// Runs one call that may or may not share a batch with others.
@@ -308,7 +301,7 @@ impl FunctionPool {
         &self,
         payload: Bytes,
         company: Company,
-        ran_on: Option<oneshot::Sender<RanOn>>,
+        log: Option<oneshot::Sender<Vec<LogLine>>>,
     ) -> Result<Outcome, CallError> {
         let started = Instant::now();
         let alone = company == Company::Alone
@@ -339,7 +332,7 @@ impl FunctionPool {
                 reply,
                 queued_at: started,
                 alone,
-                ran_on,
+                log,
             });
         }
         self.pump();

@@ -67,7 +67,9 @@ pub enum Dialect {
 }
 
 impl CompatError {
-    /// The status; TEI answers its validation errors 413, as TEI does.
+    /// The status. TEI's own codes on its routes: 422 for a request it cannot take (a
+    /// body that does not parse, an option it does not offer), 413 for input the model
+    /// refuses (TEI's "Validation").
     fn status(&self, dialect: Dialect) -> StatusCode {
         match self {
             Self::BadRequest(_) if dialect == Dialect::Tei => StatusCode::UNPROCESSABLE_ENTITY,
@@ -141,6 +143,12 @@ impl CompatError {
         if status == StatusCode::TOO_MANY_REQUESTS {
             resp.headers_mut()
                 .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static(crate::front::error::CHALLENGE),
+            );
         }
         resp
     }

@@ -6,7 +6,9 @@
 //! up to [`MAX_INPUTS`] texts is split into calls of [`CHUNK`] (embed's own limit per
 //! call), run at once, so a large request spreads over the function's instances and
 //! batches. Token-id input is refused: the function tokenizes with its model's own
-//! tokenizer, and ids from another tokenizer would embed garbage.
+//! tokenizer, and ids from another tokenizer would embed garbage. As on OpenAI, a text
+//! longer than the model's context is an error, not silently cut, and an empty text is
+//! refused.
 
 use std::collections::BTreeSet;
 
@@ -84,12 +86,17 @@ pub(super) async fn embeddings(
         Input::Many(texts) => texts,
         Input::Tokens(_) => {
             return Err(CompatError::BadRequest(
-                "input must be a string or a list of strings: token ids are not accepted, \
-                 since the function tokenizes with its model's own tokenizer"
+                "input must be a string or a list of strings (token-id input is not \
+                 accepted: the function tokenizes with its model's own tokenizer)"
                     .into(),
             ))
         }
     };
+    if let Some(i) = texts.iter().position(String::is_empty) {
+        return Err(CompatError::BadRequest(format!(
+            "input[{i}] is empty: each text must hold at least one character"
+        )));
+    }
     if texts.is_empty() || texts.len() > MAX_INPUTS {
         return Err(CompatError::BadRequest(format!(
             "input must hold 1 to {MAX_INPUTS} texts, not {}",
@@ -97,7 +104,7 @@ pub(super) async fn embeddings(
         )));
     }
     let pool = c.target(Role::Embeddings, req.model.as_deref(), headers)?;
-    let outputs = embed_all(&pool, &texts, None, None).await?;
+    let outputs = embed_all(&pool, &texts, None, Some(false)).await?;
     let dims = outputs.first().map_or(0, |o| o.dims);
     if let Some(d) = req.dimensions.filter(|d| *d != dims) {
         return Err(CompatError::BadRequest(format!(

@@ -1,10 +1,12 @@
 //! text-embeddings-inference's `POST /embed` (and `POST /`), `POST /rerank` and
 //! `GET /info`, in TEI's request and reply shapes, over the routed functions.
 //!
-//! TEI's defaults are kept where they differ from thaw's functions: `truncate` is false
-//! (over-length input is an error, not silently cut) and rerank scores are squashed
-//! unless `raw_scores`. What TEI offers and the functions cannot do is refused, never
-//! ignored: prompts (`prompt_name`), left truncation, shortened vectors.
+//! TEI's defaults are kept where they differ from thaw's functions: on `/embed`,
+//! `truncate` is false (over-length input is an error, not silently cut), and rerank
+//! scores are squashed unless `raw_scores`. thaw's rerank always fits each pair to the
+//! model by truncating the text, so `/rerank` takes `truncate` absent or true and refuses
+//! false. What TEI offers and the functions cannot do is refused, never ignored: prompts
+//! (`prompt_name`), left truncation, shortened vectors.
 
 use axum::http::HeaderMap;
 use axum::response::Response;
