@@ -168,6 +168,8 @@ fn a_function_sees_only_its_own_files_processes_and_environment() {
                 // Set by thaw-fn in its own process, not passed in.
                 "RAYON_NUM_THREADS",
                 "TOKENIZERS_PARALLELISM",
+                // Set by lambda_runtime from each invocation's Lambda-Runtime-Trace-Id.
+                "_X_AMZN_TRACE_ID",
             ]
             .contains(name);
         assert!(allowed, "unexpected variable {name} in {env}");

@@ -20,7 +20,8 @@
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{FromRequestParts, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
@@ -118,16 +119,13 @@ fn resolve<'a>(
 
 async fn invoke(
     State(rt): State<Shared>,
-    AwsPath(function): AwsPath<String>,
-    AwsQuery(query): AwsQuery<QualifierQuery>,
+    Target(pool): Target,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, AwsError> {
     if !rt.accepting() {
         return Err(AwsError::Service("thaw is shutting down".into()));
     }
-    let qualifier = query.qualifier;
-    let pool = Arc::clone(resolve(&rt, &function, qualifier.as_deref())?);
     let name = pool.plan().name.to_string();
     let body = read_body(body).await?;
     let header = |h: &str| match headers.get(h).map(|v| v.to_str()) {
@@ -256,32 +254,33 @@ async fn list(
     Ok(Json(json!({"Functions": functions, "NextMarker": next})).into_response())
 }
 
-async fn get_function(
-    State(rt): State<Shared>,
-    AwsPath(function): AwsPath<String>,
-    AwsQuery(query): AwsQuery<QualifierQuery>,
-) -> Result<Response, AwsError> {
-    let qualifier = query.qualifier;
-    let pool = resolve(&rt, &function, qualifier.as_deref())?;
+/// The function a request's `{function}` path segment and `?Qualifier=` name.
+struct Target(Arc<FunctionPool>);
+
+impl FromRequestParts<Shared> for Target {
+    type Rejection = AwsError;
+
+    async fn from_request_parts(parts: &mut Parts, rt: &Shared) -> Result<Self, AwsError> {
+        let AwsPath(function) = AwsPath::<String>::from_request_parts(parts, rt).await?;
+        let AwsQuery(query) = AwsQuery::<QualifierQuery>::from_request_parts(parts, rt).await?;
+        resolve(rt, &function, query.qualifier.as_deref()).map(|pool| Self(Arc::clone(pool)))
+    }
+}
+
+async fn get_function(Target(pool): Target) -> Response {
     let spec = &pool.plan().spec;
-    Ok(Json(json!({
-        "Configuration": configuration(pool),
+    Json(json!({
+        "Configuration": configuration(&pool),
         // thaw runs the program where it is: there is no package to download.
         "Code": {"RepositoryType": "Local", "Location": pool.plan().binary_path},
         "Concurrency": {"ReservedConcurrentExecutions": spec.max_containers * spec.concurrency},
         "Tags": {},
     }))
-    .into_response())
+    .into_response()
 }
 
-async fn get_configuration(
-    State(rt): State<Shared>,
-    AwsPath(function): AwsPath<String>,
-    AwsQuery(query): AwsQuery<QualifierQuery>,
-) -> Result<Response, AwsError> {
-    let qualifier = query.qualifier;
-    let pool = resolve(&rt, &function, qualifier.as_deref())?;
-    Ok(Json(configuration(pool)).into_response())
+async fn get_configuration(Target(pool): Target) -> Response {
+    Json(configuration(&pool)).into_response()
 }
 
 /// A function's `FunctionConfiguration`, from its plan: the settings the control plane
