@@ -252,14 +252,26 @@ fn a_token_function_stays_locked_by_model_route_table_and_arn() {
     let url = format!("Bearer {URL_TOKEN}");
     let by_body = [
         ("/v1/embeddings", r#"{"model": "locked", "input": "x"}"#),
-        ("/v1/rerank", r#"{"model": "locked", "query": "q", "documents": ["a"]}"#),
+        (
+            "/v1/rerank",
+            r#"{"model": "locked", "query": "q", "documents": ["a"]}"#,
+        ),
         ("/embed", r#"{"inputs": "x"}"#),
         ("/", r#"{"inputs": "x"}"#),
     ];
     for (path, body) in by_body {
         let r = s.post(path, body.as_bytes(), &[json_ct]);
-        assert_eq!(r.status, 401, "{path}: {}", String::from_utf8_lossy(&r.body));
-        assert!(r.headers.contains_key("www-authenticate"), "{path}: {:?}", r.headers);
+        assert_eq!(
+            r.status,
+            401,
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(
+            r.headers.contains_key("www-authenticate"),
+            "{path}: {:?}",
+            r.headers
+        );
         let r = s.post(path, body.as_bytes(), &[json_ct, ("authorization", &url)]);
         assert_ne!(r.status, 401, "{path} with the token");
     }
@@ -271,7 +283,10 @@ fn a_token_function_stays_locked_by_model_route_table_and_arn() {
     ] {
         let path = format!("/2015-03-31/functions/{name}/invocations");
         assert_unauthorized(&path, &s.post(&path, br#"{"echo": 1}"#, &[]));
-        assert_served(&path, &s.post(&path, br#"{"echo": 1}"#, &[("authorization", &url)]));
+        assert_served(
+            &path,
+            &s.post(&path, br#"{"echo": 1}"#, &[("authorization", &url)]),
+        );
     }
 }
 

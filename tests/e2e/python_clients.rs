@@ -56,7 +56,15 @@ memory = "256MiB"
     );
     let serve = Serve::start(&manifest);
     let out = Command::new(&client_python)
-        .args(["-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "tests/python"])
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            "tests/python",
+        ])
         .current_dir(repo_root())
         .env("THAW_URL", &serve.base)
         .env("THAW_REQUIRE_LIVE", "1")
@@ -70,7 +78,10 @@ memory = "256MiB"
     assert!(out.status.success(), "pytest failed:\n{stdout}\n{stderr}");
     let summary = stdout.lines().last().unwrap_or_default();
     assert!(summary.contains(" passed"), "{summary}");
-    let skips: Vec<&str> = stdout.lines().filter(|l| l.starts_with("SKIPPED")).collect();
+    let skips: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("SKIPPED"))
+        .collect();
     assert!(
         skips.iter().all(|l| l.contains("no control-plane token")),
         "unexpected skips: {skips:?}"

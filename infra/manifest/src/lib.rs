@@ -23,12 +23,12 @@ mod validate;
 pub use error::{Limit, ManifestError};
 pub use gpu::{CudaArch, Gpu, GpuKind};
 pub use plan::{FunctionPlan, LookupError, Plan, Resolver, SnapshotLookup};
+pub use program::{MAX_COMMAND_ARG, MAX_COMMAND_ARGS};
 pub use schema::{
-    App, Batch, EnvName, FunctionName, FunctionSpec, Manifest, Network, Routes, SnapshotStore, UrlAuth,
-    UrlConfig,
+    App, Batch, EnvName, FunctionName, FunctionSpec, Manifest, Network, Routes, SnapshotStore,
+    UrlAuth, UrlConfig,
 };
 pub use units::{ByteSize, Duration};
-pub use program::{MAX_COMMAND_ARG, MAX_COMMAND_ARGS};
 pub use validate::limits;
 
 #[cfg(test)]

@@ -152,7 +152,11 @@ impl Manifest {
                 },
             );
         }
-        let by_name = |name: &str| FunctionName::new(name).ok().filter(|n| functions.contains_key(n));
+        let by_name = |name: &str| {
+            FunctionName::new(name)
+                .ok()
+                .filter(|n| functions.contains_key(n))
+        };
         let routes = Routes {
             embeddings: self.routes.embeddings.clone().or_else(|| by_name("embed")),
             rerank: self.routes.rerank.clone().or_else(|| by_name("rerank")),

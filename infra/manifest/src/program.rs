@@ -54,10 +54,14 @@ pub(crate) fn check(f: &FunctionSpec) -> Result<(), String> {
         ),
         (Some(binary), None) => {
             if f.workdir.is_some() {
-                return Err("workdir is only for command; a binary runs in its sandbox's /tmp".into());
+                return Err(
+                    "workdir is only for command; a binary runs in its sandbox's /tmp".into(),
+                );
             }
             if binary.is_empty() || binary.contains(['/', '\0']) {
-                return Err(format!("binary {binary:?} must be a cargo bin name, not a path"));
+                return Err(format!(
+                    "binary {binary:?} must be a cargo bin name, not a path"
+                ));
             }
             Ok(())
         }
@@ -84,12 +88,14 @@ pub(crate) fn check(f: &FunctionSpec) -> Result<(), String> {
                 ));
             }
             match &f.workdir {
-                None => Err("command needs a workdir: the directory it runs in, which its \
+                None => Err(
+                    "command needs a workdir: the directory it runs in, which its \
                              sandbox sees read-only (relative to the manifest's directory)"
-                    .into()),
-                Some(w) if w.is_empty() || w.contains('\0') => {
-                    Err(format!("workdir {w:?} must be a non-empty path without NUL"))
-                }
+                        .into(),
+                ),
+                Some(w) if w.is_empty() || w.contains('\0') => Err(format!(
+                    "workdir {w:?} must be a non-empty path without NUL"
+                )),
                 Some(_) => Ok(()),
             }
         }
@@ -123,10 +129,12 @@ pub(crate) fn resolve(
         });
     }
     let command = f.command.as_deref().unwrap_or_default();
-    let (program, args) = command.split_first().ok_or_else(|| ManifestError::Invalid {
-        function: function.to_owned(),
-        message: "command is empty".into(),
-    })?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| ManifestError::Invalid {
+            function: function.to_owned(),
+            message: "command is empty".into(),
+        })?;
     let declared = manifest_dir.join(f.workdir.as_deref().unwrap_or("."));
     let workdir = declared
         .canonicalize()
@@ -149,13 +157,19 @@ pub(crate) fn resolve(
     };
     let path = if program.contains('/') {
         let candidate = without_dot_dots(&workdir.join(program)).ok_or_else(|| {
-            not_found(format!("{}'s directory does not exist", workdir.join(program).display()))
+            not_found(format!(
+                "{}'s directory does not exist",
+                workdir.join(program).display()
+            ))
         })?;
         if !candidate.exists() {
             return Err(not_found(format!("{} does not exist", candidate.display())));
         }
         if !is_executable(&candidate) {
-            return Err(not_found(format!("{} is not an executable file", candidate.display())));
+            return Err(not_found(format!(
+                "{} is not an executable file",
+                candidate.display()
+            )));
         }
         candidate
     } else {
@@ -211,13 +225,20 @@ fn unfit_workdir(workdir: &Path, private: &[PathBuf]) -> Option<String> {
         return Some(format!("a workdir may not lie under {system}"));
     }
     if is_home(workdir) {
-        return Some("a workdir may not be a home directory: use the function's own directory".into());
+        return Some(
+            "a workdir may not be a home directory: use the function's own directory".into(),
+        );
     }
     private
         .iter()
         .filter_map(|p| p.canonicalize().ok())
         .find(|p| p.starts_with(workdir))
-        .map(|p| format!("it holds {}, which functions may not see (thaw's state)", p.display()))
+        .map(|p| {
+            format!(
+                "it holds {}, which functions may not see (thaw's state)",
+                p.display()
+            )
+        })
 }
 
 /// `$HOME`, `/root`, or `/home/<user>`.
@@ -275,7 +296,10 @@ mod tests {
             let err = check(&spec(lines)).expect_err(lines);
             assert!(err.contains(why), "{lines}: {err}");
         }
-        let long = format!("command = [{}]", vec!["\"a\""; MAX_COMMAND_ARGS + 1].join(","));
+        let long = format!(
+            "command = [{}]",
+            vec!["\"a\""; MAX_COMMAND_ARGS + 1].join(",")
+        );
         assert!(check(&spec(&long)).is_err());
         assert!(check(&spec(
             "command = [\"python3\", \"-m\", \"awslambdaric\", \"h.f\"]\nworkdir = \".\""
@@ -308,20 +332,32 @@ mod tests {
         std::os::unix::fs::symlink(root.join("py/bin/python3.11"), root.join("venv/bin/python"))
             .expect("link");
         let p = resolve(venv, &[]).expect("resolve");
-        assert_eq!(p.read_only, [root.join("app"), root.join("venv"), root.join("py")]);
+        assert_eq!(
+            p.read_only,
+            [root.join("app"), root.join("venv"), root.join("py")]
+        );
         // A bin/ that is not an installation gives only its program.
         std::fs::copy("/bin/sh", root.join("plain/bin/tool")).expect("copy");
         let p = resolve("command = [\"../plain/bin/tool\"]\nworkdir = \"app\"", &[]).expect("tool");
         assert_eq!(p.read_only, [root.join("app")]);
 
-        let on_path = resolve("command = [\"sh\", \"-c\", \"true\"]\nworkdir = \"app\"", &[])
-            .expect("sh on PATH");
+        let on_path = resolve(
+            "command = [\"sh\", \"-c\", \"true\"]\nworkdir = \"app\"",
+            &[],
+        )
+        .expect("sh on PATH");
         assert!(on_path.path.is_absolute() && on_path.path.ends_with("sh"));
         assert_eq!(on_path.read_only, [root.join("app")]);
 
         for (lines, want) in [
-            ("command = [\"./nope\"]\nworkdir = \"app\"", "does not exist"),
-            ("command = [\"no-such-program-here\"]\nworkdir = \"app\"", "not on PATH"),
+            (
+                "command = [\"./nope\"]\nworkdir = \"app\"",
+                "does not exist",
+            ),
+            (
+                "command = [\"no-such-program-here\"]\nworkdir = \"app\"",
+                "not on PATH",
+            ),
         ] {
             match resolve(lines, &[]) {
                 Err(e @ ManifestError::ProgramNotFound { .. }) => {
@@ -331,7 +367,10 @@ mod tests {
             }
         }
         let no_workdir = resolve("command = [\"sh\"]\nworkdir = \"gone\"", &[]);
-        assert!(matches!(no_workdir, Err(ManifestError::WorkdirNotFound { .. })));
+        assert!(matches!(
+            no_workdir,
+            Err(ManifestError::WorkdirNotFound { .. })
+        ));
         // Not /, not a top-level or system directory, not one holding thaw's state.
         for workdir in ["/", "/tmp", "/etc/ssl", "/proc/self"] {
             let lines = format!("command = [\"sh\"]\nworkdir = {workdir:?}");

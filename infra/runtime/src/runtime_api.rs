@@ -182,7 +182,9 @@ impl InstanceApi {
         let (invocations, rx) = mpsc::channel(1024);
         let (lifecycle_tx, lifecycle) = watch::channel(Lifecycle::Initialising);
         let arn = HeaderValue::from_str(&thaw_protocol::arn::function_arn(function))
-            .unwrap_or_else(|_| HeaderValue::from_static("arn:aws:lambda:local:000000000000:function:thaw"));
+            .unwrap_or_else(|_| {
+                HeaderValue::from_static("arn:aws:lambda:local:000000000000:function:thaw")
+            });
         let shared = Arc::new(Shared {
             arn,
             queue: tokio::sync::Mutex::new(rx),
@@ -607,7 +609,10 @@ mod tests {
 
     #[test]
     fn a_deserialize_error_is_invalid_input_and_other_types_are_kept() {
-        let d = normalised(Diagnostic::new("&lambda_runtime::deserializer::DeserializeError", "failed to deserialize the incoming data"));
+        let d = normalised(Diagnostic::new(
+            "&lambda_runtime::deserializer::DeserializeError",
+            "failed to deserialize the incoming data",
+        ));
         assert_eq!(d.error_type, "InvalidInput");
         assert!(d.error_message.contains("failed to deserialize"), "{d:?}");
         let kept = normalised(Diagnostic::new("ModelError", "m"));

@@ -74,12 +74,28 @@ mod tests {
             ("embed", "embed", None),
             ("embed:$LATEST", "embed", Some("$LATEST")),
             ("123456789012:function:embed", "embed", None),
-            ("123456789012:function:embed:$LATEST", "embed", Some("$LATEST")),
-            ("arn:aws:lambda:us-east-1:123456789012:function:embed", "embed", None),
-            ("arn:aws-cn:lambda:cn-north-1:1:function:embed:prod", "embed", Some("prod")),
+            (
+                "123456789012:function:embed:$LATEST",
+                "embed",
+                Some("$LATEST"),
+            ),
+            (
+                "arn:aws:lambda:us-east-1:123456789012:function:embed",
+                "embed",
+                None,
+            ),
+            (
+                "arn:aws-cn:lambda:cn-north-1:1:function:embed:prod",
+                "embed",
+                Some("prod"),
+            ),
         ];
         for (given, name, qualifier) in cases {
-            assert_eq!(parse_name(given), Ok(FunctionRef { name, qualifier }), "{given}");
+            assert_eq!(
+                parse_name(given),
+                Ok(FunctionRef { name, qualifier }),
+                "{given}"
+            );
         }
         assert_eq!(
             parse_name(&function_arn("embed")).map(|r| r.name),

@@ -58,7 +58,10 @@ pub(super) fn management_routes() -> Router<Shared> {
     Router::new()
         .route("/2015-03-31/functions", aws_only(get(list)))
         .route("/2015-03-31/functions/", aws_only(get(list)))
-        .route("/2015-03-31/functions/{function}", aws_only(get(get_function)))
+        .route(
+            "/2015-03-31/functions/{function}",
+            aws_only(get(get_function)),
+        )
         .route(
             "/2015-03-31/functions/{function}/configuration",
             aws_only(get(get_configuration)),
@@ -99,8 +102,8 @@ fn resolve<'a>(
     let qualifier = match (reference.qualifier, query_qualifier) {
         (Some(a), Some(b)) if a != b => {
             return Err(AwsError::InvalidParameterValue(format!(
-                "the qualifier in the function name ({a}) does not match the Qualifier parameter ({b})"
-            )))
+            "the qualifier in the function name ({a}) does not match the Qualifier parameter ({b})"
+        )))
         }
         (a, b) => a.or(b),
     };
@@ -157,7 +160,10 @@ async fn invoke(
         "DryRun" => Ok(StatusCode::NO_CONTENT.into_response()),
         // Durable before the 202, and retried as the manifest says, as on AWS.
         "Event" => {
-            let spawned = rt.store.spawn(&name, CallKind::Event, payload, None).await?;
+            let spawned = rt
+                .store
+                .spawn(&name, CallKind::Event, payload, None)
+                .await?;
             let mut resp = StatusCode::ACCEPTED.into_response();
             if let Ok(v) = HeaderValue::from_str(&spawned.call_id) {
                 resp.headers_mut().insert("thaw-call-id", v);
@@ -295,10 +301,11 @@ fn configuration(pool: &FunctionPool) -> Value {
         (None, None) => String::new(),
     };
     let file = std::fs::metadata(&plan.binary_path).ok();
-    let modified = file
-        .as_ref()
-        .and_then(|m| m.modified().ok())
-        .map(|t| humantime::format_rfc3339_millis(t).to_string().replace('Z', "+0000"));
+    let modified = file.as_ref().and_then(|m| m.modified().ok()).map(|t| {
+        humantime::format_rfc3339_millis(t)
+            .to_string()
+            .replace('Z', "+0000")
+    });
     json!({
         "FunctionName": plan.name.as_str(),
         "FunctionArn": function_arn(plan.name.as_str()),
@@ -344,7 +351,11 @@ mod tests {
         assert_eq!(decode(&log_result(&[line("a"), line("b")])), "a\nb\n");
         let long = "é".repeat(3000);
         let tail = decode(&log_result(&[line("first"), line(&long)]));
-        assert!(tail.len() <= TAIL_BYTES && tail.ends_with("é\n"), "{}", tail.len());
+        assert!(
+            tail.len() <= TAIL_BYTES && tail.ends_with("é\n"),
+            "{}",
+            tail.len()
+        );
         assert!(!tail.contains("first"));
         assert_eq!(log_result(&[]), "");
     }

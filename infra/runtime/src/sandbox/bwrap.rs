@@ -136,7 +136,10 @@ pub fn args(plan: &FunctionPlan, shim: Option<&Path>) -> Vec<OsString> {
     for dir in &plan.read_only {
         ro(&mut a, dir);
     }
-    let bound = plan.read_only.iter().any(|d| plan.binary_path.starts_with(d))
+    let bound = plan
+        .read_only
+        .iter()
+        .any(|d| plan.binary_path.starts_with(d))
         || plan.binary_path.starts_with("/usr");
     if !bound {
         ro(&mut a, &plan.binary_path);

@@ -29,7 +29,9 @@ pub enum CompatError {
     #[error("model {0:?} is neither a function nor a snapshot a function serves")]
     ModelNotFound(String),
     /// No function answers this route (`[routes]`).
-    #[error("no function serves the {0} routes: set [routes] {0} in the manifest, or name one as model")]
+    #[error(
+        "no function serves the {0} routes: set [routes] {0} in the manifest, or name one as model"
+    )]
     NoRoute(&'static str),
     /// The function reported an error.
     #[error("{}: {}", .0.error_type, .0.error_message)]
@@ -168,7 +170,10 @@ mod tests {
         assert_eq!(queue.status(), StatusCode::TOO_MANY_REQUESTS);
         assert!(queue.headers().contains_key("retry-after"));
         let crash = CompatError::Function(Diagnostic::new("ValueError", "boom"));
-        assert_eq!(crash.status(Dialect::OpenAi), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            crash.status(Dialect::OpenAi),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
         assert_eq!(
             CompatError::ModelNotFound("x".into()).status(Dialect::Tei),
             StatusCode::NOT_FOUND

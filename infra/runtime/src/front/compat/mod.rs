@@ -102,13 +102,41 @@ impl Api {
 
 /// Every compatible route.
 pub const ROUTES: [Route; 7] = [
-    Route { method: Method::POST, path: "/v1/embeddings", api: Api::OpenAiEmbeddings },
-    Route { method: Method::GET, path: "/v1/models", api: Api::OpenAiModels },
-    Route { method: Method::POST, path: "/embed", api: Api::TeiEmbed },
-    Route { method: Method::POST, path: "/", api: Api::TeiEmbed },
-    Route { method: Method::POST, path: "/rerank", api: Api::TeiRerank },
-    Route { method: Method::GET, path: "/info", api: Api::TeiInfo },
-    Route { method: Method::POST, path: "/v1/rerank", api: Api::Rerank },
+    Route {
+        method: Method::POST,
+        path: "/v1/embeddings",
+        api: Api::OpenAiEmbeddings,
+    },
+    Route {
+        method: Method::GET,
+        path: "/v1/models",
+        api: Api::OpenAiModels,
+    },
+    Route {
+        method: Method::POST,
+        path: "/embed",
+        api: Api::TeiEmbed,
+    },
+    Route {
+        method: Method::POST,
+        path: "/",
+        api: Api::TeiEmbed,
+    },
+    Route {
+        method: Method::POST,
+        path: "/rerank",
+        api: Api::TeiRerank,
+    },
+    Route {
+        method: Method::GET,
+        path: "/info",
+        api: Api::TeiInfo,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/rerank",
+        api: Api::Rerank,
+    },
 ];
 
 /// What a handler has: the runtime, and the guard that checks the target function's
@@ -130,9 +158,12 @@ pub(super) fn routes(rt: Shared, guard: Guard) -> Router<Shared> {
         let api = route.api;
         router = router.route(
             route.path,
-            on(filter, move |State(c): State<Compat>, headers: HeaderMap, body: Body| {
-                handle(c, api, headers, body)
-            }),
+            on(
+                filter,
+                move |State(c): State<Compat>, headers: HeaderMap, body: Body| {
+                    handle(c, api, headers, body)
+                },
+            ),
         );
     }
     router.with_state(state)

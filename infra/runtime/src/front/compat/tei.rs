@@ -66,7 +66,10 @@ pub(super) async fn embed(
     body: &[u8],
 ) -> Result<Response, CompatError> {
     let req: EmbedRequest = parse(body)?;
-    refuse_unsupported(req.truncation_direction.as_deref(), req.prompt_name.as_deref())?;
+    refuse_unsupported(
+        req.truncation_direction.as_deref(),
+        req.prompt_name.as_deref(),
+    )?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,

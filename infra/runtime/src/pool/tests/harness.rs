@@ -263,7 +263,10 @@ impl FakeInstance {
         match self.init_fail {
             None => {}
             Some(InitFail::Report) => {
-                self.api.init_failed(Diagnostic::new("Runtime.ConfigError", "MODEL_PATH is not set"));
+                self.api.init_failed(Diagnostic::new(
+                    "Runtime.ConfigError",
+                    "MODEL_PATH is not set",
+                ));
                 return stopped(&mut self.signalled).await;
             }
             Some(InitFail::Crash) => {
