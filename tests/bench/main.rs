@@ -489,10 +489,16 @@ fn report_llm() {
         "restore (Q8_0 snapshot, mmap + tensors): {:.1} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    let prompt = thaw_models::ChatModel::chat_prompt(
+    let prompt = match model.chat_prompt(
         "You are a Socratic tutor. Ask the learner exactly one short question.",
         "Topic: photosynthesis. The learner explained: \"Plants make food from sunlight.\" They did not mention chlorophyll. Ask one question about chlorophyll.",
-    );
+    ) {
+        Ok(p) => p,
+        Err(e) => {
+            println!("cannot render the chat prompt: {e}");
+            return;
+        }
+    };
     for (label, temperature) in [("greedy", 0.0), ("sampled t=0.3", 0.3)] {
         let mut rates = Vec::new();
         let mut last = None;
@@ -504,7 +510,7 @@ fn report_llm() {
                 budget: std::time::Duration::from_secs(60),
                 ..Default::default()
             };
-            match model.generate(&prompt, opts) {
+            match model.generate(&prompt, &opts) {
                 Ok(g) => {
                     rates.push(g.new_tokens as f64 / g.decode.as_secs_f64().max(1e-9));
                     last = Some(g);

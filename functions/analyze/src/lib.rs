@@ -577,16 +577,6 @@ impl Analyze {
         let user = format!(
             "Topic: {topic}. A learner wrote: \"{excerpt}\".{missing} Write one question about {focus}."
         );
-        let mut prompt = ChatModel::chat_prompt(&system, &user);
-        let prefix = format!("Question: {opening}");
-        prompt.push_str(&prefix);
-        let opts = GenerateOptions {
-            max_new_tokens: 48,
-            seed: seed_of(&[topic, r.explanation.as_str(), focus]),
-            budget: self.settings.question_budget,
-            stop_at: Some('?'),
-            ..GenerateOptions::default()
-        };
         let fallback = |why: String| {
             (
                 template(r.mode, topic, focus),
@@ -594,7 +584,19 @@ impl Analyze {
                 Some(why),
             )
         };
-        match self.chat.generate(&prompt, opts) {
+        let mut prompt = match self.chat.chat_prompt(&system, &user) {
+            Ok(p) => p,
+            Err(e) => return fallback(format!("the chat template failed: {e}")),
+        };
+        prompt.push_str(&format!("Question: {opening}"));
+        let opts = GenerateOptions {
+            max_new_tokens: 48,
+            seed: seed_of(&[topic, r.explanation.as_str(), focus]),
+            budget: self.settings.question_budget,
+            stop_at: Some('?'),
+            ..GenerateOptions::default()
+        };
+        match self.chat.generate(&prompt, &opts) {
             Ok(g) => {
                 let body = g.text.split('?').next().unwrap_or("").trim_end();
                 let candidate = format!("{opening}{body}?").replace(['\n', '\r'], " ");

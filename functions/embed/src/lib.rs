@@ -1,7 +1,11 @@
 //! `embed`: text in, L2-normalised sentence embeddings out.
 //!
-//! Request: `{"texts": [..]}` or `{"text": ".."}`, with `normalize` (default true) and
-//! `truncate` (default true; when false, over-length input is an `InvalidInput` error).
+//! Request: `{"texts": [..]}` or `{"text": ".."}`, with `normalize` (default true),
+//! `truncate` (default true; when false, over-length input is an `InvalidInput` error) and
+//! `instruction` (alias `prefix`): text put before every input, as INSTRUCTOR
+//! (`"Represent the question for retrieving supporting documents: "`) and e5 (`"query: "`,
+//! `"passage: "`) models are trained to see. It is part of the input: it counts towards
+//! the length limits and is pooled with the rest.
 //! Reply: `{"embeddings", "dims", "model", "tokens"}`, `tokens` per text.
 //!
 //! Under dynamic batching, every valid request of a batch shares the forward passes.
@@ -26,6 +30,9 @@ pub struct EmbedRequest {
     /// Truncate over-length input (default true).
     #[serde(default)]
     pub truncate: Option<bool>,
+    /// Put before every text (INSTRUCTOR instructions, e5's `query: `).
+    #[serde(default, alias = "prefix")]
+    pub instruction: Option<String>,
 }
 
 /// An embed reply.
@@ -96,6 +103,13 @@ impl EmbedRequest {
         if texts.is_empty() {
             return Err(FnError::invalid_input("\"texts\" is empty"));
         }
+        let texts = match self.instruction.as_deref() {
+            None | Some("") => texts,
+            Some(instruction) => texts
+                .into_iter()
+                .map(|t| format!("{instruction}{t}"))
+                .collect(),
+        };
         if texts.len() > limits.max_texts {
             return Err(FnError::payload_too_large(format!(
                 "{} texts in one request; the limit is {}",

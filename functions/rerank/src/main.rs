@@ -1,10 +1,10 @@
-//! The rerank function binary. Its scorer follows its snapshot: a `bert-cross-encoder`
-//! snapshot reads each (query, document) pair; a `bert-sentence-encoder` snapshot
-//! compares embeddings.
+//! The rerank function binary. Its scorer follows its snapshot: a cross-encoder (BERT,
+//! XLM-RoBERTa, DeBERTa-v2) reads each (query, document) pair; a sentence encoder (BERT,
+//! XLM-RoBERTa, T5) compares embeddings.
 
 use mimalloc::MiMalloc;
 use thaw_fn::FnError;
-use thaw_snapshot::Architecture;
+use thaw_snapshot::Role;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -14,18 +14,19 @@ fn main() -> Result<(), thaw_fn::Error> {
         let dir = thaw_fn::snapshot_dir()?;
         let device = thaw_models::device::from_env().map_err(FnError::init)?;
         let meta = thaw_snapshot::SnapshotMeta::read(&dir).map_err(FnError::init)?;
-        let scorer = match meta.architecture {
-            Architecture::BertCrossEncoder => rerank::Scorer::Cross(
+        let scorer = match meta.architecture.role() {
+            Role::CrossEncoder => rerank::Scorer::Cross(
                 thaw_models::CrossEncoder::restore(&dir, &device).map_err(FnError::init)?,
             ),
-            Architecture::BertSentenceEncoder => rerank::Scorer::Bi(
+            Role::Embedder => rerank::Scorer::Bi(
                 thaw_models::SentenceEncoder::restore(&dir, &device)
                     .map_err(FnError::init)?,
             ),
-            other => {
+            _ => {
                 return Err(FnError::init(format!(
-                    "snapshot {:?} is a {other:?} model; rerank needs a BERT cross-encoder or sentence encoder",
-                    meta.name
+                    "snapshot {:?} is a {} model; rerank needs a cross-encoder or a sentence encoder",
+                    meta.name,
+                    meta.architecture.name()
                 )))
             }
         };

@@ -110,7 +110,8 @@ impl CacheArg {
 
 #[derive(Debug, Args)]
 pub(crate) struct BuildArgs {
-    /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json).
+    /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json), or a
+    /// GGUF file (a `tokenizer.json` beside it is used; else the GGUF's own is rebuilt).
     model_dir: Option<PathBuf>,
     /// A recipe (snapshots/*.toml) instead of a folder and flags.
     #[arg(long, conflicts_with = "model_dir")]
@@ -119,9 +120,10 @@ pub(crate) struct BuildArgs {
     #[arg(long)]
     name: Option<String>,
     /// Weight dtype: f32, f16, bf16, or int8 (BERT encoder projections per channel, for
-    /// the CPU encoder's INT8 kernels).
-    #[arg(long, value_parser = parse_dtype, default_value = "f32")]
-    dtype: WeightDtype,
+    /// the CPU encoder's INT8 kernels); q8_0, f16 or f32 for GGUF. Default: f32, and for a
+    /// GGUF the file's own (F32, F16, Q8_0; other quantizations become Q8_0).
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<WeightDtype>,
     /// Override max_seq_length.
     #[arg(long)]
     max_seq_length: Option<usize>,
@@ -137,7 +139,7 @@ pub(crate) struct BuildArgs {
 
 fn parse_dtype(s: &str) -> Result<WeightDtype, String> {
     serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| format!("unknown dtype {s:?}: f32, f16, bf16 or int8"))
+        .map_err(|_| format!("unknown dtype {s:?}: f32, f16, bf16, int8 or q8_0"))
 }
 
 fn parse_pooling(s: &str) -> Result<Pooling, String> {

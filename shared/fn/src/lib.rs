@@ -132,6 +132,27 @@ pub fn snapshot_dir_for(role: &str) -> Result<std::path::PathBuf, FnError> {
         .ok_or_else(|| FnError::new(ErrorType::InitError, format!("{key} is not set")))
 }
 
+/// Every snapshot the platform gave this instance: `(None, dir)` for the manifest's
+/// `snapshot`, `(Some(role), dir)` for each of `snapshots = { role = "name" }` (the role
+/// lower-cased, as the variable's name upper-cased it), sorted by role.
+pub fn snapshot_dirs() -> Vec<(Option<String>, std::path::PathBuf)> {
+    let single = thaw_protocol::runtime_api::env::SNAPSHOT_DIR;
+    let prefix = format!("{single}_");
+    let mut found: Vec<(Option<String>, std::path::PathBuf)> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let k = k.into_string().ok()?;
+            let role = if k == single {
+                None
+            } else {
+                Some(k.strip_prefix(&prefix)?.to_ascii_lowercase())
+            };
+            Some((role, std::path::PathBuf::from(v)))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 /// A positive number from the environment, or `default` when unset or invalid: how
 /// functions read their request limits (`EMBED_MAX_TEXTS`, ...).
 pub fn env_limit(key: &str, default: usize) -> usize {

@@ -1,10 +1,12 @@
-//! The BERT cross-encoder (`BertForSequenceClassification`): a (query, passage) pair in,
-//! one relevance logit out.
+//! Cross-encoders (`*ForSequenceClassification` with one label): a (query, passage) pair
+//! in, one relevance logit out.
 //!
-//! The pair is tokenized together, `[CLS] query [SEP] passage [SEP]`, with token type 0 for
-//! the query and 1 for the passage, and only the passage is truncated. BERT's pooler
-//! (dense + tanh over the `[CLS]` state) feeds the classifier, whose single output is the
-//! raw logit that transformers reports.
+//! The pair is tokenized together by the model's own tokenizer template (BERT and
+//! DeBERTa: `[CLS] query [SEP] passage [SEP]` with token types 0 then 1; XLM-R:
+//! `<s> query </s></s> passage </s>`), and only the passage is truncated. The head is the
+//! family's: BERT's pooler (dense + tanh over `[CLS]`) and classifier; XLM-R's
+//! classification head (dense + tanh + projection over `<s>`); DeBERTa's context pooler
+//! (dense + GELU) and classifier. The output is the raw logit transformers reports.
 
 use std::sync::Arc;
 
@@ -14,20 +16,30 @@ use candle_nn::{Linear, Module, VarBuilder};
 use thaw_snapshot::Architecture;
 use tokenizers::{EncodeInput, Encoding, Tokenizer, TruncationStrategy};
 
-use crate::error::{expect_architecture, tokenizer_path};
+use crate::error::tokenizer_path;
+use crate::families::{deberta::DebertaClassifier, xlmr::XlmrClassifier};
 use crate::tokenize::load_tokenizer_truncating;
 use crate::ModelError;
 
+/// The family's model and head.
+enum Scorer {
+    Bert {
+        bert: Backend,
+        pooler: Linear,
+        classifier: Linear,
+        device: Device,
+    },
+    Xlmr(XlmrClassifier),
+    Deberta(DebertaClassifier),
+}
+
 /// A cross-encoder restored from a snapshot.
 pub struct CrossEncoder {
-    bert: Backend,
-    pooler: Linear,
-    classifier: Linear,
+    scorer: Scorer,
     tokenizer: Tokenizer,
     pad_id: u32,
     max_seq_length: usize,
     name: String,
-    device: Device,
 }
 
 impl std::fmt::Debug for CrossEncoder {
@@ -63,13 +75,10 @@ impl CrossEncoder {
     pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
         let snapshot = Arc::new(thaw_snapshot::restore(dir)?);
         let meta = &snapshot.meta;
-        expect_architecture(meta, Architecture::BertCrossEncoder, "bert-cross-encoder")?;
         let invalid = |reason: String| ModelError::InvalidConfig {
             name: meta.name.clone(),
             reason,
         };
-        let config: BertConfig = serde_json::from_value(meta.model_config.clone())
-            .map_err(|e| invalid(e.to_string()))?;
         let labels = meta
             .model_config
             .get("id2label")
@@ -81,27 +90,49 @@ impl CrossEncoder {
             )));
         }
         let tokenizer_path = tokenizer_path(&snapshot)?;
-        let (tokenizer, pad_id) = load_tokenizer_truncating(
+        let (tokenizer, tokenizer_pad) = load_tokenizer_truncating(
             &tokenizer_path,
             meta.max_seq_length,
             TruncationStrategy::OnlySecond,
         )?;
-        let bert = Backend::load(&snapshot, &config, device)?;
-        let vb = bert.var_builder(&snapshot)?;
-        let h = config.hidden_size;
-        let pooler = linear_at(&vb, &["bert.pooler.dense", "pooler.dense"], h, h)
-            .map_err(|e| invalid(e.to_string()))?;
-        let classifier =
-            linear_at(&vb, &["classifier"], h, 1).map_err(|e| invalid(e.to_string()))?;
+        let pad_id = crate::families::pad_id(&snapshot, tokenizer_pad);
+        let scorer = match meta.architecture {
+            Architecture::BertCrossEncoder => {
+                let config: BertConfig = crate::families::config(&snapshot)?;
+                let bert = Backend::load(&snapshot, &config, device)?;
+                let vb = bert.var_builder(&snapshot)?;
+                let h = config.hidden_size;
+                let pooler = linear_at(&vb, &["bert.pooler.dense", "pooler.dense"], h, h)
+                    .map_err(|e| invalid(e.to_string()))?;
+                let classifier =
+                    linear_at(&vb, &["classifier"], h, 1).map_err(|e| invalid(e.to_string()))?;
+                Scorer::Bert {
+                    bert,
+                    pooler,
+                    classifier,
+                    device: device.clone(),
+                }
+            }
+            Architecture::XlmRobertaCrossEncoder => {
+                Scorer::Xlmr(XlmrClassifier::load(&snapshot, device)?)
+            }
+            Architecture::DebertaV2CrossEncoder => {
+                Scorer::Deberta(DebertaClassifier::load(&snapshot, device)?)
+            }
+            found => {
+                return Err(ModelError::WrongArchitecture {
+                    name: meta.name.clone(),
+                    found,
+                    expected: "a cross-encoder (bert-, xlm-roberta- or deberta-v2-cross-encoder)",
+                })
+            }
+        };
         Ok(Self {
-            bert,
-            pooler,
-            classifier,
+            scorer,
             tokenizer,
             pad_id,
             max_seq_length: meta.max_seq_length,
             name: meta.name.clone(),
-            device: device.clone(),
         })
     }
 
@@ -142,15 +173,30 @@ impl CrossEncoder {
     }
 
     fn forward(&self, batch: &[&Encoding]) -> Result<Vec<f32>, ModelError> {
-        let hidden = self.bert.forward(batch, self.pad_id)?;
-        let width = hidden.width;
-        let cls: Vec<f32> = (0..hidden.len())
-            .flat_map(|i| hidden.rows(i)[..width].to_vec())
-            .collect();
-        let cls = Tensor::from_vec(cls, (hidden.len(), width), &self.device)?
-            .to_dtype(self.pooler.weight().dtype())?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
-        let logits = self.classifier.forward(&pooled)?.to_dtype(DType::F32)?;
-        Ok(logits.squeeze(1)?.to_vec1::<f32>()?)
+        let logits = match &self.scorer {
+            Scorer::Bert {
+                bert,
+                pooler,
+                classifier,
+                device,
+            } => {
+                let hidden = bert.forward(batch, self.pad_id)?;
+                let width = hidden.width;
+                let cls: Vec<f32> = (0..hidden.len())
+                    .flat_map(|i| hidden.rows(i)[..width].to_vec())
+                    .collect();
+                let cls = Tensor::from_vec(cls, (hidden.len(), width), device)?
+                    .to_dtype(pooler.weight().dtype())?;
+                let pooled = pooler.forward(&cls)?.tanh()?;
+                classifier.forward(&pooled)?
+            }
+            Scorer::Xlmr(m) => m.forward(batch)?,
+            Scorer::Deberta(m) => m.forward(batch)?,
+        };
+        Ok(logits
+            .to_dtype(DType::F32)?
+            .to_device(&Device::Cpu)?
+            .squeeze(1)?
+            .to_vec1::<f32>()?)
     }
 }

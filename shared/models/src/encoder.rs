@@ -1,4 +1,7 @@
-//! The BERT sentence encoder: tokens -> BERT -> pooling -> (optional) L2 normalisation.
+//! The sentence encoder: tokens -> encoder -> pooling -> (Dense) -> (L2 normalisation).
+//!
+//! The encoder is BERT ([`crate::bert`], on the CPU kernels or candle), XLM-RoBERTa or
+//! T5's encoder ([`crate::families`]); everything after the hidden states is shared.
 
 use std::time::Instant;
 
@@ -6,8 +9,9 @@ use std::sync::Arc;
 
 use crate::bert::{Backend, Config as BertConfig};
 use crate::cpu::Hidden;
+use crate::families::{t5::T5Encoder, xlmr::XlmrEncoder};
 use candle_core::Device;
-use thaw_snapshot::{Architecture, Pooling, RestoredSnapshot};
+use thaw_snapshot::{Architecture, DenseActivation, Pooling, RestoredSnapshot, Role};
 use tokenizers::{Encoding, Tokenizer};
 
 use crate::tokenize::load_tokenizer;
@@ -55,9 +59,99 @@ pub struct LoadTimings {
     pub total: std::time::Duration,
 }
 
-/// A BERT sentence encoder restored from a snapshot.
+/// The encoder a snapshot's architecture names.
+enum EncoderModel {
+    Bert(Backend),
+    Xlmr(XlmrEncoder),
+    T5(T5Encoder),
+}
+
+impl EncoderModel {
+    /// Loads the model and says its hidden width.
+    fn load(
+        snapshot: &Arc<RestoredSnapshot>,
+        device: &Device,
+    ) -> Result<(Self, usize), ModelError> {
+        match snapshot.meta.architecture {
+            Architecture::XlmRobertaSentenceEncoder => {
+                let m = XlmrEncoder::load(snapshot, device)?;
+                let width = m.width;
+                Ok((Self::Xlmr(m), width))
+            }
+            Architecture::T5SentenceEncoder => {
+                let m = T5Encoder::load(snapshot, device)?;
+                let width = m.width;
+                Ok((Self::T5(m), width))
+            }
+            _ => {
+                let config: BertConfig = crate::families::config(snapshot)?;
+                let width = config.hidden_size;
+                Ok((Self::Bert(Backend::load(snapshot, &config, device)?), width))
+            }
+        }
+    }
+
+    fn forward(&self, batch: &[&Encoding], pad_id: u32) -> Result<Hidden, ModelError> {
+        match self {
+            Self::Bert(m) => m.forward(batch, pad_id),
+            Self::Xlmr(m) => m.forward(batch),
+            Self::T5(m) => m.forward(batch),
+        }
+    }
+}
+
+/// A sentence-transformers Dense module: `act(W x + b)` on the pooled vector.
+struct DenseLayer {
+    /// `out × in`, row-major.
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    inputs: usize,
+    activation: DenseActivation,
+}
+
+impl DenseLayer {
+    fn load(snapshot: &RestoredSnapshot) -> Result<Option<Self>, ModelError> {
+        let Some(d) = snapshot.meta.dense else {
+            return Ok(None);
+        };
+        let vb = crate::families::f32_weights(snapshot, &Device::Cpu)?
+            .pp(thaw_snapshot::Dense::PREFIX);
+        let weight = vb
+            .get((d.out_features, d.in_features), "weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bias = if d.bias {
+            vb.get(d.out_features, "bias")?.to_vec1::<f32>()?
+        } else {
+            vec![0.0; d.out_features]
+        };
+        Ok(Some(Self {
+            weight,
+            bias,
+            inputs: d.in_features,
+            activation: d.activation,
+        }))
+    }
+
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        self.weight
+            .chunks_exact(self.inputs)
+            .zip(&self.bias)
+            .map(|(row, b)| {
+                let y = row.iter().zip(x).map(|(w, v)| w * v).sum::<f32>() + b;
+                match self.activation {
+                    DenseActivation::Identity => y,
+                    DenseActivation::Tanh => y.tanh(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A sentence encoder restored from a snapshot.
 pub struct SentenceEncoder {
-    model: Backend,
+    model: EncoderModel,
+    dense: Option<DenseLayer>,
     tokenizer: Tokenizer,
     pad_id: u32,
     pooling: Pooling,
@@ -108,21 +202,25 @@ impl SentenceEncoder {
                     reason: "tokenizer thread panicked".into(),
                 })
             });
-            let (snapshot, model, config, weights) = model?;
+            let (snapshot, model, width, dense, weights) = model?;
             let ((tokenizer, pad_id), tokenizer_time) = tokenizer?;
             let timings = LoadTimings {
                 tokenizer: tokenizer_time,
                 weights,
                 total: started.elapsed(),
             };
-            Ok(Self::assemble(
-                &snapshot.meta,
+            let meta = &snapshot.meta;
+            Ok(Self {
+                dims: dense.as_ref().map_or(width, |d| d.bias.len()),
                 model,
-                &config,
+                dense,
                 tokenizer,
-                pad_id,
+                pad_id: crate::families::pad_id(&snapshot, pad_id),
+                pooling: meta.pooling.unwrap_or(Pooling::Mean),
+                max_seq_length: meta.max_seq_length,
+                name: meta.name.clone(),
                 timings,
-            ))
+            })
         })
     }
 
@@ -138,45 +236,30 @@ impl SentenceEncoder {
     ) -> Result<
         (
             Arc<RestoredSnapshot>,
-            Backend,
-            BertConfig,
+            EncoderModel,
+            usize,
+            Option<DenseLayer>,
             std::time::Duration,
         ),
         ModelError,
     > {
         let t = Instant::now();
         let snapshot = Arc::new(thaw_snapshot::restore(dir)?);
-        let meta = &snapshot.meta;
-        let config: BertConfig =
-            serde_json::from_value(meta.model_config.clone()).map_err(|e| {
-                ModelError::InvalidConfig {
-                    name: meta.name.clone(),
-                    reason: e.to_string(),
-                }
-            })?;
-        let model = Backend::load(&snapshot, &config, device)?;
-        let elapsed = t.elapsed();
-        Ok((snapshot, model, config, elapsed))
-    }
-
-    fn assemble(
-        meta: &thaw_snapshot::SnapshotMeta,
-        model: Backend,
-        config: &BertConfig,
-        tokenizer: Tokenizer,
-        pad_id: u32,
-        timings: LoadTimings,
-    ) -> Self {
-        Self {
-            model,
-            tokenizer,
-            pad_id,
-            pooling: meta.pooling.unwrap_or(Pooling::Mean),
-            max_seq_length: meta.max_seq_length,
-            dims: config.hidden_size,
-            name: meta.name.clone(),
-            timings,
+        let (model, width) = EncoderModel::load(&snapshot, device)?;
+        let dense = DenseLayer::load(&snapshot)?;
+        if let Some(d) = &dense {
+            if d.inputs != width {
+                return Err(ModelError::InvalidConfig {
+                    name: snapshot.meta.name.clone(),
+                    reason: format!(
+                        "the Dense layer takes {} values; the encoder gives {width}",
+                        d.inputs
+                    ),
+                });
+            }
         }
+        let elapsed = t.elapsed();
+        Ok((snapshot, model, width, dense, elapsed))
     }
 
     /// Where the load's time went.
@@ -200,8 +283,8 @@ impl SentenceEncoder {
     }
 
     /// Encodes texts. They are sorted by length and run in chunks of up to 32; results
-    /// come back in input order. On a CPU a chunk's sequences are never padded; on a GPU
-    /// each chunk is padded to its own longest member, with attention and pooling masked.
+    /// come back in input order. BERT on a CPU and T5 never pad a chunk's sequences; the
+    /// others pad each chunk to its own longest member, with attention and pooling masked.
     /// Either way an embedding does not depend on its neighbours.
     pub fn encode(&self, texts: &[&str], opts: EncodeOptions) -> Result<Encoded, ModelError> {
         let encodings = self
@@ -245,6 +328,9 @@ impl SentenceEncoder {
         Ok((0..hidden.len())
             .map(|i| {
                 let mut v = pool(&hidden, i, self.pooling);
+                if let Some(dense) = &self.dense {
+                    v = dense.apply(&v);
+                }
                 if normalize {
                     l2_normalize(&mut v);
                 }
@@ -283,12 +369,12 @@ fn l2_normalize(v: &mut [f32]) {
 }
 
 fn check_architecture(meta: &thaw_snapshot::SnapshotMeta) -> Result<(), ModelError> {
-    if meta.architecture == Architecture::BertSentenceEncoder {
+    if meta.architecture.role() == Role::Embedder {
         return Ok(());
     }
     Err(ModelError::WrongArchitecture {
         name: meta.name.clone(),
         found: meta.architecture,
-        expected: "bert-sentence-encoder",
+        expected: "a sentence encoder (bert-, xlm-roberta- or t5-sentence-encoder)",
     })
 }

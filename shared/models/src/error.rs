@@ -45,6 +45,17 @@ pub enum ModelError {
         /// The limit.
         max: usize,
     },
+    /// A prompt fills the model's context, leaving no room to generate.
+    #[error("the prompt has {tokens} tokens; the model's context holds {context}, prompt and reply together")]
+    PromptTooLong {
+        /// Prompt tokens.
+        tokens: usize,
+        /// The model's context length.
+        context: usize,
+    },
+    /// The chat template refused the conversation or failed to render.
+    #[error("chat template: {0}")]
+    Template(String),
     /// The manifest requires a GPU this instance cannot use.
     #[error("the function needs a {wanted} GPU (gpu_required = true), but {reason}")]
     NoGpu {
@@ -76,7 +87,13 @@ impl ModelError {
     /// Whether the caller's input caused this (too long, untokenizable), as opposed to the
     /// model or its snapshot.
     pub fn is_input_error(&self) -> bool {
-        matches!(self, Self::InputTooLong { .. } | Self::Tokenize(_))
+        matches!(
+            self,
+            Self::InputTooLong { .. }
+                | Self::Tokenize(_)
+                | Self::PromptTooLong { .. }
+                | Self::Template(_)
+        )
     }
 }
 

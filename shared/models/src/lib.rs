@@ -1,11 +1,11 @@
 //! candle models restored from thaw snapshots.
 //!
-//! - [`SentenceEncoder`]: BERT with attention-masked pooling and optional L2 normalisation,
-//!   the model behind `embed` and the bi-encoder `rerank`.
-//! - [`CrossEncoder`]: BertForSequenceClassification over (query, passage) pairs, the
-//!   model behind the cross-encoder `rerank`.
-//! - [`ChatModel`]: a quantized Llama-family chat model (SmolLM2 in GGUF Q8_0) for short,
-//!   seeded, bounded generations.
+//! - [`SentenceEncoder`]: BERT, XLM-RoBERTa or T5's encoder, then pooling, an optional
+//!   Dense layer and L2 normalisation: the model behind `embed` and the bi-encoder `rerank`.
+//! - [`CrossEncoder`]: BERT, XLM-RoBERTa or DeBERTa-v2 sequence classification over
+//!   (query, passage) pairs, the model behind the cross-encoder `rerank`.
+//! - [`ChatModel`]: a GGUF chat model (llama.cpp's `llama` and `qwen2` architectures) with
+//!   its own chat template, for seeded, bounded generations.
 //! - [`WordFrequencies`]: English word rarity (Zipf) from a `word-frequencies` snapshot.
 //! - [`device`]: which candle device an instance computes on.
 //!
@@ -24,11 +24,12 @@ pub mod cpu;
 mod cross_encoder;
 pub mod device;
 mod encoder;
+mod families;
 pub(crate) mod error;
 mod tokenize;
 mod words;
 
-pub use chat::{ChatModel, GenerateOptions, Generated, StopReason};
+pub use chat::{ChatModel, GenerateOptions, Generated, Message, StopReason};
 pub use cross_encoder::CrossEncoder;
 pub use encoder::{EncodeOptions, Encoded, LoadTimings, SentenceEncoder};
 pub use error::ModelError;

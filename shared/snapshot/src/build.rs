@@ -16,8 +16,8 @@ use serde_json::Value;
 use crate::digest::sha256_file;
 use crate::meta::{validate_name, FORMAT_VERSION};
 use crate::{
-    Architecture, FileEntry, Pooling, SnapshotError, SnapshotMeta, Source, WeightDtype, META_FILE,
-    SAFETENSORS_FILE, TOKENIZER_FILE,
+    Architecture, FileEntry, Pooling, Role, SnapshotError, SnapshotMeta, Source, WeightDtype,
+    META_FILE, SAFETENSORS_FILE, TOKENIZER_FILE,
 };
 
 /// What to build. Fields left `None` are read from the model folder.
@@ -27,8 +27,9 @@ pub struct BuildOptions {
     pub name: String,
     /// Overrides the architecture inferred from `config.json`.
     pub architecture: Option<Architecture>,
-    /// Target dtype of the weights; f32 by default.
-    pub dtype: WeightDtype,
+    /// Target dtype of the weights: f32 by default for safetensors; for GGUF, the file's
+    /// own (F32, F16 or Q8_0; anything else is re-quantized to Q8_0).
+    pub dtype: Option<WeightDtype>,
     /// Overrides `sentence_bert_config.json`'s `max_seq_length`.
     pub max_seq_length: Option<usize>,
     /// Overrides the pooling in `1_Pooling/config.json`.
@@ -72,15 +73,6 @@ fn write_snapshot(
     dir: &Path,
     opts: &BuildOptions,
 ) -> Result<SnapshotMeta, SnapshotError> {
-    let config_path = model_dir.join("config.json");
-    let gguf = opts.architecture == Some(Architecture::LlamaGguf)
-        || (opts.architecture.is_none()
-            && !config_path.exists()
-            && find_file(model_dir, opts, ".gguf").is_ok());
-    if gguf {
-        let src = find_file(model_dir, opts, ".gguf")?;
-        return crate::gguf::write_snapshot(&src, dir, opts);
-    }
     if opts.architecture == Some(Architecture::WordFrequencies) {
         let src = match &opts.file {
             Some(f) => model_dir.join(f),
@@ -88,38 +80,46 @@ fn write_snapshot(
         };
         return crate::wordfreq::write_snapshot(&src, dir, opts);
     }
+    if let Some(src) = gguf_source(model_dir, opts)? {
+        return crate::gguf::write_snapshot(&src, dir, opts);
+    }
+    let config_path = model_dir.join("config.json");
     let model_config = read_json(&config_path)?;
     let architecture = match opts.architecture {
         Some(a) => a,
-        None => infer_architecture(&model_config, &config_path)?,
+        None => infer_architecture(model_dir, &model_config, &config_path)?,
     };
-    let (pooling, normalize) = match architecture {
-        Architecture::BertSentenceEncoder => (
-            Some(opts.pooling.map_or_else(|| read_pooling(model_dir), Ok)?),
-            opts.normalize
-                .map_or_else(|| reads_normalize(model_dir), Ok)?,
-        ),
-        _ => (None, false),
+    let dtype = opts.dtype.unwrap_or_default();
+    let (pooling, normalize, dense) = match architecture.role() {
+        Role::Embedder => {
+            let modules = crate::modules::read(model_dir)?;
+            (
+                Some(opts.pooling.map_or_else(|| read_pooling(model_dir), Ok)?),
+                opts.normalize.unwrap_or(modules.normalize),
+                modules.dense,
+            )
+        }
+        _ => (None, false, None),
     };
+    let max_positions = max_positions(architecture, &model_config);
     let max_seq_length = match opts.max_seq_length {
         Some(n) => n,
-        None => read_max_seq_length(model_dir, &model_config)?,
+        None => read_max_seq_length(model_dir, max_positions)?,
     };
-    let max_positions = model_config
-        .get("max_position_embeddings")
-        .and_then(Value::as_u64)
-        .unwrap_or(512);
     if max_seq_length == 0 || max_seq_length as u64 > max_positions {
         return Err(SnapshotError::InvalidBuild(format!(
-            "max_seq_length {max_seq_length} must be between 1 and the model's max_position_embeddings {max_positions}"
+            "max_seq_length {max_seq_length} must be between 1 and the model's {max_positions} positions"
         )));
     }
 
     convert_safetensors(
         &model_dir.join(SAFETENSORS_FILE),
         &dir.join(SAFETENSORS_FILE),
-        opts.dtype,
+        dtype,
     )?;
+    if let Some((dense, src)) = &dense {
+        crate::modules::append_dense(&dir.join(SAFETENSORS_FILE), src, dense, dtype)?;
+    }
     let tokenizer = model_dir.join(TOKENIZER_FILE);
     std::fs::copy(&tokenizer, dir.join(TOKENIZER_FILE))
         .map_err(|e| SnapshotError::io(&tokenizer, e))?;
@@ -128,15 +128,47 @@ fn write_snapshot(
         format_version: FORMAT_VERSION,
         name: opts.name.clone(),
         architecture,
-        dtype: opts.dtype,
+        dtype,
         model_config,
         pooling,
         normalize,
+        dense: dense.map(|(d, _)| d),
         max_seq_length,
         source: opts.source.clone(),
         files: Vec::new(),
     };
     finish(dir, meta, &[SAFETENSORS_FILE, TOKENIZER_FILE])
+}
+
+/// The GGUF file to build from, if this build is a GGUF one: `model_dir` is itself a
+/// `.gguf`, `file` names one, a GGUF architecture was asked for, or the folder holds a
+/// `.gguf` and either no config.json or one describing a causal LM (a Hugging Face folder
+/// can ship both the safetensors and the GGUF; the GGUF is what thaw runs).
+fn gguf_source(model_dir: &Path, opts: &BuildOptions) -> Result<Option<PathBuf>, SnapshotError> {
+    let is_gguf = |p: &Path| p.extension().is_some_and(|e| e == "gguf");
+    if is_gguf(model_dir) {
+        return Ok(Some(model_dir.to_owned()));
+    }
+    if opts.file.as_deref().is_some_and(|f| is_gguf(Path::new(f)))
+        || opts.architecture.is_some_and(Architecture::is_gguf)
+    {
+        return find_file(model_dir, opts, ".gguf").map(Some);
+    }
+    if opts.architecture.is_some() {
+        return Ok(None);
+    }
+    let config_path = model_dir.join("config.json");
+    let causal = !config_path.exists()
+        || read_json(&config_path)?
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(Value::as_str)
+            .is_some_and(|a| a.ends_with("ForCausalLM"));
+    match find_file(model_dir, opts, ".gguf") {
+        Ok(src) if causal => Ok(Some(src)),
+        Err(e) if causal && config_path.exists() => Err(e),
+        _ => Ok(None),
+    }
 }
 
 /// A build input that cannot be used, named with its path.
@@ -165,7 +197,7 @@ pub(crate) fn finish(
 
 /// The build's source file: `opts.file` inside `model_dir`, or the folder's only file
 /// ending in `suffix`.
-fn find_file(
+pub(crate) fn find_file(
     model_dir: &Path,
     opts: &BuildOptions,
     suffix: &str,
@@ -192,20 +224,81 @@ fn find_file(
     }
 }
 
-fn infer_architecture(config: &Value, path: &Path) -> Result<Architecture, SnapshotError> {
-    let name = config
+/// The Hugging Face classes (config.json's `architectures`, else its `model_type`) thaw
+/// snapshots, and what each becomes.
+const HF_ARCHITECTURES: [(&str, Architecture); 8] = [
+    ("BertModel", Architecture::BertSentenceEncoder),
+    ("BertForSequenceClassification", Architecture::BertCrossEncoder),
+    ("XLMRobertaModel", Architecture::XlmRobertaSentenceEncoder),
+    ("XLMRobertaForSequenceClassification", Architecture::XlmRobertaCrossEncoder),
+    ("DebertaV2ForSequenceClassification", Architecture::DebertaV2CrossEncoder),
+    ("T5EncoderModel", Architecture::T5SentenceEncoder),
+    // sentence-t5 and INSTRUCTOR folders save the whole T5 with a sentence-transformers
+    // modules.json; only the encoder is used.
+    ("T5Model", Architecture::T5SentenceEncoder),
+    ("T5ForConditionalGeneration", Architecture::T5SentenceEncoder),
+];
+
+fn infer_architecture(
+    model_dir: &Path,
+    config: &Value,
+    path: &Path,
+) -> Result<Architecture, SnapshotError> {
+    let class = config
         .get("architectures")
         .and_then(|a| a.get(0))
-        .and_then(Value::as_str)
-        .unwrap_or("<none>");
-    match name {
-        "BertModel" => Ok(Architecture::BertSentenceEncoder),
-        "BertForSequenceClassification" => Ok(Architecture::BertCrossEncoder),
-        other => Err(SnapshotError::UnknownArchitecture {
-            path: path.to_owned(),
-            architecture: other.to_owned(),
-            known: "BertModel, BertForSequenceClassification".into(),
-        }),
+        .and_then(Value::as_str);
+    let model_type = config.get("model_type").and_then(Value::as_str);
+    let unknown = |found: &str| SnapshotError::UnknownArchitecture {
+        path: path.to_owned(),
+        architecture: found.to_owned(),
+        known: format!(
+            "{}, and GGUF files of llama.cpp's llama and qwen2 architectures",
+            HF_ARCHITECTURES.map(|(n, _)| n).join(", ")
+        ),
+    };
+    let found = match (class, model_type) {
+        (Some(class), _) => HF_ARCHITECTURES
+            .iter()
+            .find(|(n, _)| *n == class)
+            .map(|(_, a)| *a)
+            .ok_or_else(|| unknown(class))?,
+        // A folder saved without `architectures`: the bare encoder of its model type.
+        (None, Some("bert")) => Architecture::BertSentenceEncoder,
+        (None, Some("xlm-roberta")) => Architecture::XlmRobertaSentenceEncoder,
+        (None, Some("t5")) => Architecture::T5SentenceEncoder,
+        (None, other) => return Err(unknown(other.unwrap_or("<none>"))),
+    };
+    // A whole T5 is only an embedder when sentence-transformers says how to pool it.
+    if found == Architecture::T5SentenceEncoder
+        && class != Some("T5EncoderModel")
+        && !model_dir.join("modules.json").exists()
+    {
+        return Err(SnapshotError::InvalidBuild(format!(
+            "{}: a {} without a sentence-transformers modules.json is a text-to-text model; \
+             thaw snapshots T5 encoders for embeddings only",
+            path.display(),
+            class.unwrap_or("T5 model")
+        )));
+    }
+    Ok(found)
+}
+
+/// The longest sequence the model's position table allows. XLM-R's first positions are
+/// taken by the padding index, so 514 positions hold 512 tokens; T5's relative positions
+/// have no table, and its inputs are as long as the tokenizer allows.
+fn max_positions(architecture: Architecture, config: &Value) -> u64 {
+    let table = config.get("max_position_embeddings").and_then(Value::as_u64);
+    match architecture {
+        Architecture::XlmRobertaSentenceEncoder | Architecture::XlmRobertaCrossEncoder => {
+            let pad = config
+                .get("pad_token_id")
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            table.unwrap_or(514).saturating_sub(pad + 1)
+        }
+        Architecture::T5SentenceEncoder => table.unwrap_or(u64::from(u32::MAX)),
+        _ => table.unwrap_or(512),
     }
 }
 
@@ -228,39 +321,27 @@ fn read_pooling(model_dir: &Path) -> Result<Pooling, SnapshotError> {
     }
 }
 
-fn reads_normalize(model_dir: &Path) -> Result<bool, SnapshotError> {
-    let path = model_dir.join("modules.json");
-    if !path.exists() {
-        return Ok(false);
-    }
-    let modules = read_json(&path)?;
-    Ok(modules.as_array().is_some_and(|m| {
-        m.iter().any(|module| {
-            module
-                .get("type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t.ends_with(".Normalize"))
-        })
-    }))
-}
-
-fn read_max_seq_length(model_dir: &Path, config: &Value) -> Result<usize, SnapshotError> {
-    let path = model_dir.join("sentence_bert_config.json");
-    if path.exists() {
-        if let Some(n) = read_json(&path)?
-            .get("max_seq_length")
-            .and_then(Value::as_u64)
-        {
-            return Ok(n as usize);
+/// `max_seq_length`: sentence-transformers' own, else the tokenizer's `model_max_length`
+/// (when it is a real limit: transformers writes 1e30 for "none"), else the positions.
+fn read_max_seq_length(model_dir: &Path, max_positions: u64) -> Result<usize, SnapshotError> {
+    for (file, key) in [
+        ("sentence_bert_config.json", "max_seq_length"),
+        ("tokenizer_config.json", "model_max_length"),
+    ] {
+        let path = model_dir.join(file);
+        if !path.exists() {
+            continue;
+        }
+        if let Some(n) = read_json(&path)?.get(key).and_then(Value::as_u64) {
+            if n <= max_positions {
+                return Ok(n as usize);
+            }
         }
     }
-    Ok(config
-        .get("max_position_embeddings")
-        .and_then(Value::as_u64)
-        .unwrap_or(512) as usize)
+    Ok(max_positions.min(512) as usize)
 }
 
-fn read_json(path: &Path) -> Result<Value, SnapshotError> {
+pub(crate) fn read_json(path: &Path) -> Result<Value, SnapshotError> {
     let bytes = std::fs::read(path).map_err(|e| SnapshotError::io(path, e))?;
     serde_json::from_slice(&bytes).map_err(|e| SnapshotError::MalformedJson {
         path: path.to_owned(),
@@ -363,7 +444,7 @@ fn write_int8(
 
 /// Serializes `tensors` (name → dtype, shape, bytes) as safetensors and writes them to
 /// `dst` atomically.
-fn write_tensors(
+pub(crate) fn write_tensors(
     dst: &Path,
     tensors: &BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>,
     invalid: impl Fn(safetensors::SafeTensorError) -> SnapshotError + Copy,
@@ -379,11 +460,11 @@ fn write_tensors(
     write_file_atomic(dst, &bytes)
 }
 
-fn is_float(d: Dtype) -> bool {
+pub(crate) fn is_float(d: Dtype) -> bool {
     matches!(d, Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
-fn convert(data: &[u8], from: Dtype, to: Dtype) -> Vec<u8> {
+pub(crate) fn convert(data: &[u8], from: Dtype, to: Dtype) -> Vec<u8> {
     let as_f32: Vec<f32> = match from {
         Dtype::F32 => data
             .chunks_exact(4)

@@ -19,6 +19,7 @@ pub mod cache;
 mod digest;
 mod error;
 mod gguf;
+mod modules;
 pub mod meta;
 mod quantize;
 pub mod recipe;
@@ -28,7 +29,10 @@ pub mod serving;
 mod wordfreq;
 
 pub use error::SnapshotError;
-pub use meta::{Architecture, FileEntry, Pooling, SnapshotMeta, Source, WeightDtype};
+pub use meta::{
+    Architecture, Dense, DenseActivation, FileEntry, Pooling, Role, SnapshotMeta, Source,
+    WeightDtype,
+};
 pub use restore::{restore, RestoredSnapshot};
 
 /// The metadata file's name inside a snapshot directory.

@@ -19,26 +19,67 @@ pub enum Architecture {
     /// BertForSequenceClassification: (query, passage) -> relevance logit.
     #[serde(rename = "bert-cross-encoder")]
     BertCrossEncoder,
-    /// A Llama-family causal LM in GGUF, quantized.
+    /// An XLM-RoBERTa encoder with pooling (multilingual-e5, bge-m3).
+    #[serde(rename = "xlm-roberta-sentence-encoder")]
+    XlmRobertaSentenceEncoder,
+    /// XLMRobertaForSequenceClassification (bge-reranker-base).
+    #[serde(rename = "xlm-roberta-cross-encoder")]
+    XlmRobertaCrossEncoder,
+    /// DebertaV2ForSequenceClassification (mxbai-rerank).
+    #[serde(rename = "deberta-v2-cross-encoder")]
+    DebertaV2CrossEncoder,
+    /// A T5 encoder with pooling and an optional Dense layer (sentence-t5, INSTRUCTOR).
+    #[serde(rename = "t5-sentence-encoder")]
+    T5SentenceEncoder,
+    /// A causal LM of llama.cpp's `llama` architecture in GGUF (Llama, Mistral, SmolLM2).
     #[serde(rename = "llama-gguf")]
     LlamaGguf,
+    /// A causal LM of llama.cpp's `qwen2` architecture in GGUF (Qwen2, Qwen2.5).
+    #[serde(rename = "qwen2-gguf")]
+    Qwen2Gguf,
     /// A word -> Zipf frequency table (`words.tsv`), from wordfreq's data.
     #[serde(rename = "word-frequencies")]
     WordFrequencies,
 }
 
+/// What a snapshot's model is for, which decides the functions that can serve it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Text -> one vector (`embed`, and `rerank` as a bi-encoder).
+    Embedder,
+    /// (query, passage) -> one logit (`rerank`).
+    CrossEncoder,
+    /// Tokens -> next-token logits (`generate`, `analyze`).
+    CausalLm,
+    /// A lookup table.
+    Table,
+}
+
 impl Architecture {
     /// Every architecture this build knows, by wire name.
-    pub const ALL: [(&'static str, Architecture); 4] = [
+    pub const ALL: [(&'static str, Architecture); 9] = [
         ("bert-sentence-encoder", Self::BertSentenceEncoder),
         ("bert-cross-encoder", Self::BertCrossEncoder),
+        ("xlm-roberta-sentence-encoder", Self::XlmRobertaSentenceEncoder),
+        ("xlm-roberta-cross-encoder", Self::XlmRobertaCrossEncoder),
+        ("deberta-v2-cross-encoder", Self::DebertaV2CrossEncoder),
+        ("t5-sentence-encoder", Self::T5SentenceEncoder),
         ("llama-gguf", Self::LlamaGguf),
+        ("qwen2-gguf", Self::Qwen2Gguf),
         ("word-frequencies", Self::WordFrequencies),
     ];
 
     /// Looks a wire name up.
     pub fn from_name(name: &str) -> Option<Self> {
         Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
+    }
+
+    /// The wire name.
+    pub fn name(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, a)| *a == self)
+            .map_or("unknown", |(n, _)| n)
     }
 
     /// The known wire names, comma-separated, for error messages.
@@ -49,6 +90,55 @@ impl Architecture {
             .collect::<Vec<_>>()
             .join(", ")
     }
+
+    /// What the model is for.
+    pub fn role(self) -> Role {
+        match self {
+            Self::BertSentenceEncoder | Self::XlmRobertaSentenceEncoder | Self::T5SentenceEncoder => {
+                Role::Embedder
+            }
+            Self::BertCrossEncoder | Self::XlmRobertaCrossEncoder | Self::DebertaV2CrossEncoder => {
+                Role::CrossEncoder
+            }
+            Self::LlamaGguf | Self::Qwen2Gguf => Role::CausalLm,
+            Self::WordFrequencies => Role::Table,
+        }
+    }
+
+    /// Whether the weights are a GGUF file rather than safetensors.
+    pub fn is_gguf(self) -> bool {
+        matches!(self, Self::LlamaGguf | Self::Qwen2Gguf)
+    }
+}
+
+/// A sentence-transformers `Dense` module after pooling: `y = act(W x + b)`. Its weights
+/// are stored in the snapshot's safetensors under [`Dense::PREFIX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dense {
+    /// Input width (the pooled vector's).
+    pub in_features: usize,
+    /// Output width: the embedding's.
+    pub out_features: usize,
+    /// Whether `b` exists.
+    pub bias: bool,
+    /// The activation applied after the projection.
+    pub activation: DenseActivation,
+}
+
+impl Dense {
+    /// Where the layer's `weight` and `bias` live in the snapshot's safetensors.
+    pub const PREFIX: &'static str = "sentence_dense";
+}
+
+/// The activations a sentence-transformers `Dense` module is saved with that thaw runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenseActivation {
+    /// `torch.nn.Identity` (sentence-t5, INSTRUCTOR, GTR).
+    Identity,
+    /// `torch.nn.Tanh`, sentence-transformers' default.
+    Tanh,
 }
 
 /// The dtype weights are stored in.
@@ -124,6 +214,9 @@ pub struct SnapshotMeta {
     /// Whether sentence embeddings are L2-normalised by default.
     #[serde(default)]
     pub normalize: bool,
+    /// A Dense layer applied after pooling, for sentence encoders that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dense: Option<Dense>,
     /// Longest input in tokens; longer input is truncated (or refused, if asked).
     pub max_seq_length: usize,
     /// Provenance.

@@ -36,9 +36,9 @@ pub struct Recipe {
     /// Architecture override.
     #[serde(default)]
     pub architecture: Option<Architecture>,
-    /// Weight dtype (f32 by default).
+    /// Weight dtype: f32 by default; for GGUF, the file's own unless given.
     #[serde(default)]
-    pub dtype: WeightDtype,
+    pub dtype: Option<WeightDtype>,
     /// max_seq_length override.
     #[serde(default)]
     pub max_seq_length: Option<usize>,

@@ -53,7 +53,8 @@ impl RestoredSnapshot {
 pub fn weights_file(meta: &SnapshotMeta) -> &'static str {
     match (meta.architecture, meta.dtype) {
         (Architecture::WordFrequencies, _) => WORDS_FILE,
-        (Architecture::LlamaGguf, _) | (_, WeightDtype::Q8_0) => GGUF_FILE,
+        (a, _) if a.is_gguf() => GGUF_FILE,
+        (_, WeightDtype::Q8_0) => GGUF_FILE,
         _ => SAFETENSORS_FILE,
     }
 }

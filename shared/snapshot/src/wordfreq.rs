@@ -68,6 +68,7 @@ pub(crate) fn write_snapshot(
         }),
         pooling: None,
         normalize: false,
+        dense: None,
         max_seq_length: 0,
         source: opts.source.clone(),
         files: Vec::new(),

@@ -1,0 +1,417 @@
+//! Causal chat models from GGUF (llama.cpp's `llama` and `qwen2` architectures; F32, F16
+//! or Q8_0 matrices), for bounded, seeded generations.
+//!
+//! - **Weights** are candle-transformers' quantized implementations, reading the tensors
+//!   straight from the snapshot's mapping: `quantized_llama` (Llama 3, Mistral, SmolLM2;
+//!   Q and K rows in llama.cpp's interleaved-rope order, as the converter writes them) and
+//!   `quantized_qwen2` (q/k/v biases, tied embeddings).
+//! - **Prompts** come from the model's own chat template ([`template`]) or are given
+//!   as text. No BOS is added: the templates write the tokens they want.
+//! - **Sampling** is greedy at temperature 0, else seeded temperature + top-p (same input,
+//!   same output); an optional repeat penalty.
+//! - **Stops:** the model's end-of-turn tokens (unless `ignore_eos`), stop sequences
+//!   (cut from the text, as OpenAI does), `max_new_tokens`, a wall-time budget, and the
+//!   context length.
+
+mod template;
+
+use std::io::Cursor;
+use std::time::{Duration, Instant};
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+use candle_transformers::utils::apply_repeat_penalty;
+use thaw_snapshot::Architecture;
+use tokenizers::Tokenizer;
+
+use crate::error::tokenizer_path;
+use crate::ModelError;
+use template::ChatTemplate;
+pub use template::Message;
+
+/// How a generation is bounded and sampled.
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    /// New tokens at most.
+    pub max_new_tokens: usize,
+    /// Sampling seed.
+    pub seed: u64,
+    /// Softmax temperature; 0 is greedy.
+    pub temperature: f64,
+    /// Nucleus sampling mass; 1 samples from every token.
+    pub top_p: f64,
+    /// Divides the logits of tokens already in the recent context (1.0 is off).
+    pub repeat_penalty: f32,
+    /// How far back the penalty looks.
+    pub repeat_last_n: usize,
+    /// Stop when this much wall time has gone.
+    pub budget: Duration,
+    /// Stop once the text contains this character (kept), e.g. `?` for one question.
+    pub stop_at: Option<char>,
+    /// Stop at the first of these strings; the text ends before it.
+    pub stop: Vec<String>,
+    /// Keep going past the model's end-of-turn tokens (for benchmarks and parity checks).
+    pub ignore_eos: bool,
+    /// Return the logits at the prompt's last position.
+    pub return_logits: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 48,
+            seed: 42,
+            temperature: 0.3,
+            top_p: 0.9,
+            repeat_penalty: 1.2,
+            repeat_last_n: 64,
+            budget: Duration::from_secs(5),
+            stop_at: None,
+            stop: Vec::new(),
+            ignore_eos: false,
+            return_logits: false,
+        }
+    }
+}
+
+/// Why a generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The model ended its turn.
+    EndOfTurn,
+    /// The text reached a stop sequence.
+    StopSequence,
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// The prompt and the generation filled the model's context.
+    ContextFull,
+    /// The time budget ran out.
+    Budget,
+    /// The text reached `stop_at`.
+    StopChar,
+}
+
+impl StopReason {
+    /// OpenAI's `finish_reason`: `stop` when the model or a stop sequence ended it,
+    /// `length` when a bound did.
+    pub fn finish_reason(self) -> &'static str {
+        match self {
+            Self::EndOfTurn | Self::StopSequence | Self::StopChar => "stop",
+            Self::MaxTokens | Self::ContextFull | Self::Budget => "length",
+        }
+    }
+}
+
+/// A finished generation.
+#[derive(Debug, Clone)]
+pub struct Generated {
+    /// The decoded new text (without a stop sequence).
+    pub text: String,
+    /// The new tokens' ids.
+    pub token_ids: Vec<u32>,
+    /// The prompt's token ids.
+    pub prompt_ids: Vec<u32>,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub new_tokens: usize,
+    /// Why it stopped.
+    pub stop: StopReason,
+    /// Prompt processing time.
+    pub prefill: Duration,
+    /// From the start to the first new token.
+    pub first_token: Duration,
+    /// Time spent generating the new tokens.
+    pub decode: Duration,
+    /// The logits at the prompt's last position, when asked for.
+    pub logits: Option<Vec<f32>>,
+}
+
+/// The architecture's weights.
+enum Weights {
+    Llama(quantized_llama::ModelWeights),
+    Qwen2(quantized_qwen2::ModelWeights),
+}
+
+impl Weights {
+    fn forward(&mut self, input: &Tensor, position: usize) -> candle_core::Result<Tensor> {
+        match self {
+            Self::Llama(m) => m.forward(input, position),
+            Self::Qwen2(m) => m.forward(input, position),
+        }
+    }
+
+    fn clear_kv_cache(&mut self) {
+        match self {
+            Self::Llama(m) => m.clear_kv_cache(),
+            Self::Qwen2(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+/// A chat model restored from a `llama-gguf` or `qwen2-gguf` snapshot.
+pub struct ChatModel {
+    weights: Weights,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    stop_ids: Vec<u32>,
+    context: usize,
+    name: String,
+    device: Device,
+}
+
+impl std::fmt::Debug for ChatModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatModel")
+            .field("name", &self.name)
+            .field("context", &self.context)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A GGUF metadata string.
+fn md_string(content: &gguf_file::Content, key: &str) -> Option<String> {
+    content
+        .metadata
+        .get(key)
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+}
+
+/// A GGUF metadata token id, as its text in the vocabulary.
+fn md_token(content: &gguf_file::Content, key: &str, tokenizer: &Tokenizer) -> Option<String> {
+    let id = content.metadata.get(key).and_then(|v| v.to_u32().ok())?;
+    tokenizer.id_to_token(id)
+}
+
+impl ChatModel {
+    /// Restores the snapshot at `dir`: the GGUF tensors come straight from the mapping.
+    pub fn restore(dir: &std::path::Path, device: &Device) -> Result<Self, ModelError> {
+        let snapshot = thaw_snapshot::restore(dir)?;
+        let meta = &snapshot.meta;
+        let invalid = |reason: String| ModelError::InvalidConfig {
+            name: meta.name.clone(),
+            reason,
+        };
+        let tokenizer_path = tokenizer_path(&snapshot)?;
+        let tokenizer =
+            Tokenizer::from_file(&tokenizer_path).map_err(|e| ModelError::Tokenizer {
+                path: tokenizer_path.clone(),
+                reason: e.to_string(),
+            })?;
+        let mut reader = Cursor::new(snapshot.weights());
+        let content = gguf_file::Content::read(&mut reader)?;
+        let arch = md_string(&content, "general.architecture").unwrap_or_default();
+        let context = content
+            .metadata
+            .get(&format!("{arch}.context_length"))
+            .and_then(|v| v.to_u32().ok())
+            .map_or(meta.max_seq_length, |c| c as usize);
+        let template = match md_string(&content, "tokenizer.chat_template") {
+            Some(source) => Some(
+                ChatTemplate::new(
+                    source,
+                    md_token(&content, "tokenizer.ggml.bos_token_id", &tokenizer)
+                        .unwrap_or_default(),
+                    md_token(&content, "tokenizer.ggml.eos_token_id", &tokenizer)
+                        .unwrap_or_default(),
+                )
+                .map_err(|e| invalid(format!("its chat template does not compile: {e}")))?,
+            ),
+            None => None,
+        };
+        let mut stop_ids: Vec<u32> = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"]
+            .iter()
+            .filter_map(|t| tokenizer.token_to_id(t))
+            .collect();
+        if let Some(eos) = content
+            .metadata
+            .get("tokenizer.ggml.eos_token_id")
+            .and_then(|v| v.to_u32().ok())
+        {
+            stop_ids.push(eos);
+        }
+        let weights = match meta.architecture {
+            Architecture::LlamaGguf => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
+                content,
+                &mut reader,
+                device,
+            )?),
+            Architecture::Qwen2Gguf => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                content,
+                &mut reader,
+                device,
+            )?),
+            found => {
+                return Err(ModelError::WrongArchitecture {
+                    name: meta.name.clone(),
+                    found,
+                    expected: "a GGUF chat model (llama-gguf or qwen2-gguf)",
+                })
+            }
+        };
+        Ok(Self {
+            weights,
+            tokenizer,
+            template,
+            stop_ids,
+            context,
+            name: meta.name.clone(),
+            device: device.clone(),
+        })
+    }
+
+    /// The snapshot's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The most tokens the prompt and the generation may hold together.
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+
+    /// The prompt for a conversation, from the model's chat template, with the
+    /// assistant's turn opened.
+    pub fn render(&self, messages: &[Message]) -> Result<String, ModelError> {
+        match &self.template {
+            Some(t) => t.render(messages, true),
+            None => Err(ModelError::Template(format!(
+                "model {:?} has no chat template in its GGUF metadata; send a plain prompt",
+                self.name
+            ))),
+        }
+    }
+
+    /// The prompt for a system and a user message.
+    pub fn chat_prompt(&self, system: &str, user: &str) -> Result<String, ModelError> {
+        self.render(&[Message::new("system", system), Message::new("user", user)])
+    }
+
+    /// Token ids of `text`, as the model reads a prompt (no BOS added).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, ModelError> {
+        Ok(self
+            .tokenizer
+            .encode(text, false)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))?
+            .get_ids()
+            .to_vec())
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, ModelError> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| ModelError::Tokenize(e.to_string()))
+    }
+
+    /// Generates a continuation of `prompt`.
+    pub fn generate(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+    ) -> Result<Generated, ModelError> {
+        let started = Instant::now();
+        let prompt_ids = self.tokenize(prompt)?;
+        if prompt_ids.is_empty() {
+            return Err(ModelError::Tokenize("the prompt is empty".into()));
+        }
+        if prompt_ids.len() >= self.context {
+            return Err(ModelError::PromptTooLong {
+                tokens: prompt_ids.len(),
+                context: self.context,
+            });
+        }
+        let mut context: Vec<u32> = prompt_ids.clone();
+        let sampling = if opts.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else if opts.top_p >= 1.0 {
+            Sampling::All {
+                temperature: opts.temperature,
+            }
+        } else {
+            Sampling::TopP {
+                p: opts.top_p,
+                temperature: opts.temperature,
+            }
+        };
+        let mut sampler = LogitsProcessor::from_sampling(opts.seed, sampling);
+        self.weights.clear_kv_cache();
+        let input = Tensor::new(context.as_slice(), &self.device)?.unsqueeze(0)?;
+        let mut logits = self.weights.forward(&input, 0)?;
+        let prefill = started.elapsed();
+        let prompt_logits = if opts.return_logits {
+            Some(
+                logits
+                    .squeeze(0)?
+                    .to_dtype(DType::F32)?
+                    .to_device(&Device::Cpu)?
+                    .to_vec1::<f32>()?,
+            )
+        } else {
+            None
+        };
+        let mut first_token = None;
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = String::new();
+        let stop = loop {
+            let last = logits.squeeze(0)?.to_dtype(DType::F32)?;
+            let last = if opts.repeat_penalty == 1.0 {
+                last
+            } else {
+                let from = context.len().saturating_sub(opts.repeat_last_n);
+                apply_repeat_penalty(&last, opts.repeat_penalty, &context[from..])?
+            };
+            let next = sampler.sample(&last)?;
+            first_token.get_or_insert_with(|| started.elapsed());
+            if !opts.ignore_eos && self.stop_ids.contains(&next) {
+                break StopReason::EndOfTurn;
+            }
+            generated.push(next);
+            context.push(next);
+            if opts.stop_at.is_some() || !opts.stop.is_empty() {
+                text = self.decode(&generated)?;
+                if let Some(cut) = opts
+                    .stop
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| text.find(s.as_str()))
+                    .min()
+                {
+                    text.truncate(cut);
+                    break StopReason::StopSequence;
+                }
+                if opts.stop_at.is_some_and(|c| text.contains(c)) {
+                    break StopReason::StopChar;
+                }
+            }
+            if generated.len() >= opts.max_new_tokens {
+                break StopReason::MaxTokens;
+            }
+            if context.len() >= self.context {
+                break StopReason::ContextFull;
+            }
+            if started.elapsed() >= opts.budget {
+                break StopReason::Budget;
+            }
+            let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
+            logits = self.weights.forward(&input, context.len() - 1)?;
+        };
+        if stop != StopReason::StopSequence {
+            text = self.decode(&generated)?;
+        }
+        Ok(Generated {
+            text,
+            prompt_tokens: prompt_ids.len(),
+            prompt_ids,
+            new_tokens: generated.len(),
+            token_ids: generated,
+            stop,
+            prefill,
+            first_token: first_token.unwrap_or(prefill),
+            decode: started.elapsed() - prefill,
+            logits: prompt_logits,
+        })
+    }
+}
