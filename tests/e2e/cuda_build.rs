@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use thaw_manifest::CudaArch;
 use thaw_tests::{repo_root, Serve};
 
-const BINARIES: [&str; 3] = ["embed", "rerank", "analyze"];
+const BINARIES: [&str; 4] = ["embed", "rerank", "analyze", "generate"];
 
 /// The release directory of one CUDA build.
 fn cuda_dir(arch: CudaArch) -> PathBuf {

@@ -13,6 +13,7 @@ mod durable_bounds;
 mod edge;
 mod edge_load;
 mod embed_function;
+mod families;
 mod hardening_instances;
 mod parity;
 mod python_clients;

@@ -160,6 +160,7 @@ impl Manifest {
         let routes = Routes {
             embeddings: self.routes.embeddings.clone().or_else(|| by_name("embed")),
             rerank: self.routes.rerank.clone().or_else(|| by_name("rerank")),
+            chat: self.routes.chat.clone().or_else(|| by_name("generate")),
         };
         Ok(Plan {
             app: self.app.name.clone(),

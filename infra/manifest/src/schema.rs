@@ -30,7 +30,7 @@ pub struct Manifest {
 }
 
 /// `[routes]`: which function answers each family of compatible routes. A route family
-/// left out goes to the function named like it (`embed`, `rerank`) if there is one, and
+/// left out goes to the function named like it (`embed`, `rerank`, `generate`) if there is one, and
 /// answers 404 otherwise. A request's `model` may still name any other function.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,11 +43,14 @@ pub struct Routes {
     /// contract.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rerank: Option<FunctionName>,
+    /// OpenAI `POST /v1/chat/completions`: a function with `generate`'s contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat: Option<FunctionName>,
 }
 
 impl Routes {
     fn is_empty(&self) -> bool {
-        self.embeddings.is_none() && self.rerank.is_none()
+        self.embeddings.is_none() && self.rerank.is_none() && self.chat.is_none()
     }
 }
 

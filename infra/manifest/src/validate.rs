@@ -268,6 +268,7 @@ impl Manifest {
         for (route, target) in [
             ("embeddings", &self.routes.embeddings),
             ("rerank", &self.routes.rerank),
+            ("chat", &self.routes.chat),
         ] {
             if let Some(f) = target.as_ref().filter(|f| !self.function.contains_key(*f)) {
                 return Err(ManifestError::UnknownRouteTarget {

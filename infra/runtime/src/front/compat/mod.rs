@@ -3,7 +3,7 @@
 //! clients work against thaw unchanged.
 //!
 //! The routes are one declared table, [`ROUTES`]: a path, and the [`Api`] whose adapter
-//! turns the request into the input of a function with `embed`'s or `rerank`'s contract
+//! turns the request into the input of a function with `embed`'s, `rerank`'s or `generate`'s contract
 //! and that function's answer into the reply. Every request goes through the function's
 //! pool like any call, so scaling from zero, batching, queue limits, metrics and the
 //! function's `url.auth` all apply; nothing here computes an embedding.
@@ -16,11 +16,14 @@
 //! | `POST /rerank` | TEI rerank | `[routes] rerank` |
 //! | `GET /info` | TEI info | `[routes] embeddings` |
 //! | `POST /v1/rerank` | Cohere/Jina rerank | `model`, else `[routes] rerank` |
+//! | `POST /v1/chat/completions` | OpenAI chat (`stream` false or true) | `model`, else `[routes] chat` |
 //!
-//! A `model` names a function, or a snapshot: then the routed function if it serves that
-//! snapshot, else the first function (by name) that does. Errors answer in each API's own
+//! A `model` names a function, or a snapshot (its `snapshot`, or one of its `snapshots`):
+//! then the routed function if it serves that snapshot, else the first function (by name)
+//! that does. Errors answer in each API's own
 //! shape ([`CompatError`], mapped in one place).
 
+mod chat;
 mod error;
 mod openai;
 mod rerank;
@@ -70,6 +73,8 @@ pub enum Api {
     TeiInfo,
     /// Cohere's and Jina's `/v1/rerank`.
     Rerank,
+    /// OpenAI `chat.completions.create`.
+    OpenAiChat,
 }
 
 /// Which contract a route's function has.
@@ -79,6 +84,8 @@ pub enum Role {
     Embeddings,
     /// `rerank`'s: `{"query", "documents"}` in, `{"results", "model"}` out.
     Rerank,
+    /// `generate`'s: `{"messages", ...}` in, `{"text", "finish_reason", "usage", "model"}` out.
+    Chat,
 }
 
 impl Role {
@@ -86,6 +93,7 @@ impl Role {
         match self {
             Self::Embeddings => "embeddings",
             Self::Rerank => "rerank",
+            Self::Chat => "chat",
         }
     }
 }
@@ -93,7 +101,7 @@ impl Role {
 impl Api {
     fn dialect(self) -> Dialect {
         match self {
-            Self::OpenAiEmbeddings | Self::OpenAiModels => Dialect::OpenAi,
+            Self::OpenAiEmbeddings | Self::OpenAiModels | Self::OpenAiChat => Dialect::OpenAi,
             Self::TeiEmbed | Self::TeiRerank | Self::TeiInfo => Dialect::Tei,
             Self::Rerank => Dialect::Cohere,
         }
@@ -101,7 +109,7 @@ impl Api {
 }
 
 /// Every compatible route.
-pub const ROUTES: [Route; 7] = [
+pub const ROUTES: [Route; 8] = [
     Route {
         method: Method::POST,
         path: "/v1/embeddings",
@@ -136,6 +144,11 @@ pub const ROUTES: [Route; 7] = [
         method: Method::POST,
         path: "/v1/rerank",
         api: Api::Rerank,
+    },
+    Route {
+        method: Method::POST,
+        path: "/v1/chat/completions",
+        api: Api::OpenAiChat,
     },
 ];
 
@@ -179,6 +192,7 @@ async fn handle(c: Compat, api: Api, headers: HeaderMap, body: Body) -> Response
                 Api::OpenAiEmbeddings => openai::embeddings(&c, &headers, &body).await,
                 Api::TeiEmbed => tei::embed(&c, &headers, &body).await,
                 Api::TeiRerank => tei::rerank(&c, &headers, &body).await,
+                Api::OpenAiChat => chat::completions(&c, &headers, &body).await,
                 _ => rerank::rerank(&c, &headers, &body).await,
             },
         },
@@ -201,6 +215,7 @@ impl Compat {
         let routed = match role {
             Role::Embeddings => self.rt.routes.embeddings.as_ref(),
             Role::Rerank => self.rt.routes.rerank.as_ref(),
+            Role::Chat => self.rt.routes.chat.as_ref(),
         }
         .map(|f| f.as_str());
         let name = match model.filter(|m| !m.is_empty()) {
@@ -211,7 +226,11 @@ impl Compat {
                     self.rt
                         .pools
                         .get(f)
-                        .is_some_and(|p| p.plan().spec.snapshot.as_deref() == Some(m))
+                        .is_some_and(|p| {
+                            let spec = &p.plan().spec;
+                            spec.snapshot.as_deref() == Some(m)
+                                || spec.snapshots.values().any(|s| s == m)
+                        })
                 };
                 routed
                     .filter(|f| serves(f))

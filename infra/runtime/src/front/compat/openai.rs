@@ -174,16 +174,13 @@ pub(super) fn base64_f32(vector: &[f32]) -> String {
 /// `GET /v1/models`: the routed functions, and the snapshots they serve (a `model` may
 /// name either).
 pub(super) fn models(rt: &crate::Runtime) -> Response {
-    let routed = [&rt.routes.embeddings, &rt.routes.rerank];
+    let routed = [&rt.routes.embeddings, &rt.routes.rerank, &rt.routes.chat];
     let mut ids = BTreeSet::new();
     for name in routed.into_iter().flatten() {
         ids.insert(name.to_string());
-        if let Some(snapshot) = rt
-            .pools
-            .get(name.as_str())
-            .and_then(|p| p.plan().spec.snapshot.clone())
-        {
-            ids.insert(snapshot);
+        if let Some(spec) = rt.pools.get(name.as_str()).map(|p| &p.plan().spec) {
+            ids.extend(spec.snapshot.iter().cloned());
+            ids.extend(spec.snapshots.values().cloned());
         }
     }
     let data: Vec<Value> = ids

@@ -1,0 +1,286 @@
+//! OpenAI's `POST /v1/chat/completions`, over a function with `generate`'s contract.
+//!
+//! `model` names the function, or a snapshot one of the functions serves (a `generate`
+//! with several models is asked for that one). Sampling maps one to one: `temperature`,
+//! `top_p`, `seed`, `stop`, `max_tokens` (or `max_completion_tokens`). What thaw does not
+//! do is refused, never ignored: `n` above 1, tools, logprobs, penalties, and response
+//! formats other than text.
+//!
+//! `stream: true` answers in server-sent events as the SDK reads them (a role delta, the
+//! content, a chunk with the finish reason, optionally a usage chunk, then `[DONE]`).
+//! The generation runs as one call, so the content arrives in one delta when it is
+//! finished: per-token delivery needs Lambda response streaming from the instance, which
+//! thaw's Runtime API does not carry yet.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::{call, json, parse, Compat, CompatError, Role};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChatRequest {
+    messages: Vec<ChatMessage>,
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    max_tokens: Option<usize>,
+    #[serde(default)]
+    max_completion_tokens: Option<usize>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop: Option<Value>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    n: Option<u32>,
+    #[serde(default)]
+    frequency_penalty: Option<f64>,
+    #[serde(default)]
+    presence_penalty: Option<f64>,
+    #[serde(default)]
+    logprobs: Option<bool>,
+    #[serde(default)]
+    tools: Option<Value>,
+    #[serde(default)]
+    response_format: Option<Value>,
+    /// An end-user id for abuse tracking; thaw has no use for it.
+    #[serde(default, rename = "user")]
+    _user: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatMessage {
+    role: String,
+    content: Content,
+    /// The SDK's optional participant name; templates have no place for it.
+    #[serde(default, rename = "name")]
+    _name: Option<String>,
+}
+
+/// A message's content: a string, or the SDK's list of parts (text parts only).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Deserialize)]
+struct Part {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    text: Option<String>,
+}
+
+/// `generate`'s input, as this adapter sends it.
+#[derive(Debug, Serialize)]
+struct GenerateInput<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<&'a str>,
+    messages: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_tokens: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a Value>,
+}
+
+/// `generate`'s answer, the parts read here.
+#[derive(Debug, Deserialize)]
+struct GenerateOutput {
+    model: String,
+    text: String,
+    finish_reason: String,
+    usage: Value,
+}
+
+/// Refuses what thaw does not do, naming the parameter.
+fn refuse_unsupported(req: &ChatRequest) -> Result<(), CompatError> {
+    let bad = |what: &str| Err(CompatError::BadRequest(what.to_owned()));
+    if req.n.is_some_and(|n| n != 1) {
+        return bad("n: thaw generates one choice per request; send several requests");
+    }
+    if req.tools.is_some() {
+        return bad("tools: thaw's generate does not call tools");
+    }
+    if req.logprobs == Some(true) {
+        return bad("logprobs: not offered; generate's return_logits gives the prompt's logits");
+    }
+    if req.frequency_penalty.is_some_and(|p| p != 0.0)
+        || req.presence_penalty.is_some_and(|p| p != 0.0)
+    {
+        return bad("frequency_penalty and presence_penalty are not offered");
+    }
+    if let Some(format) = &req.response_format {
+        if format.get("type").and_then(Value::as_str) != Some("text") {
+            return bad("response_format: only {\"type\": \"text\"} is offered");
+        }
+    }
+    Ok(())
+}
+
+fn message_text(i: usize, m: ChatMessage) -> Result<Value, CompatError> {
+    let content = match m.content {
+        Content::Text(t) => t,
+        Content::Parts(parts) => {
+            let mut text = String::new();
+            for p in parts {
+                match (p.kind.as_str(), p.text) {
+                    ("text", Some(t)) => text.push_str(&t),
+                    (kind, _) => {
+                        return Err(CompatError::BadRequest(format!(
+                            "messages[{i}]: content parts of type {kind:?} are not accepted (text only)"
+                        )))
+                    }
+                }
+            }
+            text
+        }
+    };
+    let role = match m.role.as_str() {
+        // OpenAI's newer name for the system role.
+        "developer" => "system",
+        other => other,
+    };
+    Ok(json!({"role": role, "content": content}))
+}
+
+pub(super) async fn completions(
+    c: &Compat,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, CompatError> {
+    let req: ChatRequest = parse(body)?;
+    refuse_unsupported(&req)?;
+    if req.messages.is_empty() {
+        return Err(CompatError::BadRequest("messages is empty".into()));
+    }
+    let pool = c.target(Role::Chat, req.model.as_deref(), headers)?;
+    // A model that is not the function's name is one of its snapshots.
+    let inner_model = req
+        .model
+        .as_deref()
+        .filter(|m| *m != pool.plan().name.as_str() && !m.is_empty());
+    let stream = req.stream.unwrap_or(false);
+    let include_usage = req.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let messages = req
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| message_text(i, m))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out: GenerateOutput = call(
+        &pool,
+        GenerateInput {
+            model: inner_model,
+            messages,
+            max_tokens: req.max_completion_tokens.or(req.max_tokens),
+            temperature: req.temperature,
+            top_p: req.top_p,
+            seed: req.seed,
+            stop: req.stop.as_ref(),
+        },
+    )
+    .await?;
+    let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    let created = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if !stream {
+        return Ok(json(&json!({
+            "id": id,
+            "object": "chat.completion",
+            "created": created,
+            "model": out.model,
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": out.text},
+                "finish_reason": out.finish_reason,
+                "logprobs": null,
+            }],
+            "usage": out.usage,
+        })));
+    }
+    let chunk = |delta: Value, finish: Value, usage: Option<&Value>| {
+        let mut c = json!({
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": out.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        });
+        if let Some(u) = usage {
+            c["choices"] = json!([]);
+            c["usage"] = u.clone();
+        }
+        format!("data: {c}\n\n")
+    };
+    let mut sse = chunk(json!({"role": "assistant", "content": ""}), Value::Null, None);
+    if !out.text.is_empty() {
+        sse.push_str(&chunk(json!({"content": out.text}), Value::Null, None));
+    }
+    sse.push_str(&chunk(json!({}), json!(out.finish_reason), None));
+    if include_usage {
+        sse.push_str(&chunk(Value::Null, Value::Null, Some(&out.usage)));
+    }
+    sse.push_str("data: [DONE]\n\n");
+    let mut resp = sse.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_parse_as_the_sdk_sends_them_and_unsupported_options_are_refused() {
+        let req: ChatRequest = serde_json::from_str(
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]}],"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .expect("parses");
+        assert!(refuse_unsupported(&req).is_ok());
+        let m = req.messages.into_iter().next().expect("one");
+        assert_eq!(message_text(0, m).expect("text")["content"], "hi");
+        for bad in [
+            r#"{"messages":[],"n":2}"#,
+            r#"{"messages":[],"tools":[]}"#,
+            r#"{"messages":[],"logprobs":true}"#,
+            r#"{"messages":[],"presence_penalty":0.5}"#,
+            r#"{"messages":[],"response_format":{"type":"json_object"}}"#,
+        ] {
+            let req: ChatRequest = serde_json::from_str(bad).expect("parses");
+            assert!(refuse_unsupported(&req).is_err(), "{bad}");
+        }
+        assert!(serde_json::from_str::<ChatRequest>(r#"{"messages":[],"nope":1}"#).is_err());
+    }
+}
