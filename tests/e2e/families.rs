@@ -63,7 +63,12 @@ fn call(s: &Serve, function: &str, body: &Value) -> Value {
         body.to_string().as_bytes(),
         &[("content-type", "application/json")],
     );
-    assert_eq!(r.status, 200, "{function}: {}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.status,
+        200,
+        "{function}: {}",
+        String::from_utf8_lossy(&r.body)
+    );
     r.json()
 }
 
@@ -142,7 +147,10 @@ fn check_cross_encoder(s: &Serve, function: &str, fixture: &str) -> f32 {
         let reply = call(s, function, &json!({"query": query, "documents": docs}));
         for (k, case) in group.iter().enumerate() {
             let d = (score(&reply, k) - case["logit"].as_f64().expect("logit") as f32).abs();
-            assert!(d <= max_tol, "{fixture} batched {query:?} #{k}: |Δ| {d:.2e}");
+            assert!(
+                d <= max_tol,
+                "{fixture} batched {query:?} #{k}: |Δ| {d:.2e}"
+            );
             worst = worst.max(d);
         }
     }
@@ -208,7 +216,10 @@ fn check_causal_lm(s: &Serve, model: &str, fixture: &str) -> (f32, f32) {
                 &json!({"model": model, "max_tokens": 8, "temperature": 0, "ignore_eos": true,
                         "return_logits": true, "messages": chat_messages(case["text"].as_str().expect("text"))}),
             );
-            assert_eq!(g["prompt_token_ids"], case["input_ids"], "{fixture}: chat template");
+            assert_eq!(
+                g["prompt_token_ids"], case["input_ids"],
+                "{fixture}: chat template"
+            );
             assert_eq!(g["token_ids"], case["greedy_token_ids"]);
         }
     }
@@ -272,14 +283,35 @@ fn generate_refuses_bad_input_with_typed_errors() {
         (json!({"model": "nope", "prompt": "x"}), "no model"),
         (json!({"model": "qwen2"}), "missing"),
         (json!({"model": "qwen2", "prompt": ""}), "is empty"),
-        (json!({"model": "qwen2", "prompt": "x", "messages": []}), "not both"),
+        (
+            json!({"model": "qwen2", "prompt": "x", "messages": []}),
+            "not both",
+        ),
         (json!({"model": "qwen2", "messages": []}), "is empty"),
-        (json!({"model": "qwen2", "messages": [{"role": "tool", "content": "x"}]}), "roles are"),
-        (json!({"model": "qwen2", "prompt": "x", "temperature": 3}), "between 0 and 2"),
-        (json!({"model": "qwen2", "prompt": "x", "top_p": 0}), "above 0"),
-        (json!({"model": "qwen2", "prompt": "x", "max_tokens": 0}), "between 1 and"),
-        (json!({"model": "qwen2", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}), "up to 4"),
-        (json!({"model": "qwen2", "prompt": "x".repeat(2000)}), "context holds"),
+        (
+            json!({"model": "qwen2", "messages": [{"role": "tool", "content": "x"}]}),
+            "roles are",
+        ),
+        (
+            json!({"model": "qwen2", "prompt": "x", "temperature": 3}),
+            "between 0 and 2",
+        ),
+        (
+            json!({"model": "qwen2", "prompt": "x", "top_p": 0}),
+            "above 0",
+        ),
+        (
+            json!({"model": "qwen2", "prompt": "x", "max_tokens": 0}),
+            "between 1 and",
+        ),
+        (
+            json!({"model": "qwen2", "prompt": "x", "stop": ["a", "b", "c", "d", "e"]}),
+            "up to 4",
+        ),
+        (
+            json!({"model": "qwen2", "prompt": "x".repeat(2000)}),
+            "context holds",
+        ),
     ] {
         let r = s.post("/fn/generate/", body.to_string().as_bytes(), &[]);
         let text = String::from_utf8_lossy(&r.body).into_owned();
@@ -361,7 +393,10 @@ fn a_question_by_model_fan_out_records_every_pair_once_even_across_a_kill_9() {
             let out = &r["ok"];
             assert!(out.is_object(), "item {i} has no result: {r}");
             let key = (
-                out["metadata"]["question_id"].as_str().expect("question_id").to_owned(),
+                out["metadata"]["question_id"]
+                    .as_str()
+                    .expect("question_id")
+                    .to_owned(),
                 out["metadata"]["model"].as_str().expect("model").to_owned(),
             );
             let (q, m) = (i / models.len(), models[i % models.len()]);
@@ -407,9 +442,85 @@ fn a_question_by_model_fan_out_records_every_pair_once_even_across_a_kill_9() {
     let s = Serve::start_with_state(MANIFEST, &state);
     let after = check(&map_results(&s, &map_id, total));
     // Seeded: a pair re-run after the restart writes the text the clean run wrote.
-    assert_eq!(after, clean, "the results differ from the run without a kill");
+    assert_eq!(
+        after, clean,
+        "the results differ from the run without a kill"
+    );
     eprintln!(
         "fan-out: {total} (question × model) pairs, kill -9 after {done_at_kill} had finished; \
          every pair recorded once, texts equal to the run without a kill"
     );
+}
+
+#[test]
+fn snapshot_build_names_what_it_cannot_build_and_rebuilds_a_ggufs_own_tokenizer() {
+    use thaw_snapshot::build::{build, BuildOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let opts = |name: &str| BuildOptions {
+        name: name.into(),
+        ..BuildOptions::default()
+    };
+    // An architecture thaw does not run: a typed error naming it and the supported ones.
+    let gpt2 = dir.path().join("gpt2");
+    std::fs::create_dir(&gpt2).expect("mkdir");
+    std::fs::write(
+        gpt2.join("config.json"),
+        r#"{"architectures": ["GPT2LMHeadModel"]}"#,
+    )
+    .expect("write");
+    let e = build(&gpt2, &dir.path().join("out"), &opts("gpt2")).expect_err("refused");
+    let text = e.to_string();
+    assert!(
+        matches!(e, thaw_snapshot::SnapshotError::UnknownArchitecture { .. }),
+        "{e:?}"
+    );
+    for name in [
+        "GPT2LMHeadModel",
+        "XLMRobertaModel",
+        "DebertaV2ForSequenceClassification",
+        "T5EncoderModel",
+        "llama",
+        "qwen2",
+    ] {
+        assert!(text.contains(name), "{text}");
+    }
+    // A GGUF file alone (no tokenizer.json beside it): the tokenizer comes from its
+    // metadata and reads every reference prompt into the reference ids.
+    for fixture in ["qwen2-gguf", "llama-gguf"] {
+        let alone = dir.path().join(fixture);
+        std::fs::create_dir(&alone).expect("mkdir");
+        let gguf = alone.join("model.gguf");
+        std::fs::copy(fixture_path(fixture, "model.gguf"), &gguf).expect("copy");
+        let out = dir.path().join(format!("{fixture}-snapshot"));
+        let meta = build(&gguf, &out, &opts(fixture)).expect("build");
+        assert_eq!(meta.dtype, thaw_snapshot::WeightDtype::F32);
+        let model =
+            thaw_models::ChatModel::restore(&out, &candle_core::Device::Cpu).expect("restore");
+        for case in reference(fixture)["cases"].as_array().expect("cases") {
+            let ids = model
+                .tokenize(case["text"].as_str().expect("text"))
+                .expect("tokenize");
+            assert_eq!(
+                json!(ids),
+                case["input_ids"],
+                "{fixture}: {:?}",
+                case["text"]
+            );
+        }
+        // --dtype q8_0 quantizes every matrix; norms and biases stay F32.
+        let q8 = build(
+            &gguf,
+            &dir.path().join(format!("{fixture}-q8")),
+            &BuildOptions {
+                dtype: Some(thaw_snapshot::WeightDtype::Q8_0),
+                ..opts(fixture)
+            },
+        )
+        .expect("q8 build");
+        assert_eq!(q8.dtype, thaw_snapshot::WeightDtype::Q8_0);
+    }
+}
+
+fn fixture_path(folder: &str, file: &str) -> std::path::PathBuf {
+    fixture(&format!("tiny-models/{folder}/{file}"))
 }

@@ -1,4 +1,5 @@
-//! Clients nobody here wrote, against a live `thaw serve`: the OpenAI SDK, Hugging
+//! Clients nobody here wrote, against a live `thaw serve`: the OpenAI SDK (embeddings,
+//! and chat completions with and without streaming over `generate`), Hugging
 //! Face's `InferenceClient`, boto3, and thaw's own Python client (`clients/python`), with
 //! the example Python function (`examples/python`, run by awslambdaric in the sandbox)
 //! reached through its URL, Invoke, spawn and map.
@@ -41,6 +42,11 @@ batch = {{ max_size = 32 }}
 [function.rerank]
 binary = "rerank"
 snapshot = "minilm-l6"
+max_containers = 1
+
+[function.generate]
+binary = "generate"
+snapshot = "tiny-qwen2"
 max_containers = 1
 
 [function.words-py]

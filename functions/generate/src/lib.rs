@@ -51,9 +51,10 @@ impl Limits {
         Self {
             max_tokens: thaw_fn::env_limit("GENERATE_MAX_TOKENS", d.max_tokens),
             max_chars: thaw_fn::env_limit("GENERATE_MAX_CHARS", d.max_chars),
-            budget: Duration::from_secs(
-                thaw_fn::env_limit("GENERATE_BUDGET_S", d.budget.as_secs() as usize) as u64,
-            ),
+            budget: Duration::from_secs(thaw_fn::env_limit(
+                "GENERATE_BUDGET_S",
+                d.budget.as_secs() as usize,
+            ) as u64),
         }
     }
 }
@@ -226,9 +227,11 @@ impl GenerateRequest {
                 return Err(FnError::invalid_input("\"messages\" is empty"))
             }
             Input::Messages(m) => {
-                if let Some((i, bad)) = m.iter().enumerate().find(|(_, m)| {
-                    !matches!(m.role.as_str(), "system" | "user" | "assistant")
-                }) {
+                if let Some((i, bad)) = m
+                    .iter()
+                    .enumerate()
+                    .find(|(_, m)| !matches!(m.role.as_str(), "system" | "user" | "assistant"))
+                {
                     return Err(FnError::invalid_input(format!(
                         "message {i} has role {:?}; roles are system, user and assistant",
                         bad.role

@@ -29,6 +29,9 @@ fn main() -> Result<(), thaw_fn::Error> {
             );
             models.push(generate::Served { role, model });
         }
-        Ok(generate::Generate::new(models, generate::Limits::from_env()))
+        Ok(generate::Generate::new(
+            models,
+            generate::Limits::from_env(),
+        ))
     })
 }

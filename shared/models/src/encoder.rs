@@ -114,8 +114,8 @@ impl DenseLayer {
         let Some(d) = snapshot.meta.dense else {
             return Ok(None);
         };
-        let vb = crate::families::f32_weights(snapshot, &Device::Cpu)?
-            .pp(thaw_snapshot::Dense::PREFIX);
+        let vb =
+            crate::families::f32_weights(snapshot, &Device::Cpu)?.pp(thaw_snapshot::Dense::PREFIX);
         let weight = vb
             .get((d.out_features, d.in_features), "weight")?
             .flatten_all()?

@@ -24,8 +24,8 @@ pub mod cpu;
 mod cross_encoder;
 pub mod device;
 mod encoder;
-mod families;
 pub(crate) mod error;
+mod families;
 mod tokenize;
 mod words;
 

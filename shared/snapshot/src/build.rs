@@ -228,15 +228,27 @@ pub(crate) fn find_file(
 /// snapshots, and what each becomes.
 const HF_ARCHITECTURES: [(&str, Architecture); 8] = [
     ("BertModel", Architecture::BertSentenceEncoder),
-    ("BertForSequenceClassification", Architecture::BertCrossEncoder),
+    (
+        "BertForSequenceClassification",
+        Architecture::BertCrossEncoder,
+    ),
     ("XLMRobertaModel", Architecture::XlmRobertaSentenceEncoder),
-    ("XLMRobertaForSequenceClassification", Architecture::XlmRobertaCrossEncoder),
-    ("DebertaV2ForSequenceClassification", Architecture::DebertaV2CrossEncoder),
+    (
+        "XLMRobertaForSequenceClassification",
+        Architecture::XlmRobertaCrossEncoder,
+    ),
+    (
+        "DebertaV2ForSequenceClassification",
+        Architecture::DebertaV2CrossEncoder,
+    ),
     ("T5EncoderModel", Architecture::T5SentenceEncoder),
     // sentence-t5 and INSTRUCTOR folders save the whole T5 with a sentence-transformers
     // modules.json; only the encoder is used.
     ("T5Model", Architecture::T5SentenceEncoder),
-    ("T5ForConditionalGeneration", Architecture::T5SentenceEncoder),
+    (
+        "T5ForConditionalGeneration",
+        Architecture::T5SentenceEncoder,
+    ),
 ];
 
 fn infer_architecture(
@@ -288,7 +300,9 @@ fn infer_architecture(
 /// taken by the padding index, so 514 positions hold 512 tokens; T5's relative positions
 /// have no table, and its inputs are as long as the tokenizer allows.
 fn max_positions(architecture: Architecture, config: &Value) -> u64 {
-    let table = config.get("max_position_embeddings").and_then(Value::as_u64);
+    let table = config
+        .get("max_position_embeddings")
+        .and_then(Value::as_u64);
     match architecture {
         Architecture::XlmRobertaSentenceEncoder | Architecture::XlmRobertaCrossEncoder => {
             let pad = config

@@ -24,13 +24,13 @@ use candle_core::Device;
 use serde_json::json;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
+use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::normalizers::unicode::NFC;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::SplitDelimiterBehavior;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::SplitDelimiterBehavior;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::build::{finish, invalid_input as invalid, BuildOptions};
@@ -38,8 +38,10 @@ use crate::meta::FORMAT_VERSION;
 use crate::{Architecture, SnapshotError, SnapshotMeta, WeightDtype, GGUF_FILE, TOKENIZER_FILE};
 
 /// llama.cpp architectures thaw runs, and their snapshot architecture.
-const GGUF_ARCHITECTURES: [(&str, Architecture); 2] =
-    [("llama", Architecture::LlamaGguf), ("qwen2", Architecture::Qwen2Gguf)];
+const GGUF_ARCHITECTURES: [(&str, Architecture); 2] = [
+    ("llama", Architecture::LlamaGguf),
+    ("qwen2", Architecture::Qwen2Gguf),
+];
 
 /// Writes `model.gguf`, `tokenizer.json` and `snapshot.json` into `dir`.
 pub(crate) fn write_snapshot(
@@ -195,7 +197,11 @@ fn weights_dtype(tensors: &[(String, QTensor)]) -> WeightDtype {
             _ => counts[2] += 1,
         }
     }
-    let most = counts.iter().enumerate().max_by_key(|(_, c)| **c).map_or(2, |(i, _)| i);
+    let most = counts
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, c)| **c)
+        .map_or(2, |(i, _)| i);
     [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8_0][most]
 }
 
@@ -246,8 +252,12 @@ fn tokenizer_from_metadata(md: &HashMap<String, gguf_file::Value>) -> Result<Tok
         .and_then(|v| v.to_string().ok())
         .map_or("default", String::as_str);
     let split = |pattern: &str| -> Result<PreTokenizerWrapper, String> {
-        let split = Split::new(SplitPattern::Regex(pattern.into()), SplitDelimiterBehavior::Isolated, false)
-            .map_err(|e| e.to_string())?;
+        let split = Split::new(
+            SplitPattern::Regex(pattern.into()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(|e| e.to_string())?;
         Ok(PreTokenizerWrapper::Split(split))
     };
     let pre_tokenizer = match pre {

@@ -60,7 +60,10 @@ impl Architecture {
     pub const ALL: [(&'static str, Architecture); 9] = [
         ("bert-sentence-encoder", Self::BertSentenceEncoder),
         ("bert-cross-encoder", Self::BertCrossEncoder),
-        ("xlm-roberta-sentence-encoder", Self::XlmRobertaSentenceEncoder),
+        (
+            "xlm-roberta-sentence-encoder",
+            Self::XlmRobertaSentenceEncoder,
+        ),
         ("xlm-roberta-cross-encoder", Self::XlmRobertaCrossEncoder),
         ("deberta-v2-cross-encoder", Self::DebertaV2CrossEncoder),
         ("t5-sentence-encoder", Self::T5SentenceEncoder),
@@ -94,9 +97,9 @@ impl Architecture {
     /// What the model is for.
     pub fn role(self) -> Role {
         match self {
-            Self::BertSentenceEncoder | Self::XlmRobertaSentenceEncoder | Self::T5SentenceEncoder => {
-                Role::Embedder
-            }
+            Self::BertSentenceEncoder
+            | Self::XlmRobertaSentenceEncoder
+            | Self::T5SentenceEncoder => Role::Embedder,
             Self::BertCrossEncoder | Self::XlmRobertaCrossEncoder | Self::DebertaV2CrossEncoder => {
                 Role::CrossEncoder
             }

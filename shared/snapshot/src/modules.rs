@@ -132,7 +132,9 @@ pub(crate) fn append_dense(
         wanted.push(("bias", vec![dense.out_features]));
     }
     for (part, shape) in wanted {
-        let view = extra.tensor(&format!("linear.{part}")).map_err(invalid_src)?;
+        let view = extra
+            .tensor(&format!("linear.{part}"))
+            .map_err(invalid_src)?;
         if view.shape() != shape.as_slice() || !is_float(view.dtype()) {
             return Err(SnapshotError::InvalidBuild(format!(
                 "{}: linear.{part} is {:?} {:?}, expected float {shape:?} from its config.json",

@@ -233,25 +233,22 @@ impl ChatModel {
         {
             stop_ids.push(eos);
         }
-        let weights = match meta.architecture {
-            Architecture::LlamaGguf => Weights::Llama(quantized_llama::ModelWeights::from_gguf(
-                content,
-                &mut reader,
-                device,
-            )?),
-            Architecture::Qwen2Gguf => Weights::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
-                content,
-                &mut reader,
-                device,
-            )?),
-            found => {
-                return Err(ModelError::WrongArchitecture {
-                    name: meta.name.clone(),
-                    found,
-                    expected: "a GGUF chat model (llama-gguf or qwen2-gguf)",
-                })
-            }
-        };
+        let weights =
+            match meta.architecture {
+                Architecture::LlamaGguf => Weights::Llama(
+                    quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)?,
+                ),
+                Architecture::Qwen2Gguf => Weights::Qwen2(
+                    quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, device)?,
+                ),
+                found => {
+                    return Err(ModelError::WrongArchitecture {
+                        name: meta.name.clone(),
+                        found,
+                        expected: "a GGUF chat model (llama-gguf or qwen2-gguf)",
+                    })
+                }
+            };
         Ok(Self {
             weights,
             tokenizer,

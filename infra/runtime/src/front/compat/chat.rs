@@ -239,7 +239,11 @@ pub(super) async fn completions(
         }
         format!("data: {c}\n\n")
     };
-    let mut sse = chunk(json!({"role": "assistant", "content": ""}), Value::Null, None);
+    let mut sse = chunk(
+        json!({"role": "assistant", "content": ""}),
+        Value::Null,
+        None,
+    );
     if !out.text.is_empty() {
         sse.push_str(&chunk(json!({"content": out.text}), Value::Null, None));
     }

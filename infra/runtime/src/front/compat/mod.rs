@@ -223,14 +223,11 @@ impl Compat {
             Some(m) if self.rt.pools.contains_key(m) => m,
             Some(m) => {
                 let serves = |f: &str| {
-                    self.rt
-                        .pools
-                        .get(f)
-                        .is_some_and(|p| {
-                            let spec = &p.plan().spec;
-                            spec.snapshot.as_deref() == Some(m)
-                                || spec.snapshots.values().any(|s| s == m)
-                        })
+                    self.rt.pools.get(f).is_some_and(|p| {
+                        let spec = &p.plan().spec;
+                        spec.snapshot.as_deref() == Some(m)
+                            || spec.snapshots.values().any(|s| s == m)
+                    })
                 };
                 routed
                     .filter(|f| serves(f))
