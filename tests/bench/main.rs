@@ -7,7 +7,8 @@
 //!    sentence-transformers, ONNX Runtime and torch INT8 on the same inputs, with
 //!    GFLOP/s against a matmul peak measured on the same core.
 //!
-//! Then the platform, the sandbox, durable calls, the LLM, functions, S3 snapshots, and
+//! Then the platform, the sandbox, durable calls, the LLM, the generate function against
+//! candle's own decode loop, functions, S3 snapshots, and
 //! serving under concurrent load against infinity-emb (`serving`); `thaw-bench <part>`
 //! runs one part only.
 
@@ -20,6 +21,7 @@ use thaw_tests::{binary, repo_root, snapshot_dir};
 use tokio::io::AsyncBufReadExt;
 
 mod encoder;
+mod generate;
 mod platform;
 mod serving;
 
@@ -50,6 +52,10 @@ fn main() -> anyhow_free::Result {
         }
         Some("llm") => {
             report_llm();
+            return Ok(());
+        }
+        Some("generate") => {
+            generate::report();
             return Ok(());
         }
         Some("s3") => {
@@ -88,6 +94,7 @@ fn main() -> anyhow_free::Result {
     report_sandbox();
     report_durable();
     report_llm();
+    generate::report();
     rt_functions()?;
     report_s3()?;
     serving::report()?;

@@ -21,11 +21,13 @@ fn main() -> Result<(), thaw_fn::Error> {
             Role::Embedder => rerank::Scorer::Bi(
                 thaw_models::SentenceEncoder::restore(&dir, &device).map_err(FnError::init)?,
             ),
-            _ => return Err(FnError::init(format!(
+            _ => {
+                return Err(FnError::init(format!(
                 "snapshot {:?} is a {} model; rerank needs a cross-encoder or a sentence encoder",
                 meta.name,
                 meta.architecture.name()
-            ))),
+            )))
+            }
         };
         tracing::info!(target: "thaw::startup", model = %meta.name, architecture = ?meta.architecture, "rerank ready");
         Ok(rerank::Rerank::new(scorer, rerank::Limits::from_env()))

@@ -30,7 +30,7 @@ enum Scorer {
         device: Device,
     },
     Xlmr(XlmrClassifier),
-    Deberta(DebertaClassifier),
+    Deberta(Box<DebertaClassifier>),
 }
 
 /// A cross-encoder restored from a snapshot.
@@ -117,7 +117,7 @@ impl CrossEncoder {
                 Scorer::Xlmr(XlmrClassifier::load(&snapshot, device)?)
             }
             Architecture::DebertaV2CrossEncoder => {
-                Scorer::Deberta(DebertaClassifier::load(&snapshot, device)?)
+                Scorer::Deberta(Box::new(DebertaClassifier::load(&snapshot, device)?))
             }
             found => {
                 return Err(ModelError::WrongArchitecture {
