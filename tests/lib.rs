@@ -130,6 +130,15 @@ pub fn ok_json(outcome: Outcome) -> serde_json::Value {
     }
 }
 
+/// A JSON array of numbers as f32s, or a panic naming what it is instead.
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array of numbers, got {v}"))
+        .iter()
+        .map(|x| x.as_f64().expect("number") as f32)
+        .collect()
+}
+
 /// Cosine similarity of two vectors.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a

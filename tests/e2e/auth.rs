@@ -243,10 +243,16 @@ fn the_control_plane_token_guards_v1_invoke_and_metrics_and_opens_everything() {
 }
 
 /// The routes that name their function in the body (`model`), by a route table
-/// (`[routes]`), or by ARN reach a token function only with the token.
+/// (`[routes]`), or by ARN reach a token function only with the token. A function not
+/// routed to a family is not reached through it at all (`model` = `open`: 404).
 #[test]
 fn a_token_function_stays_locked_by_model_route_table_and_arn() {
-    let manifest = format!("{}\n[routes]\nembeddings = \"locked\"\n", manifest());
+    // Routed to every family: only a function with a route's contract (the routed one, or
+    // thaw's own binary for it) is reached through it.
+    let manifest = format!(
+        "{}\n[routes]\nembeddings = \"locked\"\nrerank = \"locked\"\nchat = \"locked\"\n",
+        manifest()
+    );
     let s = Serve::start_with_env(&manifest, &[], &[("THAW_URL_TOKEN", URL_TOKEN)]);
     let json_ct = ("content-type", "application/json");
     let url = format!("Bearer {URL_TOKEN}");
@@ -255,6 +261,10 @@ fn a_token_function_stays_locked_by_model_route_table_and_arn() {
         (
             "/v1/rerank",
             r#"{"model": "locked", "query": "q", "documents": ["a"]}"#,
+        ),
+        (
+            "/v1/chat/completions",
+            r#"{"model": "locked", "messages": [{"role": "user", "content": "x"}]}"#,
         ),
         ("/embed", r#"{"inputs": "x"}"#),
         ("/", r#"{"inputs": "x"}"#),
@@ -276,6 +286,12 @@ fn a_token_function_stays_locked_by_model_route_table_and_arn() {
         assert_ne!(r.status, 401, "{path} with the token");
     }
     assert_eq!(s.get("/info").status, 401);
+    let r = s.post(
+        "/v1/embeddings",
+        br#"{"model": "open", "input": "x"}"#,
+        &[json_ct],
+    );
+    assert_eq!(r.status, 404, "{}", String::from_utf8_lossy(&r.body));
     for name in [
         "arn:aws:lambda:us-east-1:123456789012:function:locked",
         "123456789012:function:locked",

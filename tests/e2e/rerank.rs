@@ -2,15 +2,7 @@
 //! the embed function, ranking quality on a labelled set, and typed errors.
 
 use serde_json::{json, Value};
-use thaw_tests::{binary, cosine, fixture, ok_json, snapshot_dir, Harness, Serve};
-
-fn floats(v: &Value) -> Vec<f32> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|x| x.as_f64().expect("number") as f32)
-        .collect()
-}
+use thaw_tests::{binary, cosine, fixture, floats, ok_json, snapshot_dir, Harness, Serve};
 
 /// The score of each document, by its index in the request.
 fn scores_by_index(reply: &Value) -> Vec<f32> {

@@ -29,8 +29,9 @@ pub struct Limits {
     pub max_tokens: usize,
     /// Longest prompt or message list in characters (`GENERATE_MAX_CHARS`, default 200,000).
     pub max_chars: usize,
-    /// Wall time one generation may take, in seconds (`GENERATE_BUDGET_S`, default 600);
-    /// the function's `timeout` still applies.
+    /// Wall time one generation may take, in seconds (`GENERATE_BUDGET_S`, default 25):
+    /// past it the text so far is answered with `finish_reason: "length"`. Keep it below
+    /// the function's `timeout` (30 s by default), which kills the call instead.
     pub budget: Duration,
 }
 
@@ -39,7 +40,7 @@ impl Default for Limits {
         Self {
             max_tokens: 4096,
             max_chars: 200_000,
-            budget: Duration::from_secs(600),
+            budget: Duration::from_secs(25),
         }
     }
 }
@@ -88,7 +89,7 @@ pub struct GenerateRequest {
     /// Softmax temperature, 0 to 2 (default 1; 0 is greedy).
     #[serde(default)]
     pub temperature: Option<f64>,
-    /// Nucleus mass, above 0 and at most 1 (default 1).
+    /// Nucleus mass, 0 to 1 (default 1; 0 keeps the top token only).
     #[serde(default)]
     pub top_p: Option<f64>,
     /// Sampling seed (default 0).
@@ -270,8 +271,8 @@ impl GenerateRequest {
                 "top_p",
                 self.top_p,
                 1.0,
-                |p| p > 0.0 && p <= 1.0,
-                "above 0 and at most 1",
+                |p| (0.0..=1.0).contains(&p),
+                "between 0 and 1",
             )?,
             repeat_penalty: range(
                 "repetition_penalty",

@@ -53,9 +53,13 @@ pub enum ModelError {
         /// The model's context length.
         context: usize,
     },
-    /// The chat template refused the conversation or failed to render.
+    /// The chat template refused the conversation, or the model has none.
     #[error("chat template: {0}")]
     Template(String),
+    /// The model's chat template failed on its own account (a bug in the template, or it
+    /// ran past its work bound).
+    #[error("the model's chat template failed: {0}")]
+    TemplateFailed(String),
     /// The manifest requires a GPU this instance cannot use.
     #[error("the function needs a {wanted} GPU (gpu_required = true), but {reason}")]
     NoGpu {

@@ -81,7 +81,11 @@ fn write_snapshot(
         return crate::wordfreq::write_snapshot(&src, dir, opts);
     }
     if let Some(src) = gguf_source(model_dir, opts)? {
-        return crate::gguf::write_snapshot(&src, dir, opts);
+        // A Hugging Face folder's tokenizer.json; never one that merely lies beside a
+        // GGUF file given by path.
+        let tokenizer =
+            Some(model_dir.join(TOKENIZER_FILE)).filter(|t| model_dir.is_dir() && t.exists());
+        return crate::gguf::write_snapshot(&src, tokenizer.as_deref(), dir, opts);
     }
     let config_path = model_dir.join("config.json");
     let model_config = read_json(&config_path)?;
@@ -90,11 +94,29 @@ fn write_snapshot(
         None => infer_architecture(model_dir, &model_config, &config_path)?,
     };
     let dtype = opts.dtype.unwrap_or_default();
+    if dtype == WeightDtype::Int8
+        && !matches!(
+            architecture,
+            Architecture::BertSentenceEncoder | Architecture::BertCrossEncoder
+        )
+    {
+        return Err(SnapshotError::InvalidBuild(format!(
+            "--dtype int8 is for BERT on thaw's CPU encoder; a {} snapshot is f32, f16 or bf16",
+            architecture.name()
+        )));
+    }
     let (pooling, normalize, dense) = match architecture.role() {
         Role::Embedder => {
             let modules = crate::modules::read(model_dir)?;
+            let pooling_dir = modules
+                .pooling_dir
+                .clone()
+                .unwrap_or_else(|| model_dir.join("1_Pooling"));
             (
-                Some(opts.pooling.map_or_else(|| read_pooling(model_dir), Ok)?),
+                Some(
+                    opts.pooling
+                        .map_or_else(|| read_pooling(&pooling_dir), Ok)?,
+                ),
                 opts.normalize.unwrap_or(modules.normalize),
                 modules.dense,
             )
@@ -316,8 +338,8 @@ fn max_positions(architecture: Architecture, config: &Value) -> u64 {
     }
 }
 
-fn read_pooling(model_dir: &Path) -> Result<Pooling, SnapshotError> {
-    let path = model_dir.join("1_Pooling").join("config.json");
+fn read_pooling(pooling_dir: &Path) -> Result<Pooling, SnapshotError> {
+    let path = pooling_dir.join("config.json");
     if !path.exists() {
         return Ok(Pooling::Mean);
     }

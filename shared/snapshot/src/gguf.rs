@@ -46,6 +46,7 @@ const GGUF_ARCHITECTURES: [(&str, Architecture); 2] = [
 /// Writes `model.gguf`, `tokenizer.json` and `snapshot.json` into `dir`.
 pub(crate) fn write_snapshot(
     src: &Path,
+    folder_tokenizer: Option<&Path>,
     dir: &Path,
     opts: &BuildOptions,
 ) -> Result<SnapshotMeta, SnapshotError> {
@@ -89,10 +90,11 @@ pub(crate) fn write_snapshot(
     }
 
     let tokenizer_path = dir.join(TOKENIZER_FILE);
-    let beside = src.with_file_name(TOKENIZER_FILE);
-    let tokenizer = if beside.exists() {
-        std::fs::copy(&beside, &tokenizer_path).map_err(|e| SnapshotError::io(&beside, e))?;
-        Tokenizer::from_file(&beside).map_err(|e| invalid(&beside, e))?
+    let tokenizer = if let Some(given) = folder_tokenizer {
+        let t = Tokenizer::from_file(given).map_err(|e| invalid(given, e))?;
+        check_vocabulary(&t, md).map_err(|e| invalid(given, e))?;
+        std::fs::copy(given, &tokenizer_path).map_err(|e| SnapshotError::io(given, e))?;
+        t
     } else {
         let t = tokenizer_from_metadata(md).map_err(|e| invalid(src, e))?;
         t.save(&tokenizer_path, false)
@@ -203,6 +205,36 @@ fn weights_dtype(tensors: &[(String, QTensor)]) -> WeightDtype {
         .max_by_key(|(_, c)| **c)
         .map_or(2, |(i, _)| i);
     [WeightDtype::F32, WeightDtype::F16, WeightDtype::Q8_0][most]
+}
+
+/// Refuses a tokenizer.json whose vocabulary is not the GGUF's: every id it has must name
+/// the token the GGUF's `tokenizer.ggml.tokens` gives that id (the GGUF may pad past it).
+fn check_vocabulary(
+    tokenizer: &Tokenizer,
+    md: &HashMap<String, gguf_file::Value>,
+) -> Result<(), String> {
+    let tokens = md
+        .get("tokenizer.ggml.tokens")
+        .ok_or("no tokenizer.ggml.tokens in the GGUF metadata")?
+        .to_vec()
+        .map_err(|e| e.to_string())?;
+    let size = tokenizer.get_vocab_size(true);
+    if size > tokens.len() {
+        return Err(format!(
+            "the tokenizer has {size} tokens, the GGUF's vocabulary {}",
+            tokens.len()
+        ));
+    }
+    for (id, token) in tokens.iter().enumerate().take(size) {
+        let want = token.to_string().map_err(|e| e.to_string())?;
+        let got = tokenizer.id_to_token(id as u32);
+        if got.as_deref() != Some(want.as_str()) {
+            return Err(format!(
+                "token {id} is {got:?} in tokenizer.json and {want:?} in the GGUF: not this model's tokenizer"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rebuilds the byte-level BPE tokenizer a GGUF file describes in its metadata.

@@ -21,6 +21,8 @@ pub(crate) struct Modules {
     pub normalize: bool,
     /// A Dense module, and the folder holding its weights.
     pub dense: Option<(Dense, PathBuf)>,
+    /// The Pooling module's folder.
+    pub pooling_dir: Option<PathBuf>,
 }
 
 /// Reads `modules.json` (absent: a bare transformer, pooled by the defaults).
@@ -35,12 +37,40 @@ pub(crate) fn read(model_dir: &Path) -> Result<Modules, SnapshotError> {
         .as_array()
         .ok_or_else(|| invalid("not a list of modules".into()))?;
     let mut out = Modules::default();
+    // The order thaw runs them in; a module out of it would run in another order than
+    // sentence-transformers runs it.
+    let stage_of = |short: &str| match short {
+        "Transformer" => Some(0),
+        "Pooling" => Some(1),
+        "Dense" => Some(2),
+        "Normalize" => Some(3),
+        _ => None,
+    };
+    let mut stage = 0;
     for module in list {
         let kind = module.get("type").and_then(Value::as_str).unwrap_or("");
         let short = kind.rsplit('.').next().unwrap_or(kind);
-        let dir = model_dir.join(module.get("path").and_then(Value::as_str).unwrap_or(""));
+        let rel = module.get("path").and_then(Value::as_str).unwrap_or("");
+        if !Path::new(rel)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_)))
+        {
+            return Err(invalid(format!(
+                "module path {rel:?} leaves the model folder"
+            )));
+        }
+        let dir = model_dir.join(rel);
+        if let Some(s) = stage_of(short) {
+            if s < stage {
+                return Err(invalid(format!(
+                    "module {short} comes after a later one; thaw runs Transformer, Pooling, Dense, Normalize in that order"
+                )));
+            }
+            stage = s;
+        }
         match short {
-            "Transformer" | "Pooling" => {}
+            "Transformer" => {}
+            "Pooling" => out.pooling_dir = Some(dir),
             "Normalize" => out.normalize = true,
             "Dense" if out.dense.is_none() => out.dense = Some((read_dense(&dir)?, dir)),
             "Dense" => return Err(invalid("more than one Dense module".into())),
@@ -51,14 +81,8 @@ pub(crate) fn read(model_dir: &Path) -> Result<Modules, SnapshotError> {
             }
         }
     }
-    if let Some(pooling) = list.iter().find(|m| {
-        m.get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t.ends_with("Pooling"))
-    }) {
-        let cfg = model_dir
-            .join(pooling.get("path").and_then(Value::as_str).unwrap_or(""))
-            .join("config.json");
+    if let Some(dir) = &out.pooling_dir {
+        let cfg = dir.join("config.json");
         if cfg.exists() && read_json(&cfg)?.get("include_prompt") == Some(&Value::Bool(false)) {
             return Err(invalid(
                 "the Pooling module excludes the prompt (include_prompt = false); thaw pools every token"

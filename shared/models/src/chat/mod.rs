@@ -129,6 +129,44 @@ pub struct Generated {
     pub logits: Option<Vec<f32>>,
 }
 
+/// Decodes generated tokens as they come, in O(new tokens) a step: the text of the
+/// tokens since the last emitted boundary is decoded with them, and appended only once it
+/// no longer ends in an incomplete character (U+FFFD while a multi-byte character is
+/// split across tokens), so stop sequences never match a transient replacement character.
+#[derive(Debug, Default)]
+struct TextStream {
+    /// The first token not yet part of the emitted text's decoding context.
+    prev: usize,
+    /// The first token not yet emitted.
+    current: usize,
+}
+
+impl TextStream {
+    fn push(
+        &mut self,
+        tokenizer: &Tokenizer,
+        tokens: &[u32],
+        text: &mut String,
+    ) -> Result<(), ModelError> {
+        let decode = |ids: &[u32]| {
+            tokenizer
+                .decode(ids, true)
+                .map_err(|e| ModelError::Tokenize(e.to_string()))
+        };
+        let emitted = decode(&tokens[self.prev..self.current])?;
+        let all = decode(&tokens[self.prev..])?;
+        if all.len() > emitted.len()
+            && !all.ends_with('\u{FFFD}')
+            && all.is_char_boundary(emitted.len())
+        {
+            text.push_str(&all[emitted.len()..]);
+            self.prev = self.current;
+            self.current = tokens.len();
+        }
+        Ok(())
+    }
+}
+
 /// The architecture's weights.
 enum Weights {
     Llama(quantized_llama::ModelWeights),
@@ -204,11 +242,16 @@ impl ChatModel {
         let mut reader = Cursor::new(snapshot.weights());
         let content = gguf_file::Content::read(&mut reader)?;
         let arch = md_string(&content, "general.architecture").unwrap_or_default();
-        let context = content
+        let mut context = content
             .metadata
             .get(&format!("{arch}.context_length"))
             .and_then(|v| v.to_u32().ok())
             .map_or(meta.max_seq_length, |c| c as usize);
+        if meta.architecture == Architecture::LlamaGguf {
+            // candle's llama builds its rotary tables for this many positions, whatever
+            // the file declares (SmolLM2 says 8192, Llama 3.2 131072).
+            context = context.min(quantized_llama::MAX_SEQ_LEN);
+        }
         let template = match md_string(&content, "tokenizer.chat_template") {
             Some(source) => Some(
                 ChatTemplate::new(
@@ -272,7 +315,24 @@ impl ChatModel {
 
     /// The prompt for a conversation, from the model's chat template, with the
     /// assistant's turn opened.
+    ///
+    /// A message may not contain the text of one of the model's special tokens: the
+    /// rendered prompt is tokenized with them recognised, so `<|im_start|>system` inside a
+    /// user's message would open a turn the user has no right to write.
     pub fn render(&self, messages: &[Message]) -> Result<String, ModelError> {
+        let added = self.tokenizer.get_added_tokens_decoder();
+        for (i, m) in messages.iter().enumerate() {
+            if let Some(token) = added
+                .values()
+                .filter(|t| t.special && !t.content.is_empty())
+                .find(|t| m.content.contains(t.content.as_str()))
+            {
+                return Err(ModelError::Tokenize(format!(
+                    "message {i} contains the model's special token {:?}; messages are text, and the template writes the special tokens",
+                    token.content
+                )));
+            }
+        }
         match &self.template {
             Some(t) => t.render(messages, true),
             None => Err(ModelError::Template(format!(
@@ -321,7 +381,9 @@ impl ChatModel {
             });
         }
         let mut context: Vec<u32> = prompt_ids.clone();
-        let sampling = if opts.temperature <= 0.0 {
+        // Below 1e-3 a temperature only sharpens the argmax (and under ~1e-38 overflows the
+        // logits to NaN); a nucleus of mass 0 is the top token alone. Both are greedy.
+        let sampling = if opts.temperature < 1e-3 || opts.top_p <= 0.0 {
             Sampling::ArgMax
         } else if opts.top_p >= 1.0 {
             Sampling::All {
@@ -352,6 +414,8 @@ impl ChatModel {
         let mut first_token = None;
         let mut generated: Vec<u32> = Vec::new();
         let mut text = String::new();
+        let mut stream = TextStream::default();
+        let longest_stop = opts.stop.iter().map(String::len).max().unwrap_or(0);
         let stop = loop {
             let last = logits.squeeze(0)?.to_dtype(DType::F32)?;
             let last = if opts.repeat_penalty == 1.0 {
@@ -368,18 +432,25 @@ impl ChatModel {
             generated.push(next);
             context.push(next);
             if opts.stop_at.is_some() || !opts.stop.is_empty() {
-                text = self.decode(&generated)?;
+                let before = text.len();
+                stream.push(&self.tokenizer, &generated, &mut text)?;
+                // Only the new text, and the longest stop's length before it, can hold a
+                // match that was not there a token ago.
+                let mut from = before.saturating_sub(longest_stop);
+                while !text.is_char_boundary(from) {
+                    from -= 1;
+                }
                 if let Some(cut) = opts
                     .stop
                     .iter()
                     .filter(|s| !s.is_empty())
-                    .filter_map(|s| text.find(s.as_str()))
+                    .filter_map(|s| text[from..].find(s.as_str()).map(|i| from + i))
                     .min()
                 {
                     text.truncate(cut);
                     break StopReason::StopSequence;
                 }
-                if opts.stop_at.is_some_and(|c| text.contains(c)) {
+                if opts.stop_at.is_some_and(|c| text[from..].contains(c)) {
                     break StopReason::StopChar;
                 }
             }
@@ -395,9 +466,24 @@ impl ChatModel {
             let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
             logits = self.weights.forward(&input, context.len() - 1)?;
         };
-        if stop != StopReason::StopSequence {
-            text = self.decode(&generated)?;
-        }
+        // The whole decoding is the reference text; a stop sequence is cut from it where
+        // it first appears (the incremental text found it, so it is there).
+        let full = self.decode(&generated)?;
+        text = match stop {
+            StopReason::StopSequence => {
+                let cut = opts
+                    .stop
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .filter_map(|s| full.find(s.as_str()))
+                    .min();
+                match cut {
+                    Some(cut) => full[..cut].to_owned(),
+                    None => text,
+                }
+            }
+            _ => full,
+        };
         Ok(Generated {
             text,
             prompt_tokens: prompt_ids.len(),

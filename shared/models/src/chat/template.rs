@@ -14,6 +14,7 @@ use crate::ModelError;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Message {
     /// `system`, `user` or `assistant`.
     pub role: String,
@@ -30,6 +31,10 @@ impl Message {
         }
     }
 }
+
+/// Template instructions one rendering may run: far above what a long conversation takes
+/// with any published template, far below a loop that would hold the inference thread.
+const FUEL: u64 = 50_000_000;
 
 /// A compiled chat template with the model's special tokens.
 pub(crate) struct ChatTemplate {
@@ -48,6 +53,8 @@ impl ChatTemplate {
     /// Compiles `source`; a template that does not parse is the snapshot's error.
     pub(crate) fn new(source: String, bos: String, eos: String) -> Result<Self, String> {
         let mut env = Environment::new();
+        // A template is data from a snapshot: bound how much work one rendering may do.
+        env.set_fuel(Some(FUEL));
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
@@ -68,7 +75,7 @@ impl ChatTemplate {
         let template = self
             .env
             .get_template("chat")
-            .map_err(|e| ModelError::Template(e.to_string()))?;
+            .map_err(|e| ModelError::TemplateFailed(e.to_string()))?;
         template
             .render(minijinja::context! {
                 messages => messages,
@@ -76,12 +83,13 @@ impl ChatTemplate {
                 bos_token => &self.bos,
                 eos_token => &self.eos,
             })
-            .map_err(|e| {
-                let detail = match e.kind() {
-                    ErrorKind::InvalidOperation => e.detail().unwrap_or_default().to_owned(),
-                    _ => e.to_string(),
-                };
-                ModelError::Template(detail)
+            .map_err(|e| match e.kind() {
+                // `raise_exception`: the template refuses this conversation.
+                ErrorKind::InvalidOperation => {
+                    ModelError::Template(e.detail().unwrap_or_default().to_owned())
+                }
+                // Anything else is the template's own fault.
+                _ => ModelError::TemplateFailed(e.to_string()),
             })
     }
 }

@@ -3,8 +3,9 @@
 //! `model` names the function, or a snapshot one of the functions serves (a `generate`
 //! with several models is asked for that one). Sampling maps one to one: `temperature`,
 //! `top_p`, `seed`, `stop`, `max_tokens` (or `max_completion_tokens`). What thaw does not
-//! do is refused, never ignored: `n` above 1, tools, logprobs, penalties, and response
-//! formats other than text.
+//! do is refused, never ignored: `n` above 1, tools, logprobs, penalties, response
+//! formats other than text, `stream_options` without `stream`, and two different token
+//! limits. Only a function with generate's contract is reached (see `Compat::target`).
 //!
 //! `stream: true` answers in server-sent events as the SDK reads them (a role delta, the
 //! content, a chunk with the finish reason, optionally a usage chunk, then `[DONE]`).
@@ -35,8 +36,9 @@ struct ChatRequest {
     temperature: Option<f64>,
     #[serde(default)]
     top_p: Option<f64>,
+    /// OpenAI takes any 64-bit integer; generate's seeds are its bits.
     #[serde(default)]
-    seed: Option<u64>,
+    seed: Option<i64>,
     #[serde(default)]
     stop: Option<Value>,
     #[serde(default)]
@@ -135,6 +137,14 @@ fn refuse_unsupported(req: &ChatRequest) -> Result<(), CompatError> {
     {
         return bad("frequency_penalty and presence_penalty are not offered");
     }
+    if req.stream_options.is_some() && req.stream != Some(true) {
+        return bad("stream_options: only allowed when stream is true");
+    }
+    if let (Some(a), Some(b)) = (req.max_tokens, req.max_completion_tokens) {
+        if a != b {
+            return bad("max_tokens and max_completion_tokens differ; send one");
+        }
+    }
     if let Some(format) = &req.response_format {
         if format.get("type").and_then(Value::as_str) != Some("text") {
             return bad("response_format: only {\"type\": \"text\"} is offered");
@@ -147,10 +157,11 @@ fn message_text(i: usize, m: ChatMessage) -> Result<Value, CompatError> {
     let content = match m.content {
         Content::Text(t) => t,
         Content::Parts(parts) => {
-            let mut text = String::new();
+            // Text parts are paragraphs of one message, joined as vLLM and TGI join them.
+            let mut texts = Vec::with_capacity(parts.len());
             for p in parts {
                 match (p.kind.as_str(), p.text) {
-                    ("text", Some(t)) => text.push_str(&t),
+                    ("text", Some(t)) => texts.push(t),
                     (kind, _) => {
                         return Err(CompatError::BadRequest(format!(
                             "messages[{i}]: content parts of type {kind:?} are not accepted (text only)"
@@ -158,7 +169,7 @@ fn message_text(i: usize, m: ChatMessage) -> Result<Value, CompatError> {
                     }
                 }
             }
-            text
+            texts.join("\n")
         }
     };
     let role = match m.role.as_str() {
@@ -201,7 +212,7 @@ pub(super) async fn completions(
             max_tokens: req.max_completion_tokens.or(req.max_tokens),
             temperature: req.temperature,
             top_p: req.top_p,
-            seed: req.seed,
+            seed: req.seed.map(|s| s as u64),
             stop: req.stop.as_ref(),
         },
     )
@@ -281,6 +292,8 @@ mod tests {
             r#"{"messages":[],"logprobs":true}"#,
             r#"{"messages":[],"presence_penalty":0.5}"#,
             r#"{"messages":[],"response_format":{"type":"json_object"}}"#,
+            r#"{"messages":[],"stream_options":{"include_usage":true}}"#,
+            r#"{"messages":[],"max_tokens":5,"max_completion_tokens":6}"#,
         ] {
             let req: ChatRequest = serde_json::from_str(bad).expect("parses");
             assert!(refuse_unsupported(&req).is_err(), "{bad}");

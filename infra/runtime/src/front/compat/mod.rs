@@ -20,7 +20,8 @@
 //!
 //! A `model` names a function, or a snapshot (its `snapshot`, or one of its `snapshots`):
 //! then the routed function if it serves that snapshot, else the first function (by name)
-//! that does. Errors answer in each API's own
+//! that does. Only functions with the route's contract count: the one `[routes]` names,
+//! and those running thaw's `embed`, `rerank` or `generate` binary. Errors answer in each API's own
 //! shape ([`CompatError`], mapped in one place).
 
 mod chat;
@@ -89,6 +90,15 @@ pub enum Role {
 }
 
 impl Role {
+    /// thaw's function binary with this contract.
+    fn binary(self) -> &'static str {
+        match self {
+            Self::Embeddings => "embed",
+            Self::Rerank => "rerank",
+            Self::Chat => "generate",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Embeddings => "embeddings",
@@ -218,16 +228,29 @@ impl Compat {
             Role::Chat => self.rt.routes.chat.as_ref(),
         }
         .map(|f| f.as_str());
+        // A function answers a route family when the manifest routes it there, or when it
+        // runs thaw's own binary with that contract; any other function (analyze, a
+        // Python function) is never reached by a `model` that happens to name it or one
+        // of its snapshots.
+        let speaks = |f: &str| {
+            routed == Some(f)
+                || self
+                    .rt
+                    .pools
+                    .get(f)
+                    .is_some_and(|p| p.plan().spec.binary.as_deref() == Some(role.binary()))
+        };
         let name = match model.filter(|m| !m.is_empty()) {
             None => routed.ok_or(CompatError::NoRoute(role.as_str()))?,
-            Some(m) if self.rt.pools.contains_key(m) => m,
+            Some(m) if self.rt.pools.contains_key(m) && speaks(m) => m,
             Some(m) => {
                 let serves = |f: &str| {
-                    self.rt.pools.get(f).is_some_and(|p| {
-                        let spec = &p.plan().spec;
-                        spec.snapshot.as_deref() == Some(m)
-                            || spec.snapshots.values().any(|s| s == m)
-                    })
+                    speaks(f)
+                        && self.rt.pools.get(f).is_some_and(|p| {
+                            let spec = &p.plan().spec;
+                            spec.snapshot.as_deref() == Some(m)
+                                || spec.snapshots.values().any(|s| s == m)
+                        })
                 };
                 routed
                     .filter(|f| serves(f))

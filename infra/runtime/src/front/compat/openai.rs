@@ -172,12 +172,19 @@ pub(super) fn base64_f32(vector: &[f32]) -> String {
 }
 
 /// `GET /v1/models`: the routed functions, and the snapshots they serve (a `model` may
-/// name either).
+/// name either; a function serving several models is listed by its models only).
 pub(super) fn models(rt: &crate::Runtime) -> Response {
     let routed = [&rt.routes.embeddings, &rt.routes.rerank, &rt.routes.chat];
     let mut ids = BTreeSet::new();
     for name in routed.into_iter().flatten() {
-        ids.insert(name.to_string());
+        // A function serving several models needs a `model` naming one: list those.
+        let several = rt
+            .pools
+            .get(name.as_str())
+            .is_some_and(|p| p.plan().spec.snapshots.len() > 1);
+        if !several {
+            ids.insert(name.to_string());
+        }
         if let Some(spec) = rt.pools.get(name.as_str()).map(|p| &p.plan().spec) {
             ids.extend(spec.snapshot.iter().cloned());
             ids.extend(spec.snapshots.values().cloned());
