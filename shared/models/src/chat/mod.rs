@@ -167,6 +167,40 @@ impl TextStream {
     }
 }
 
+/// candle's quantized models keep the causal mask of every prompt length they have
+/// prefilled (`L × L` bytes each, never freed: `clear_kv_cache` leaves them). An instance
+/// that sees many prompt lengths would grow without bound, so the bytes are counted here
+/// and, past [`MASK_BUDGET`], the weights are rebuilt from the snapshot's mapping, which
+/// drops the masks (a reload costs about what a cold start's weight load does).
+#[derive(Debug, Default)]
+struct MaskBudget {
+    seen: std::collections::HashSet<usize>,
+    bytes: usize,
+}
+
+/// Mask bytes a model may hold before it is rebuilt.
+const MASK_BUDGET: usize = 256 << 20;
+
+impl MaskBudget {
+    /// Records a prefill of `len` tokens; true when the model should be rebuilt first.
+    fn over_after(&mut self, len: usize) -> bool {
+        if len < 2 || self.seen.contains(&len) {
+            return false;
+        }
+        let cost = len.saturating_mul(len);
+        if self.bytes.saturating_add(cost) > MASK_BUDGET {
+            self.seen.clear();
+            self.bytes = 0;
+            self.seen.insert(len);
+            self.bytes = cost;
+            return true;
+        }
+        self.seen.insert(len);
+        self.bytes += cost;
+        false
+    }
+}
+
 /// The architecture's weights.
 enum Weights {
     Llama(quantized_llama::ModelWeights),
@@ -174,6 +208,26 @@ enum Weights {
 }
 
 impl Weights {
+    fn load(
+        snapshot: &thaw_snapshot::RestoredSnapshot,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let mut reader = Cursor::new(snapshot.weights());
+        let content = gguf_file::Content::read(&mut reader)?;
+        Ok(match snapshot.meta.architecture {
+            Architecture::Qwen2Gguf => Self::Qwen2(quantized_qwen2::ModelWeights::from_gguf(
+                content,
+                &mut reader,
+                device,
+            )?),
+            _ => Self::Llama(quantized_llama::ModelWeights::from_gguf(
+                content,
+                &mut reader,
+                device,
+            )?),
+        })
+    }
+
     fn forward(&mut self, input: &Tensor, position: usize) -> candle_core::Result<Tensor> {
         match self {
             Self::Llama(m) => m.forward(input, position),
@@ -191,7 +245,11 @@ impl Weights {
 
 /// A chat model restored from a `llama-gguf` or `qwen2-gguf` snapshot.
 pub struct ChatModel {
-    weights: Weights,
+    /// `None` only while being reloaded.
+    weights: Option<Weights>,
+    masks: MaskBudget,
+    /// The mapping the weights are reloaded from.
+    snapshot: thaw_snapshot::RestoredSnapshot,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     stop_ids: Vec<u32>,
@@ -276,29 +334,24 @@ impl ChatModel {
         {
             stop_ids.push(eos);
         }
-        let weights =
-            match meta.architecture {
-                Architecture::LlamaGguf => Weights::Llama(
-                    quantized_llama::ModelWeights::from_gguf(content, &mut reader, device)?,
-                ),
-                Architecture::Qwen2Gguf => Weights::Qwen2(
-                    quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, device)?,
-                ),
-                found => {
-                    return Err(ModelError::WrongArchitecture {
-                        name: meta.name.clone(),
-                        found,
-                        expected: "a GGUF chat model (llama-gguf or qwen2-gguf)",
-                    })
-                }
-            };
+        if !meta.architecture.is_gguf() {
+            return Err(ModelError::WrongArchitecture {
+                name: meta.name.clone(),
+                found: meta.architecture,
+                expected: "a GGUF chat model (llama-gguf or qwen2-gguf)",
+            });
+        }
+        let weights = Weights::load(&snapshot, device)?;
+        let name = meta.name.clone();
         Ok(Self {
-            weights,
+            weights: Some(weights),
+            masks: MaskBudget::default(),
+            snapshot,
             tokenizer,
             template,
             stop_ids,
             context,
-            name: meta.name.clone(),
+            name,
             device: device.clone(),
         })
     }
@@ -396,9 +449,20 @@ impl ChatModel {
             }
         };
         let mut sampler = LogitsProcessor::from_sampling(opts.seed, sampling);
-        self.weights.clear_kv_cache();
+        if self.masks.over_after(context.len()) {
+            tracing::info!(model = %self.name, "rebuilding the weights to drop candle's cached attention masks");
+            // Drop first: two copies of a large model need not fit at once.
+            self.weights = None;
+            self.weights = Some(Weights::load(&self.snapshot, &self.device)?);
+        }
+        let Some(weights) = self.weights.as_mut() else {
+            // A failed rebuild left none; rebuild again.
+            self.weights = Some(Weights::load(&self.snapshot, &self.device)?);
+            return self.generate(prompt, opts);
+        };
+        weights.clear_kv_cache();
         let input = Tensor::new(context.as_slice(), &self.device)?.unsqueeze(0)?;
-        let mut logits = self.weights.forward(&input, 0)?;
+        let mut logits = weights.forward(&input, 0)?;
         let prefill = started.elapsed();
         let prompt_logits = if opts.return_logits {
             Some(
@@ -464,7 +528,7 @@ impl ChatModel {
                 break StopReason::Budget;
             }
             let input = Tensor::new(&[next], &self.device)?.unsqueeze(0)?;
-            logits = self.weights.forward(&input, context.len() - 1)?;
+            logits = weights.forward(&input, context.len() - 1)?;
         };
         // The whole decoding is the reference text; a stop sequence is cut from it where
         // it first appears (the incremental text found it, so it is there).
@@ -496,5 +560,27 @@ impl ChatModel {
             decode: started.elapsed() - prefill,
             logits: prompt_logits,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MaskBudget;
+
+    #[test]
+    fn the_mask_budget_counts_each_prompt_length_once_and_resets_when_over() {
+        let mut b = MaskBudget::default();
+        assert!(!b.over_after(1), "one token builds no mask");
+        assert!(!b.over_after(1000));
+        assert!(!b.over_after(1000), "a length seen before costs nothing");
+        assert_eq!(b.bytes, 1_000_000);
+        // 16384² bytes is the whole budget: with the 1000 already held, it is over.
+        assert!(b.over_after(16_384));
+        assert_eq!(
+            b.bytes,
+            16_384 * 16_384,
+            "after a rebuild only this length is held"
+        );
+        assert!(!b.over_after(16_384));
     }
 }
