@@ -112,6 +112,7 @@ impl Harness {
             limit: thaw_runtime::runtime_api::MAX_RESPONSE,
             reply,
             taken: None,
+            stream: None,
         };
         self.api.submit(inv).await.expect("instance accepts work");
         tokio::time::timeout(Duration::from_secs(120), rx)
@@ -127,6 +128,7 @@ pub fn ok_json(outcome: Outcome) -> serde_json::Value {
     match outcome {
         Outcome::Response(b) => serde_json::from_slice(&b).expect("response is JSON"),
         Outcome::Error(d) => panic!("function error: {d:?}"),
+        Outcome::Streamed { .. } => panic!("a call without a sink was streamed to"),
     }
 }
 

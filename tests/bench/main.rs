@@ -112,10 +112,7 @@ fn rt_functions() -> anyhow_free::Result {
 }
 
 async fn invoke(h: &thaw_tests::Harness, body: Value) -> Value {
-    match h.invoke(&body).await {
-        Outcome::Response(b) => serde_json::from_slice::<Value>(&b).unwrap_or(Value::Null),
-        Outcome::Error(d) => panic!("function error: {d:?}"),
-    }
+    thaw_tests::ok_json(h.invoke(&body).await)
 }
 
 fn ms_since(t: Instant) -> f64 {
@@ -273,6 +270,7 @@ async fn cold_starts() -> Result<Cold, Box<dyn std::error::Error>> {
             limit: thaw_runtime::runtime_api::MAX_RESPONSE,
             reply,
             taken: None,
+            stream: None,
         })
         .await
         .map_err(|_| "submit failed")?;

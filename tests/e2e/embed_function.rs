@@ -31,9 +31,9 @@ fn url_event(body: &[u8], base64: bool) -> Value {
 }
 
 fn error_of(outcome: Outcome) -> thaw_protocol::Diagnostic {
-    match outcome {
-        Outcome::Error(d) => d,
-        Outcome::Response(b) => panic!("expected an error, got {}", String::from_utf8_lossy(&b)),
+    match outcome.buffered() {
+        Err(d) => d,
+        Ok(b) => panic!("expected an error, got {}", String::from_utf8_lossy(&b)),
     }
 }
 

@@ -22,3 +22,4 @@ mod runtime;
 mod s3;
 mod sandbox;
 mod snapshot_faults;
+mod streaming;

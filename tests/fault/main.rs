@@ -34,6 +34,8 @@
 //! - `long_line`: write `mb` MiB (default 300) of `x` to stderr with no newline, in small
 //!   writes (the function's own memory stays small). `{"written_mb"}`.
 //! - `big_response`: answer with a `report` string of `bytes` bytes.
+//! - `stream`: a streamed response, part by part (`parts`, `key`, `fail_after`,
+//!   `bytes`: see [`stream`]).
 //!
 //! Every success answers `{"instance", "pid", "echo"}` (plus `report`, if any) so tests
 //! can count instances. `FAULT_INIT=fail` makes init fail with a recognisable message;
@@ -50,12 +52,13 @@
 
 mod hostile;
 mod probe;
+mod stream;
 
 use std::io::Write as _;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use thaw_fn::{ErrorType, FnError, Function};
+use thaw_fn::{Chunks, ErrorType, FnError, Function};
 
 #[derive(Debug, Deserialize)]
 struct Request {
@@ -93,9 +96,15 @@ struct Request {
     /// `forkbomb`: how many processes to try.
     #[serde(default)]
     n: Option<usize>,
-    /// `big_response`: the report's length.
+    /// `big_response`: the report's length; `stream`: bytes to stream.
     #[serde(default)]
     bytes: Option<usize>,
+    /// `stream`: the chunks.
+    #[serde(default)]
+    parts: Option<Vec<String>>,
+    /// `stream`: fail after this many parts.
+    #[serde(default)]
+    fail_after: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -212,6 +221,22 @@ impl Function for Fault {
             echo: r.echo.unwrap_or_default(),
             report,
         })
+    }
+
+    const STREAM_CONTENT_TYPE: &'static str = "text/plain; charset=utf-8";
+
+    fn streams(r: &Request) -> bool {
+        r.action.as_deref() == Some("stream")
+    }
+
+    fn handle_stream(&mut self, r: Request, out: &mut Chunks) -> Result<(), FnError> {
+        let plan = stream::Plan {
+            parts: r.parts.as_deref().unwrap_or_default(),
+            key: r.key.as_deref(),
+            fail_after: r.fail_after,
+            bytes: r.bytes,
+        };
+        stream::run(&plan, out)
     }
 }
 

@@ -12,6 +12,18 @@
 //! `usage` (prompt, completion and total tokens), the new `token_ids`, `timings`
 //! (prefill, first token, decode rate), and `model`.
 //!
+//! **Streaming.** With `"stream": true` the reply is streamed as it is generated (Lambda
+//! response streaming; through thaw's function URL, a chunked `application/x-ndjson`
+//! body), one JSON object per line:
+//!
+//! - `{"type":"start","model":..,"prompt_tokens":..}` once, with the first text;
+//! - `{"type":"delta","text":".."}` as text is decoded (held back while it could be the
+//!   start of a stop sequence);
+//! - `{"type":"done", ..the whole reply..}` at the end, `text` included.
+//!
+//! An error before the first line is answered as without streaming (a `400` for bad
+//! input); after it, the stream ends with Lambda's error trailer.
+//!
 //! A function may serve several models (`snapshots = { qwen = "...", llama = "..." }`):
 //! each loads at init and a request names one by role or snapshot name.
 
@@ -19,8 +31,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use thaw_fn::{FnError, Function};
-use thaw_models::{ChatModel, GenerateOptions, Message, ModelError};
+use thaw_fn::{Chunks, FnError, Function};
+use thaw_models::{ChatModel, GenerateOptions, Generated, Message, ModelError};
 
 /// Request limits; each can be set from the environment.
 #[derive(Debug, Clone, Copy)]
@@ -110,6 +122,29 @@ pub struct GenerateRequest {
     /// Returned as given.
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Stream the reply as it is generated.
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+/// One line of a streamed reply.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum StreamEvent {
+    /// Before the first text.
+    Start {
+        /// The snapshot generating.
+        model: String,
+        /// Tokens in the prompt.
+        prompt_tokens: usize,
+    },
+    /// The next piece of text.
+    Delta {
+        /// The piece.
+        text: String,
+    },
+    /// The whole reply.
+    Done(GenerateResponse),
 }
 
 /// Token counts, as OpenAI reports them.
@@ -320,7 +355,8 @@ impl Generate {
         Self { models, limits }
     }
 
-    fn pick(&mut self, wanted: Option<&str>) -> Result<&mut ChatModel, FnError> {
+    /// The index of the model a request names.
+    fn pick(&self, wanted: Option<&str>) -> Result<usize, FnError> {
         let names = || {
             self.models
                 .iter()
@@ -348,7 +384,7 @@ impl Generate {
                     ))
                 })?,
         };
-        Ok(&mut self.models[index].model)
+        Ok(index)
     }
 }
 
@@ -365,42 +401,97 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+impl Generate {
+    /// Validates a request and renders its prompt: everything that can fail before the
+    /// first token.
+    fn prepare(&mut self, request: GenerateRequest) -> Result<(usize, String, Job), FnError> {
+        let job = request.validate(self.limits)?;
+        let index = self.pick(job.model.as_deref())?;
+        let model = &self.models[index].model;
+        let prompt = match &job.input {
+            Input::Prompt(p) => p.clone(),
+            Input::Messages(m) => model.render(m).map_err(model_error)?,
+        };
+        Ok((index, prompt, job))
+    }
+}
+
+/// The reply for a finished generation.
+fn reply(model: &ChatModel, g: Generated, job: Job) -> GenerateResponse {
+    let decode_s = g.decode.as_secs_f64();
+    GenerateResponse {
+        model: model.name().to_owned(),
+        finish_reason: g.stop.finish_reason().to_owned(),
+        usage: Usage {
+            prompt_tokens: g.prompt_tokens,
+            completion_tokens: g.new_tokens,
+            total_tokens: g.prompt_tokens + g.new_tokens,
+        },
+        timings: Timings {
+            prefill_ms: ms(g.prefill),
+            first_token_ms: ms(g.first_token),
+            decode_ms: ms(g.decode),
+            tokens_per_s: if decode_s > 0.0 {
+                g.new_tokens as f64 / decode_s
+            } else {
+                0.0
+            },
+        },
+        prompt_token_ids: job.opts.return_logits.then_some(g.prompt_ids),
+        logits: g.logits,
+        text: g.text,
+        token_ids: g.token_ids,
+        metadata: job.metadata,
+    }
+}
+
 impl Function for Generate {
     type Request = GenerateRequest;
     type Response = GenerateResponse;
 
     fn handle(&mut self, request: GenerateRequest) -> Result<GenerateResponse, FnError> {
-        let job = request.validate(self.limits)?;
-        let model = self.pick(job.model.as_deref())?;
-        let prompt = match job.input {
-            Input::Prompt(p) => p,
-            Input::Messages(m) => model.render(&m).map_err(model_error)?,
-        };
+        let (index, prompt, job) = self.prepare(request)?;
+        let model = &mut self.models[index].model;
         let g = model.generate(&prompt, &job.opts).map_err(model_error)?;
-        let decode_s = g.decode.as_secs_f64();
-        Ok(GenerateResponse {
-            model: model.name().to_owned(),
-            finish_reason: g.stop.finish_reason().to_owned(),
-            usage: Usage {
-                prompt_tokens: g.prompt_tokens,
-                completion_tokens: g.new_tokens,
-                total_tokens: g.prompt_tokens + g.new_tokens,
-            },
-            timings: Timings {
-                prefill_ms: ms(g.prefill),
-                first_token_ms: ms(g.first_token),
-                decode_ms: ms(g.decode),
-                tokens_per_s: if decode_s > 0.0 {
-                    g.new_tokens as f64 / decode_s
-                } else {
-                    0.0
-                },
-            },
-            prompt_token_ids: job.opts.return_logits.then_some(g.prompt_ids),
-            logits: g.logits,
-            text: g.text,
-            token_ids: g.token_ids,
-            metadata: job.metadata,
-        })
+        Ok(reply(model, g, job))
+    }
+
+    fn streams(request: &GenerateRequest) -> bool {
+        request.stream == Some(true)
+    }
+
+    fn handle_stream(&mut self, request: GenerateRequest, out: &mut Chunks) -> Result<(), FnError> {
+        let (index, prompt, job) = self.prepare(request)?;
+        let model = &mut self.models[index].model;
+        let name = model.name().to_owned();
+        let prompt_tokens = model.tokenize(&prompt).map_err(model_error)?.len();
+        // The start line goes with the first line after it, so that everything that can
+        // fail before the first token is still answered as a whole reply's error.
+        let mut started = false;
+        let mut send = |out: &mut Chunks, event: &StreamEvent| {
+            if !std::mem::replace(&mut started, true) {
+                let start = StreamEvent::Start {
+                    model: name.clone(),
+                    prompt_tokens,
+                };
+                if !out.send_json_line(&start) {
+                    return false;
+                }
+            }
+            out.send_json_line(event)
+        };
+        // A line that cannot be sent means nobody reads any more: stop generating.
+        let g = model
+            .generate_streaming(&prompt, &job.opts, &mut |text| {
+                send(
+                    out,
+                    &StreamEvent::Delta {
+                        text: text.to_owned(),
+                    },
+                )
+            })
+            .map_err(model_error)?;
+        send(out, &StreamEvent::Done(reply(model, g, job)));
+        Ok(())
     }
 }

@@ -6,12 +6,25 @@
 //! take the same path, so an item inside a batch is answered exactly as it would be
 //! alone, and one bad item never fails its neighbours.
 
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use lambda_runtime::{FunctionResponse, MetadataPrelude, StreamResponse};
 use serde_json::Value;
 use thaw_protocol::batch::{is_batch, BatchItem, BatchRequest, BatchResponse};
 use thaw_protocol::url_event::{self, UrlEvent, UrlResponse};
 use thaw_protocol::ApiErrorBody;
 
+use crate::worker::StreamEnd;
 use crate::{FnError, Function, InferenceThread};
+
+/// A streamed response's body: the handler's chunks, then its error if it failed
+/// mid-stream.
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, FnError>> + Send>>;
+
+/// What one event is answered with.
+pub(crate) type Reply = FunctionResponse<Value, ChunkStream>;
 
 /// How an event arrived, which decides how its result is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,18 +42,88 @@ enum Shape {
 /// - URL event: a URL response, whatever happened.
 /// - Batch envelope: always successful, `{"ok"}` or `{"error"}` per item, in order; an
 ///   item may itself be a raw or a URL event.
+/// - A request that streams: its chunks as a Lambda streaming response, whatever its
+///   shape (the platform strips the metadata prelude for a raw event).
 pub(crate) async fn dispatch<F: Function>(
     worker: &InferenceThread<F>,
     event: Value,
-) -> Result<Value, FnError> {
+) -> Result<Reply, FnError> {
     if is_batch(&event) {
-        return Ok(batch(worker, event).await);
+        return Ok(FunctionResponse::BufferedResponse(
+            batch(worker, event).await,
+        ));
     }
     let (shape, request) = read::<F>(event);
+    let request = match request {
+        Ok(r) if F::streams(&r) => return stream(worker, shape, r).await,
+        other => other,
+    };
     let mut written = answer(worker, vec![(shape, request)]).await;
     written
         .pop()
         .unwrap_or_else(|| Err(FnError::invalid_input("no result")))
+        .map(FunctionResponse::BufferedResponse)
+}
+
+/// Runs a streaming request. Until its first chunk, it may still be answered in one
+/// piece: an error then is the request's error in its event's shape.
+async fn stream<F: Function>(
+    worker: &InferenceThread<F>,
+    shape: Shape,
+    request: F::Request,
+) -> Result<Reply, FnError> {
+    let (mut chunks, end) = worker.stream(request).await;
+    let first = chunks.recv().await;
+    if first.is_none() {
+        if let Err(e) = ended(end).await {
+            return write(shape, Err(e)).map(FunctionResponse::BufferedResponse);
+        }
+        return Ok(streaming::<F>(Box::pin(futures_util::stream::empty())));
+    }
+    let body = futures_util::stream::unfold(
+        (first, Some(chunks), Some(end)),
+        |(first, chunks, end)| async move {
+            if let Some(chunk) = first {
+                return Some((Ok(chunk), (None, chunks, end)));
+            }
+            let mut chunks = chunks?;
+            if let Some(chunk) = chunks.recv().await {
+                return Some((Ok(chunk), (None, Some(chunks), end)));
+            }
+            // The handler returned: its error, if any, ends the stream.
+            match ended(end?).await {
+                Ok(()) => None,
+                Err(e) => Some((Err(e), (None, None, None))),
+            }
+        },
+    );
+    Ok(streaming::<F>(Box::pin(body)))
+}
+
+async fn ended(end: StreamEnd) -> Result<(), FnError> {
+    end.await.unwrap_or_else(|_| {
+        Err(FnError::new(
+            thaw_protocol::ErrorType::Internal,
+            "inference thread stopped",
+        ))
+    })
+}
+
+/// A `200` streaming response of the function's stream content type.
+fn streaming<F: Function>(body: ChunkStream) -> Reply {
+    let mut metadata_prelude = MetadataPrelude {
+        status_code: http::StatusCode::OK,
+        ..MetadataPrelude::default()
+    };
+    if let Ok(v) = http::HeaderValue::from_str(F::STREAM_CONTENT_TYPE) {
+        metadata_prelude
+            .headers
+            .insert(http::header::CONTENT_TYPE, v);
+    }
+    FunctionResponse::StreamingResponse(StreamResponse {
+        metadata_prelude,
+        stream: body,
+    })
 }
 
 async fn batch<F: Function>(worker: &InferenceThread<F>, event: Value) -> Value {

@@ -16,12 +16,17 @@
 //!    and with concurrency > 1 every job waiting for the model when it frees
 //!    ([`InferenceThread`]).
 //!
+//! A function may also stream a response as it produces it (token by token, for a
+//! generator): [`Function::streams`] says which requests do, and
+//! [`Function::handle_stream`] writes their chunks ([`stream`]).
+//!
 //! Errors are [`FnError`]s with a stable [`ErrorType`]. They are mapped in one place,
 //! [`envelope`]: to an HTTP status and JSON body for URL events, and to a `Diagnostic` for
 //! the Runtime API.
 
 mod envelope;
 mod error;
+pub mod stream;
 mod worker;
 
 use std::sync::Arc;
@@ -33,6 +38,7 @@ use serde_json::Value;
 
 pub use error::FnError;
 pub use lambda_runtime::Error;
+pub use stream::Chunks;
 pub use thaw_protocol::ErrorType;
 pub use worker::InferenceThread;
 
@@ -58,6 +64,26 @@ pub trait Function: Send + 'static {
         requests: Vec<Self::Request>,
     ) -> Vec<Result<Self::Response, FnError>> {
         requests.into_iter().map(|r| self.handle(r)).collect()
+    }
+
+    /// The content type of a streamed response.
+    const STREAM_CONTENT_TYPE: &'static str = "application/x-ndjson";
+
+    /// Whether `request` asks for its response streamed (default: never). A raw event or
+    /// a function URL event may stream; an item of a platform batch never does.
+    fn streams(_request: &Self::Request) -> bool {
+        false
+    }
+
+    /// Handles one request whose response streams, writing it to `out` as it is
+    /// produced. The default writes [`Function::handle`]'s response as one JSON line.
+    ///
+    /// An error returned before the first chunk is the request's error, as from
+    /// `handle`; after it, it ends the stream with Lambda's error trailer.
+    fn handle_stream(&mut self, request: Self::Request, out: &mut Chunks) -> Result<(), FnError> {
+        let response = self.handle(request)?;
+        out.send_json_line(&response);
+        Ok(())
     }
 }
 
@@ -96,6 +122,7 @@ where
         .enable_all()
         .build()?;
     runtime.block_on(async move {
+        // A response is buffered JSON, or a stream of chunks for a request that streams.
         let handler = service_fn(move |event: LambdaEvent<Value>| {
             let worker = Arc::clone(&worker);
             async move { envelope::dispatch(&worker, event.payload).await }

@@ -8,11 +8,15 @@
 //! one [`Function::handle_batch`] call, as a batching server does, so the calls that
 //! arrived together are computed together instead of one forward pass each. A lone job
 //! is taken at once: nothing waits for company.
+//!
+//! A streaming request is a job of its own: it is never batched, and runs after the
+//! batch it was drained with, writing its chunks as it goes ([`crate::stream`]).
 
 use std::panic::AssertUnwindSafe;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::stream::{Chunks, CHUNKS_IN_FLIGHT};
 use crate::{FnError, Function};
 
 /// Most requests one drain hands to `handle_batch`: bounds the latency the first job of a
@@ -20,7 +24,16 @@ use crate::{FnError, Function};
 pub const MAX_DRAINED: usize = 256;
 
 type Results<F> = Vec<Result<<F as Function>::Response, FnError>>;
-type Job<F> = (Vec<<F as Function>::Request>, oneshot::Sender<Results<F>>);
+
+/// A streaming job's end: `Ok` once the handler returned, or its error.
+pub(crate) type StreamEnd = oneshot::Receiver<Result<(), FnError>>;
+
+enum Job<F: Function> {
+    /// Requests computed together, one result each.
+    Batch(Vec<F::Request>, oneshot::Sender<Results<F>>),
+    /// One request whose response streams into its chunks.
+    Stream(F::Request, Chunks, oneshot::Sender<Result<(), FnError>>),
+}
 
 /// Handle to the inference thread of a [`Function`].
 #[derive(Debug)]
@@ -79,60 +92,103 @@ impl<F: Function> InferenceThread<F> {
     pub async fn call(&self, requests: Vec<F::Request>) -> Results<F> {
         let n = requests.len();
         let (tx, rx) = oneshot::channel();
-        if self.jobs.send((requests, tx)).await.is_err() {
+        if self.jobs.send(Job::Batch(requests, tx)).await.is_err() {
             return failed(n, "inference thread stopped");
         }
         rx.await
             .unwrap_or_else(|_| failed(n, "inference thread stopped"))
     }
+
+    /// Runs a streaming request on the inference thread: its chunks as they are written,
+    /// and how it ended once it has.
+    pub(crate) async fn stream(
+        &self,
+        request: F::Request,
+    ) -> (mpsc::Receiver<bytes::Bytes>, StreamEnd) {
+        let (chunks, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let (done_tx, done) = oneshot::channel();
+        let job = Job::Stream(request, Chunks::new(chunks), done_tx);
+        if let Err(mpsc::error::SendError(Job::Stream(_, _, done_tx))) = self.jobs.send(job).await {
+            let _ = done_tx.send(Err(FnError::new(
+                thaw_protocol::ErrorType::Internal,
+                "inference thread stopped",
+            )));
+        }
+        (rx, done)
+    }
 }
 
-/// The thread's loop: take what is waiting, compute it in one call, answer each job.
+/// The thread's loop: take what is waiting, compute the batch in one call and answer
+/// each job, then run the streaming jobs drained with it, in order.
 fn serve<F: Function>(mut function: F, mut rx: mpsc::Receiver<Job<F>>) {
     while let Some(first) = rx.blocking_recv() {
-        let mut jobs = vec![first];
-        let mut items = jobs[0].0.len();
+        let mut batch = Vec::new();
+        let mut streams = Vec::new();
+        let mut items = 0;
+        let mut sort = |job: Job<F>, items: &mut usize| match job {
+            Job::Batch(requests, reply) => {
+                *items += requests.len();
+                batch.push((requests, reply));
+            }
+            Job::Stream(request, chunks, done) => streams.push((request, chunks, done)),
+        };
+        sort(first, &mut items);
         while items < MAX_DRAINED {
             match rx.try_recv() {
-                Ok(job) => {
-                    items += job.0.len();
-                    jobs.push(job);
-                }
+                Ok(job) => sort(job, &mut items),
                 Err(_) => break,
             }
         }
-        let mut counts = Vec::with_capacity(jobs.len());
-        let mut replies = Vec::with_capacity(jobs.len());
-        let mut requests = Vec::with_capacity(items);
-        for (job_requests, reply) in jobs {
-            counts.push(job_requests.len());
-            replies.push(reply);
-            requests.extend(job_requests);
+        if !batch.is_empty() {
+            run_batch(&mut function, batch, items);
         }
-        // A panic may leave the model half-updated: never serve from it again. Exit, so
-        // the platform reports a crash and starts a clean instance.
-        let results =
-            match std::panic::catch_unwind(AssertUnwindSafe(|| function.handle_batch(requests))) {
-                Ok(results) => results,
-                Err(panic) => {
-                    eprintln!("handler panicked: {}", panic_message(&panic));
-                    std::process::exit(101);
-                }
-            };
-        // A handler that answers the wrong number of results is a bug; never let it shift
-        // one caller's answer onto another.
-        let mut results = if results.len() == items {
-            Some(results.into_iter())
-        } else {
-            None
+        for (request, mut chunks, done) in streams {
+            let ended = guarded(|| function.handle_stream(request, &mut chunks));
+            drop(chunks);
+            let _ = done.send(ended);
+        }
+    }
+}
+
+/// Runs `f`, exiting the process if it panics: a panic may leave the model
+/// half-updated, so it is never served from again; the platform reports a crash and
+/// starts a clean instance.
+fn guarded<T>(f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(t) => t,
+        Err(panic) => {
+            eprintln!("handler panicked: {}", panic_message(&panic));
+            std::process::exit(101);
+        }
+    }
+}
+
+type BatchJob<F> = (Vec<<F as Function>::Request>, oneshot::Sender<Results<F>>);
+
+/// Computes the drained batch jobs in one `handle_batch` call and answers each.
+fn run_batch<F: Function>(function: &mut F, jobs: Vec<BatchJob<F>>, items: usize) {
+    let mut counts = Vec::with_capacity(jobs.len());
+    let mut replies = Vec::with_capacity(jobs.len());
+    let mut requests = Vec::with_capacity(items);
+    for (job_requests, reply) in jobs {
+        counts.push(job_requests.len());
+        replies.push(reply);
+        requests.extend(job_requests);
+    }
+    let results = guarded(|| function.handle_batch(requests));
+    // A handler that answers the wrong number of results is a bug; never let it shift
+    // one caller's answer onto another.
+    let mut results = if results.len() == items {
+        Some(results.into_iter())
+    } else {
+        None
+    };
+    for (n, reply) in counts.into_iter().zip(replies) {
+        let answer = match results.as_mut() {
+            Some(r) => r.by_ref().take(n).collect(),
+            None => failed(n, "handler returned the wrong number of results"),
         };
-        for (n, reply) in counts.into_iter().zip(replies) {
-            let answer = match results.as_mut() {
-                Some(r) => r.by_ref().take(n).collect(),
-                None => failed(n, "handler returned the wrong number of results"),
-            };
-            let _ = reply.send(answer);
-        }
+        let _ = reply.send(answer);
     }
 }
 

@@ -131,12 +131,12 @@ async fn attempt(
     };
     let outcome = pool.invoke_with(call.input.clone(), company).await;
     drop(permit);
-    let failure = match outcome {
-        Ok(Outcome::Response(bytes)) => {
+    let failure = match outcome.map(Outcome::buffered) {
+        Ok(Ok(bytes)) => {
             record(store.finish(id, Finish::Succeeded(bytes)).await, id);
             return;
         }
-        Ok(Outcome::Error(d)) => {
+        Ok(Err(d)) => {
             let failure = CallFailure {
                 kind: d.error_type,
                 message: d.error_message,

@@ -149,7 +149,8 @@ pub(super) fn call_status(e: &CallError) -> StatusCode {
         | CallError::InitFailed(_)
         | CallError::OutOfMemory { .. }
         | CallError::ResponseTooLarge { .. }
-        | CallError::BadBatchReply(_) => StatusCode::BAD_GATEWAY,
+        | CallError::BadBatchReply(_)
+        | CallError::BadResponseStream(_) => StatusCode::BAD_GATEWAY,
         CallError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
         CallError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
     }

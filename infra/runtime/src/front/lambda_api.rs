@@ -176,14 +176,14 @@ async fn invoke(
             } else {
                 (pool.invoke(payload).await, Vec::new())
             };
-            let mut resp = match result {
-                Ok(Outcome::Response(bytes)) => (
+            let mut resp = match result.map(Outcome::buffered) {
+                Ok(Ok(bytes)) => (
                     StatusCode::OK,
                     [("content-type", "application/json")],
                     bytes,
                 )
                     .into_response(),
-                Ok(Outcome::Error(d)) => function_error(&d),
+                Ok(Err(d)) => function_error(&d),
                 Err(CallError::QueueFull(_)) => return Err(AwsError::TooManyRequests),
                 Err(CallError::ShuttingDown) => {
                     return Err(AwsError::Service("thaw is shutting down".into()))

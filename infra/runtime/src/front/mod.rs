@@ -36,6 +36,7 @@ mod edge;
 mod error;
 mod lambda_api;
 mod maps;
+mod streaming;
 mod url;
 
 pub use auth::{bearer, Auth, Token, TokenError};

@@ -2,6 +2,12 @@
 //! ([`thaw_protocol::url_event::build`], AWS's own event type), its `{statusCode, headers,
 //! body}` back out as the HTTP response.
 //!
+//! A function that streams its response (Lambda response streaming, as `lambda_http`'s
+//! `run_with_streaming_response` or a `StreamResponse` does) is answered as it produces:
+//! its metadata prelude's status, headers and cookies, then a chunked body that carries
+//! each chunk when the instance posts it ([`super::streaming`]). An error after the first
+//! chunk cuts the body off, so a client never mistakes a broken stream for a whole one.
+//!
 //! The function and the path it sees are cut from the request's *raw* path, never from
 //! axum's decoded captures: `rawPath` must keep `%2F`, and a path that does not decode to
 //! UTF-8 is the function's business, not a 400 of ours. Function names need no encoding,
@@ -18,8 +24,9 @@ use base64::Engine as _;
 use serde_json::Value;
 use thaw_protocol::url_event::{self, HttpRequest, Origin, UrlResponse};
 
+use super::streaming::{self, Answer};
 use super::{pool, read_body, ApiError, Shared};
-use crate::runtime_api::Outcome;
+use crate::runtime_api::StreamHead;
 
 /// Where function URLs live on the full router.
 pub(super) const PREFIX: &str = "/fn/";
@@ -85,10 +92,37 @@ async fn call(
     );
     let payload = serde_json::to_vec(&event)
         .map_err(|e| ApiError::BadRequest(format!("cannot encode the request as an event: {e}")))?;
-    match pool.invoke(Bytes::from(payload)).await? {
-        Outcome::Response(bytes) => Ok(response(&bytes)),
-        Outcome::Error(d) => Err(ApiError::Function(d)),
+    match streaming::invoke(pool, Bytes::from(payload)).await? {
+        Answer::Whole(Ok(bytes)) => Ok(response(&bytes)),
+        Answer::Whole(Err(d)) => Err(ApiError::Function(d)),
+        Answer::Streaming(s) => Ok(streamed(&s.head, Body::from_stream(s.body))),
     }
+}
+
+/// A streamed answer: the prelude's status, headers and cookies over `body`.
+fn streamed(head: &StreamHead, body: Body) -> Response {
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(head.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    for (k, v) in &head.headers {
+        if let (Ok(name), Ok(value)) = (
+            axum::http::HeaderName::try_from(k.as_str()),
+            HeaderValue::from_str(v),
+        ) {
+            resp.headers_mut().append(name, value);
+        }
+    }
+    // The body's length is unknown until it ends; a function's own framing headers
+    // would contradict the chunked encoding.
+    resp.headers_mut()
+        .remove(axum::http::header::CONTENT_LENGTH);
+    resp.headers_mut()
+        .remove(axum::http::header::TRANSFER_ENCODING);
+    for c in &head.cookies {
+        if let Ok(value) = HeaderValue::from_str(c) {
+            resp.headers_mut().append("set-cookie", value);
+        }
+    }
+    resp
 }
 
 /// A function's URL response, or, as AWS does for other shapes, its JSON as the body.

@@ -66,10 +66,10 @@ pub(super) fn split(
     answer: Result<Outcome, CallError>,
     n: usize,
 ) -> Vec<Result<Outcome, CallError>> {
-    let bytes = match answer {
+    let bytes = match answer.map(Outcome::buffered) {
         Err(e) => return vec![Err(e); n],
-        Ok(Outcome::Error(d)) => return vec![Ok(Outcome::Error(d)); n],
-        Ok(Outcome::Response(bytes)) => bytes,
+        Ok(Err(d)) => return vec![Ok(Outcome::Error(d)); n],
+        Ok(Ok(bytes)) => bytes,
     };
     let reply = match serde_json::from_slice::<Reply<'_>>(&bytes) {
         Ok(r) if r.thaw_batch.len() == n => r,

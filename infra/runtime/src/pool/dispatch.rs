@@ -33,7 +33,8 @@ use tokio::time::Instant;
 use super::{batch, CallError, FunctionPool, Pending, State};
 use crate::launcher::InstanceExit;
 use crate::runtime_api::{
-    new_request_id, reply_limit, InstanceApi, Invocation, Outcome, Refused, MAX_RESPONSE,
+    new_request_id, reply_limit, InstanceApi, Invocation, Outcome, Refused, StreamSink,
+    MAX_RESPONSE,
 };
 
 /// Most payload bytes one batch carries. A call over it alone still goes, alone.
@@ -117,10 +118,17 @@ impl FunctionPool {
         let from_ms = u64::try_from(crate::calls::now_ms()).unwrap_or(0);
         let results = if n == 1 {
             let payload = calls[0].payload.clone();
-            vec![self.deliver(id, &api, exit, payload, MAX_RESPONSE).await]
+            let stream = calls[0].stream.take();
+            vec![
+                self.deliver(id, &api, exit, payload, MAX_RESPONSE, stream)
+                    .await,
+            ]
         } else {
+            // A call that streams is queued alone, so never reaches a batch.
             let payload = batch::envelope(calls.iter().map(|c| &c.payload));
-            let answer = self.deliver(id, &api, exit, payload, reply_limit(n)).await;
+            let answer = self
+                .deliver(id, &api, exit, payload, reply_limit(n), None)
+                .await;
             batch::split(answer, n)
         };
         // A caller that wants the call's log gets what the instance wrote from the
@@ -150,10 +158,12 @@ impl FunctionPool {
         mut exit: watch::Receiver<Option<InstanceExit>>,
         payload: bytes::Bytes,
         limit: usize,
+        stream: Option<StreamSink>,
     ) -> Result<Outcome, CallError> {
         let timeout = self.plan.spec.timeout.0;
         let (reply, mut rx) = oneshot::channel();
         let (taken_tx, taken) = oneshot::channel();
+        let streaming = stream.is_some();
         let invocation = Invocation {
             id: new_request_id(),
             payload,
@@ -161,6 +171,7 @@ impl FunctionPool {
             limit,
             reply,
             taken: Some(taken_tx),
+            stream,
         };
         if api.submit(invocation).await.is_err() {
             return Err(CallError::FunctionCrashed(
@@ -199,9 +210,12 @@ impl FunctionPool {
         };
         match answer {
             Ok(Some(Ok(outcome))) => Ok(outcome),
-            Ok(Some(Err(Refused::TooLarge { .. }))) => Err(CallError::ResponseTooLarge {
-                limit: MAX_RESPONSE,
+            // A batch's reply is held to each call's share when it is split: the caller's
+            // limit is the single call's (or the stream's) either way.
+            Ok(Some(Err(Refused::TooLarge { limit }))) => Err(CallError::ResponseTooLarge {
+                limit: if streaming { limit } else { MAX_RESPONSE },
             }),
+            Ok(Some(Err(Refused::BadStream(why)))) => Err(CallError::BadResponseStream(why)),
             Ok(None) => {
                 if let Some(InstanceExit::OutOfMemory { limit }) = &*exit.borrow() {
                     return Err(CallError::OutOfMemory { limit: *limit });

@@ -44,7 +44,7 @@ use crate::fetch::SnapshotFetcher;
 use crate::launcher::{InstanceControl, InstanceExit, Launcher};
 use crate::logs::{LogLine, LogRing};
 use crate::metrics::Metrics;
-use crate::runtime_api::{InstanceApi, Outcome};
+use crate::runtime_api::{InstanceApi, Outcome, StreamSink};
 use crate::sandbox::SandboxReport;
 
 /// How long a stopped instance gets between SIGTERM and SIGKILL.
@@ -86,6 +86,9 @@ pub enum CallError {
     /// call (it was not a `thaw_batch` reply of the batch's length).
     #[error("the function's reply to a batch is not a batch reply: {0}")]
     BadBatchReply(String),
+    /// The instance streamed a response that broke its framing or its connection.
+    #[error("the function's response stream is malformed: {0}")]
+    BadResponseStream(String),
     /// thaw is shutting down.
     #[error("thaw is shutting down")]
     ShuttingDown,
@@ -102,6 +105,7 @@ impl CallError {
             Self::OutOfMemory { .. } => "OutOfMemory",
             Self::ResponseTooLarge { .. } => "ResponseTooLarge",
             Self::BadBatchReply(_) => "BadBatchReply",
+            Self::BadResponseStream(_) => "BadResponseStream",
             Self::ShuttingDown => "ShuttingDown",
         }
     }
@@ -121,6 +125,8 @@ struct Pending {
     /// Given the lines its instance wrote while running it, for a caller that wants
     /// its log (sent before the reply).
     log: Option<oneshot::Sender<Vec<LogLine>>>,
+    /// Where a streamed response goes as the instance produces it.
+    stream: Option<StreamSink>,
 }
 
 /// Whether a call may share a dispatch with others.
@@ -284,8 +290,22 @@ impl FunctionPool {
         payload: Bytes,
     ) -> (Result<Outcome, CallError>, Vec<LogLine>) {
         let (tx, rx) = oneshot::channel();
-        let result = self.enqueue(payload, Company::Alone, Some(tx)).await;
+        let result = self.enqueue(payload, Company::Alone, Some(tx), None).await;
         (result, rx.await.unwrap_or_default())
+    }
+
+    /// Runs one call, alone, whose response the instance may stream: its parts go to
+    /// `sink` as they arrive, and the call then ends as [`Outcome::Streamed`] (or the
+    /// function's error, or thaw's). A function that answers in one piece ends it as
+    /// [`Outcome::Response`], with nothing sent to `sink`. The instance's slot is held
+    /// until the stream ends.
+    pub async fn invoke_streaming(
+        &self,
+        payload: Bytes,
+        sink: StreamSink,
+    ) -> Result<Outcome, CallError> {
+        self.enqueue(payload, Company::Alone, None, Some(sink))
+            .await
     }
 
     /// Runs one call that may or may not share a batch with others.
@@ -294,7 +314,7 @@ impl FunctionPool {
         payload: Bytes,
         company: Company,
     ) -> Result<Outcome, CallError> {
-        self.enqueue(payload, company, None).await
+        self.enqueue(payload, company, None, None).await
     }
 
     async fn enqueue(
@@ -302,6 +322,7 @@ impl FunctionPool {
         payload: Bytes,
         company: Company,
         log: Option<oneshot::Sender<Vec<LogLine>>>,
+        stream: Option<StreamSink>,
     ) -> Result<Outcome, CallError> {
         let started = Instant::now();
         let alone = company == Company::Alone
@@ -333,6 +354,7 @@ impl FunctionPool {
                 queued_at: started,
                 alone,
                 log,
+                stream,
             });
         }
         self.pump();
@@ -341,7 +363,7 @@ impl FunctionPool {
             .unwrap_or_else(|_| Err(CallError::FunctionCrashed("call was dropped".into())));
         match &result {
             Ok(Outcome::Error(d)) => self.metrics.function_error(self.name(), &d.error_type),
-            Ok(Outcome::Response(_)) => {}
+            Ok(Outcome::Response(_) | Outcome::Streamed { .. }) => {}
             Err(e) => self.metrics.call_error(self.name(), e),
         }
         self.metrics.invocation(self.name(), started.elapsed());

@@ -91,6 +91,8 @@ pub enum StopReason {
     Budget,
     /// The text reached `stop_at`.
     StopChar,
+    /// The reader of a streamed generation went away.
+    Cancelled,
 }
 
 impl StopReason {
@@ -100,6 +102,7 @@ impl StopReason {
         match self {
             Self::EndOfTurn | Self::StopSequence | Self::StopChar => "stop",
             Self::MaxTokens | Self::ContextFull | Self::Budget => "length",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -422,6 +425,28 @@ impl ChatModel {
         prompt: &str,
         opts: &GenerateOptions,
     ) -> Result<Generated, ModelError> {
+        self.run(prompt, opts, None)
+    }
+
+    /// Generates a continuation of `prompt`, handing its text to `on_text` as it is
+    /// decoded. The pieces concatenate to the returned text: a piece is held back while
+    /// it could still be the start of a stop sequence, or end in a split character.
+    /// `on_text` returning false stops the generation ([`StopReason::Cancelled`]).
+    pub fn generate_streaming(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Generated, ModelError> {
+        self.run(prompt, opts, Some(on_text))
+    }
+
+    fn run(
+        &mut self,
+        prompt: &str,
+        opts: &GenerateOptions,
+        mut on_text: Option<&mut dyn FnMut(&str) -> bool>,
+    ) -> Result<Generated, ModelError> {
         let started = Instant::now();
         let prompt_ids = self.tokenize(prompt)?;
         if prompt_ids.is_empty() {
@@ -458,7 +483,7 @@ impl ChatModel {
         let Some(weights) = self.weights.as_mut() else {
             // A failed rebuild left none; rebuild again.
             self.weights = Some(Weights::load(&self.snapshot, &self.device)?);
-            return self.generate(prompt, opts);
+            return self.run(prompt, opts, on_text);
         };
         weights.clear_kv_cache();
         let input = Tensor::new(context.as_slice(), &self.device)?.unsqueeze(0)?;
@@ -480,6 +505,10 @@ impl ChatModel {
         let mut text = String::new();
         let mut stream = TextStream::default();
         let longest_stop = opts.stop.iter().map(String::len).max().unwrap_or(0);
+        // How much of the text is handed to `on_text`: never the last `longest_stop - 1`
+        // bytes, which a stop sequence completed by a later token could begin in.
+        let mut emitted = 0usize;
+        let held_back = longest_stop.saturating_sub(1);
         let stop = loop {
             let last = logits.squeeze(0)?.to_dtype(DType::F32)?;
             let last = if opts.repeat_penalty == 1.0 {
@@ -495,7 +524,7 @@ impl ChatModel {
             }
             generated.push(next);
             context.push(next);
-            if opts.stop_at.is_some() || !opts.stop.is_empty() {
+            if on_text.is_some() || opts.stop_at.is_some() || !opts.stop.is_empty() {
                 let before = text.len();
                 stream.push(&self.tokenizer, &generated, &mut text)?;
                 // Only the new text, and the longest stop's length before it, can hold a
@@ -517,6 +546,18 @@ impl ChatModel {
                 if opts.stop_at.is_some_and(|c| text[from..].contains(c)) {
                     break StopReason::StopChar;
                 }
+                if let Some(emit) = on_text.as_mut() {
+                    let mut upto = text.len().saturating_sub(held_back);
+                    while !text.is_char_boundary(upto) {
+                        upto -= 1;
+                    }
+                    if upto > emitted {
+                        if !emit(&text[emitted..upto]) {
+                            break StopReason::Cancelled;
+                        }
+                        emitted = upto;
+                    }
+                }
             }
             if generated.len() >= opts.max_new_tokens {
                 break StopReason::MaxTokens;
@@ -533,6 +574,9 @@ impl ChatModel {
         // The whole decoding is the reference text; a stop sequence is cut from it where
         // it first appears (the incremental text found it, so it is there).
         let full = self.decode(&generated)?;
+        let streamed = on_text
+            .is_some()
+            .then(|| text[..emitted.min(text.len())].to_owned());
         text = match stop {
             StopReason::StopSequence => {
                 let cut = opts
@@ -548,6 +592,16 @@ impl ChatModel {
             }
             _ => full,
         };
+        // What was held back. The whole decoding is the reference; were it ever to
+        // differ from the incremental one in what was already handed out, the returned
+        // text still is the whole decoding's.
+        if let (Some(emit), Some(streamed)) = (on_text.as_mut(), streamed) {
+            if !text.starts_with(&streamed) {
+                tracing::warn!(model = %self.name, "the streamed text differs from the whole decoding");
+            } else if stop != StopReason::Cancelled && text.len() > emitted {
+                emit(&text[emitted..]);
+            }
+        }
         Ok(Generated {
             text,
             prompt_tokens: prompt_ids.len(),

@@ -7,20 +7,21 @@
 //! formats other than text, `stream_options` without `stream`, and two different token
 //! limits. Only a function with generate's contract is reached (see `Compat::target`).
 //!
-//! `stream: true` answers in server-sent events as the SDK reads them (a role delta, the
-//! content, a chunk with the finish reason, optionally a usage chunk, then `[DONE]`).
-//! The generation runs as one call, so the content arrives in one delta when it is
-//! finished: per-token delivery needs Lambda response streaming from the instance, which
-//! thaw's Runtime API does not carry yet.
+//! `stream: true` asks generate to stream (Lambda response streaming from the instance)
+//! and answers in server-sent events as the SDK reads them, each piece of text in its own
+//! chunk as the model produces it ([`super::sse`]).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::sse::{Chunker, GenerateOutput};
 use super::{call, json, parse, Compat, CompatError, Role};
+use crate::front::streaming::{self, Answer};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -109,15 +110,8 @@ struct GenerateInput<'a> {
     seed: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     stop: Option<&'a Value>,
-}
-
-/// `generate`'s answer, the parts read here.
-#[derive(Debug, Deserialize)]
-struct GenerateOutput {
-    model: String,
-    text: String,
-    finish_reason: String,
-    usage: Value,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    stream: bool,
 }
 
 /// Refuses what thaw does not do, naming the parameter.
@@ -204,24 +198,22 @@ pub(super) async fn completions(
         .enumerate()
         .map(|(i, m)| message_text(i, m))
         .collect::<Result<Vec<_>, _>>()?;
-    let out: GenerateOutput = call(
-        &pool,
-        GenerateInput {
-            model: inner_model,
-            messages,
-            max_tokens: req.max_completion_tokens.or(req.max_tokens),
-            temperature: req.temperature,
-            top_p: req.top_p,
-            seed: req.seed.map(|s| s as u64),
-            stop: req.stop.as_ref(),
-        },
-    )
-    .await?;
+    let input = GenerateInput {
+        model: inner_model,
+        messages,
+        max_tokens: req.max_completion_tokens.or(req.max_tokens),
+        temperature: req.temperature,
+        top_p: req.top_p,
+        seed: req.seed.map(|s| s as u64),
+        stop: req.stop.as_ref(),
+        stream,
+    };
     let id = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     if !stream {
+        let out: GenerateOutput = call(&pool, input).await?;
         return Ok(json(&json!({
             "id": id,
             "object": "chat.completion",
@@ -236,34 +228,24 @@ pub(super) async fn completions(
             "usage": out.usage,
         })));
     }
-    let chunk = |delta: Value, finish: Value, usage: Option<&Value>| {
-        let mut c = json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": out.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-        });
-        if let Some(u) = usage {
-            c["choices"] = json!([]);
-            c["usage"] = u.clone();
+    let payload = serde_json::to_vec(&input)
+        .map_err(|e| CompatError::BadRequest(format!("cannot encode the input: {e}")))?;
+    let model = req.model.unwrap_or_else(|| pool.plan().name.to_string());
+    let chunker = Chunker::new(id, created, model, include_usage);
+    let body = match streaming::invoke(pool, payload.into()).await? {
+        Answer::Whole(Err(d)) => return Err(CompatError::Function(d)),
+        // A function on the chat route that does not stream: the same events at once.
+        Answer::Whole(Ok(bytes)) => {
+            let out: GenerateOutput = serde_json::from_slice(&bytes).map_err(|e| {
+                CompatError::BadReply(format!(
+                    "the function answered outside generate's contract: {e}"
+                ))
+            })?;
+            Body::from(chunker.whole(out))
         }
-        format!("data: {c}\n\n")
+        Answer::Streaming(s) => Body::from_stream(chunker.stream(s.body)),
     };
-    let mut sse = chunk(
-        json!({"role": "assistant", "content": ""}),
-        Value::Null,
-        None,
-    );
-    if !out.text.is_empty() {
-        sse.push_str(&chunk(json!({"content": out.text}), Value::Null, None));
-    }
-    sse.push_str(&chunk(json!({}), json!(out.finish_reason), None));
-    if include_usage {
-        sse.push_str(&chunk(Value::Null, Value::Null, Some(&out.usage)));
-    }
-    sse.push_str("data: [DONE]\n\n");
-    let mut resp = sse.into_response();
+    let mut resp = body.into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream"),

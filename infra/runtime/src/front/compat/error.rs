@@ -4,7 +4,7 @@
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde_json::json;
+use serde_json::{json, Value};
 use thaw_protocol::{Diagnostic, ErrorType};
 
 use crate::front::BodyError;
@@ -113,8 +113,27 @@ impl CompatError {
     /// The answer in `dialect`'s shape.
     pub fn into_response_for(self, dialect: Dialect) -> Response {
         let status = self.status(dialect);
+        let body = self.body(dialect);
+        let mut resp = (status, Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                "www-authenticate",
+                HeaderValue::from_static(crate::front::error::CHALLENGE),
+            );
+        }
+        resp
+    }
+
+    /// The error body in `dialect`'s shape: what a response carries, and what a stream
+    /// that fails after it began sends as its last event.
+    pub(super) fn body(&self, dialect: Dialect) -> Value {
+        let status = self.status(dialect);
         let message = self.to_string();
-        let body = match dialect {
+        match dialect {
             Dialect::OpenAi => {
                 let kind = match status.as_u16() {
                     401 => "authentication_error",
@@ -140,19 +159,7 @@ impl CompatError {
                 json!({"error": message, "error_type": kind})
             }
             Dialect::Cohere => json!({"message": message, "type": self.kind()}),
-        };
-        let mut resp = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            resp.headers_mut()
-                .insert("retry-after", HeaderValue::from_static("1"));
         }
-        if status == StatusCode::UNAUTHORIZED {
-            resp.headers_mut().insert(
-                "www-authenticate",
-                HeaderValue::from_static(crate::front::error::CHALLENGE),
-            );
-        }
-        resp
     }
 }
 

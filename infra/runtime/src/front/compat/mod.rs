@@ -28,6 +28,7 @@ mod chat;
 mod error;
 mod openai;
 mod rerank;
+mod sse;
 mod tei;
 
 use std::sync::Arc;
@@ -46,7 +47,6 @@ use self::error::Dialect;
 use super::auth::Guard;
 use super::{read_body, Shared};
 use crate::pool::FunctionPool;
-use crate::runtime_api::Outcome;
 
 /// One compatible route.
 #[derive(Debug, Clone)]
@@ -276,14 +276,14 @@ async fn call<I: Serialize, T: DeserializeOwned>(
 ) -> Result<T, CompatError> {
     let payload = serde_json::to_vec(&input)
         .map_err(|e| CompatError::BadRequest(format!("cannot encode the input: {e}")))?;
-    match pool.invoke(payload.into()).await? {
-        Outcome::Response(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+    match pool.invoke(payload.into()).await?.buffered() {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
             CompatError::BadReply(format!(
                 "function {} answered outside its contract: {e}",
                 pool.plan().name
             ))
         }),
-        Outcome::Error(d) => Err(CompatError::Function(d)),
+        Err(d) => Err(CompatError::Function(d)),
     }
 }
 

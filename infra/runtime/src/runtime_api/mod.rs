@@ -21,9 +21,14 @@
 //! connection is dropped and the instance reported [`Lifecycle::Unusable`], for the pool
 //! to replace). Memory per post is bounded by the limit, never by what the function sends.
 //!
-//! Error documents are normalised here, the one place instance errors enter thaw: an
-//! event `lambda_runtime` could not deserialize into the handler's type becomes
-//! [`ErrorType::InvalidInput`], as it can never succeed however often it is retried.
+//! Error documents are normalised in [`post`], the one place instance errors enter thaw:
+//! an event `lambda_runtime` could not deserialize into the handler's type becomes
+//! [`thaw_protocol::ErrorType::InvalidInput`], as it can never succeed however often it
+//! is retried.
+//!
+//! A response posted with `Lambda-Runtime-Function-Response-Mode: streaming` is read as
+//! it arrives ([`stream`]): to a caller that gave the invocation a [`StreamSink`], chunk by
+//! chunk; to any other, collected into one response as a buffered invocation is.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -31,26 +36,51 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::body::Bytes;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bytes::BytesMut;
-use http_body_util::BodyExt as _;
-use serde::Deserialize;
 use thaw_protocol::runtime_api::header;
-use thaw_protocol::{Diagnostic, ErrorType};
+use thaw_protocol::Diagnostic;
 use tokio::sync::{mpsc, oneshot, watch};
+
+mod post;
+mod stream;
+
+pub use stream::{StreamHead, StreamPart, StreamSink, MAX_STREAMED};
 
 /// How an invocation ended, as the function reported it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// `POST .../response`: the payload bytes.
     Response(Bytes),
-    /// `POST .../error`: the function's diagnostic.
+    /// `POST .../error`, or an error trailer ending a streamed response: the function's
+    /// diagnostic.
     Error(Diagnostic),
+    /// A streamed response, delivered to the invocation's [`StreamSink`] as it came:
+    /// `bytes` of body in all.
+    Streamed {
+        /// Body bytes streamed.
+        bytes: usize,
+    },
+}
+
+impl Outcome {
+    /// The outcome for a caller that gave no [`StreamSink`], and so can never see
+    /// [`Outcome::Streamed`]: its payload or the function's error.
+    pub fn buffered(self) -> Result<Bytes, Diagnostic> {
+        match self {
+            Self::Response(bytes) => Ok(bytes),
+            Self::Error(d) => Err(d),
+            // Only an invocation with a sink is streamed to; keep the promise visible.
+            Self::Streamed { .. } => Err(Diagnostic::new(
+                "Runtime.StreamError",
+                "a streamed response reached a caller that did not ask for one",
+            )),
+        }
+    }
 }
 
 /// The largest response or error document an instance may post, as on AWS (6 MiB for a
@@ -75,10 +105,6 @@ pub fn reply_limit(calls: usize) -> usize {
 /// instance is marked [`Lifecycle::Unusable`].
 pub const MAX_DRAIN: usize = 24 << 20;
 
-/// The `errorType` `lambda_runtime` reports for an event it could not deserialize into
-/// the handler's request type (its Rust type name, behind a reference).
-const DESERIALIZE_ERROR: &str = "lambda_runtime::deserializer::DeserializeError";
-
 /// Why the Runtime API refused what an instance posted for an invocation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
@@ -88,6 +114,10 @@ pub enum Refused {
         /// The limit, bytes.
         limit: usize,
     },
+    /// A streamed response broke its framing (a metadata prelude that does not parse or
+    /// never ends) or its connection mid-stream.
+    #[error("the function's response stream is malformed: {0}")]
+    BadStream(String),
 }
 
 /// What an invocation's caller receives: the function's outcome, or why what the
@@ -110,6 +140,18 @@ pub struct Invocation {
     /// Told when the instance takes the invocation with `next`: the call's timeout counts
     /// from there, not from when it was queued for the instance.
     pub taken: Option<oneshot::Sender<()>>,
+    /// Where a streamed response goes as it arrives; `None` collects it.
+    pub stream: Option<StreamSink>,
+}
+
+/// An invocation the instance has taken and not yet answered.
+#[derive(Debug)]
+struct InFlight {
+    reply: oneshot::Sender<Answer>,
+    /// The largest buffered reply accepted.
+    limit: usize,
+    /// Taken by the first streamed post.
+    sink: Option<StreamSink>,
 }
 
 /// What the instance has told the platform about itself.
@@ -132,8 +174,8 @@ struct Shared {
     /// The function's ARN, on every `next`.
     arn: HeaderValue,
     queue: tokio::sync::Mutex<mpsc::Receiver<Invocation>>,
-    /// Each unanswered invocation's reply, and the largest reply it accepts.
-    in_flight: Mutex<HashMap<String, (oneshot::Sender<Answer>, usize)>>,
+    /// Each unanswered invocation.
+    in_flight: Mutex<HashMap<String, InFlight>>,
     lifecycle: watch::Sender<Lifecycle>,
 }
 
@@ -211,12 +253,15 @@ impl InstanceApi {
             .route(thaw_protocol::runtime_api::NEXT_PATH, get(next))
             .route(
                 "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
+                post(post::response),
             )
-            .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/error",
+                post(post::error),
+            )
             .route(
                 thaw_protocol::runtime_api::INIT_ERROR_PATH,
-                post(init_error),
+                post(post::init_error),
             )
             .with_state(Arc::clone(&self.shared));
         let mut stopped = self.stopped.clone();
@@ -252,7 +297,7 @@ impl InstanceApi {
         let limit = limit_of(&self.shared, id);
         let answer = match outcome {
             Outcome::Response(b) if b.len() > limit => Err(Refused::TooLarge { limit }),
-            Outcome::Error(d) => Ok(Outcome::Error(normalised(d))),
+            Outcome::Error(d) => Ok(Outcome::Error(post::normalised(d))),
             other => Ok(other),
         };
         finish(&self.shared, id, answer)
@@ -316,7 +361,14 @@ async fn take_next(shared: &Shared) -> Option<(String, Bytes, Duration)> {
         queue.recv().await
     }?;
     if let Ok(mut m) = shared.in_flight.lock() {
-        m.insert(inv.id.clone(), (inv.reply, inv.limit));
+        m.insert(
+            inv.id.clone(),
+            InFlight {
+                reply: inv.reply,
+                limit: inv.limit,
+                sink: inv.stream,
+            },
+        );
     }
     if let Some(taken) = inv.taken {
         let _ = taken.send(());
@@ -367,15 +419,15 @@ fn limit_of(shared: &Shared, id: &str) -> usize {
         .in_flight
         .lock()
         .ok()
-        .and_then(|m| m.get(id).map(|(_, limit)| *limit))
+        .and_then(|m| m.get(id).map(|f| f.limit))
         .unwrap_or(MAX_RESPONSE)
 }
 
 fn finish(shared: &Shared, id: &str, answer: Answer) -> bool {
     let reply = shared.in_flight.lock().ok().and_then(|mut m| m.remove(id));
     match reply {
-        Some((reply, _)) => {
-            let _ = reply.send(answer);
+        Some(f) => {
+            let _ = f.reply.send(answer);
             true
         }
         None => false,
@@ -392,230 +444,4 @@ fn unknown_id() -> Response {
         "{\"errorType\":\"InvalidRequestID\"}",
     )
         .into_response()
-}
-
-/// What the instance posted, read up to the invocation's limit.
-enum Posted {
-    Body(Bytes),
-    /// Over the limit: the rest was discarded (`drained`) or the post was abandoned.
-    TooLarge {
-        drained: bool,
-    },
-    /// The connection failed mid-body.
-    Broken,
-}
-
-/// Reads a posted body up to `limit`. Past the limit, `on_too_large` runs at once (the
-/// caller is answered before the rest arrives), then the rest is discarded up to
-/// [`MAX_DRAIN`].
-async fn read_posted(
-    headers: &HeaderMap,
-    mut body: Body,
-    limit: usize,
-    on_too_large: impl FnOnce(),
-) -> Posted {
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let mut kept = BytesMut::new();
-    let mut over = declared.is_some_and(|n| n > limit as u64);
-    let mut on_too_large = Some(on_too_large);
-    if over {
-        if let Some(f) = on_too_large.take() {
-            f();
-        }
-    }
-    let mut seen: usize = 0;
-    while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else {
-            return Posted::Broken;
-        };
-        let Ok(data) = frame.into_data() else {
-            continue; // trailers: nothing of ours
-        };
-        seen = seen.saturating_add(data.len());
-        if !over && seen > limit {
-            over = true;
-            kept = BytesMut::new();
-            if let Some(f) = on_too_large.take() {
-                f();
-            }
-        }
-        if over {
-            if seen > limit.saturating_add(MAX_DRAIN) {
-                return Posted::TooLarge { drained: false };
-            }
-        } else {
-            kept.extend_from_slice(&data);
-        }
-    }
-    if over {
-        Posted::TooLarge { drained: true }
-    } else {
-        Posted::Body(kept.freeze())
-    }
-}
-
-/// Completes invocation `id` from what was posted for it: `outcome` builds its outcome
-/// from a body within the limit.
-async fn complete(
-    shared: &Shared,
-    id: &str,
-    headers: &HeaderMap,
-    body: Body,
-    outcome: impl FnOnce(Bytes) -> Outcome,
-) -> Response {
-    // Read (or drain) the body even for an unknown id: a connection left with an unread
-    // body is closed, and the runtime's worker on it with it.
-    let limit = limit_of(shared, id);
-    let refuse = || {
-        finish(shared, id, Err(Refused::TooLarge { limit }));
-    };
-    match read_posted(headers, body, limit, refuse).await {
-        Posted::Body(bytes) => match finish(shared, id, Ok(outcome(bytes))) {
-            true => accepted(),
-            false => unknown_id(),
-        },
-        Posted::TooLarge { drained } => {
-            tracing::warn!(
-                request_id = id,
-                limit,
-                "instance posted a response over the limit"
-            );
-            let mut resp = (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                [(axum::http::header::CONTENT_TYPE, "application/json")],
-                format!(
-                    "{{\"errorType\":\"RequestEntityTooLarge\",\"errorMessage\":\"response is larger than {limit} bytes\"}}"
-                ),
-            )
-                .into_response();
-            if !drained {
-                shared.lifecycle.send_replace(Lifecycle::Unusable(format!(
-                    "posted a reply of more than {} bytes",
-                    limit + MAX_DRAIN
-                )));
-                resp.headers_mut().insert(
-                    axum::http::header::CONNECTION,
-                    HeaderValue::from_static("close"),
-                );
-            }
-            resp
-        }
-        // The instance went away mid-post; its exit fails the call.
-        Posted::Broken => StatusCode::BAD_REQUEST.into_response(),
-    }
-}
-
-async fn response(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    complete(&shared, &id, &headers, body, Outcome::Response).await
-}
-
-/// An error document as runtimes post it: every field optional, and `stackTrace` a list
-/// of frames (awslambdaric) or one string (some Node runtimes).
-#[derive(Debug, Deserialize)]
-struct ErrorDoc {
-    #[serde(rename = "errorType", default)]
-    error_type: String,
-    #[serde(rename = "errorMessage", default)]
-    error_message: String,
-    #[serde(rename = "stackTrace", default)]
-    stack_trace: Option<StackTrace>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum StackTrace {
-    Frames(Vec<String>),
-    Text(String),
-    Other(serde::de::IgnoredAny),
-}
-
-/// Frames kept of a stack trace, at most: what a caller reads, not a memory sink.
-const MAX_FRAMES: usize = 256;
-
-fn diagnostic(headers: &HeaderMap, body: &[u8]) -> Diagnostic {
-    let doc: ErrorDoc = serde_json::from_slice(body).unwrap_or(ErrorDoc {
-        error_type: String::new(),
-        error_message: String::from_utf8_lossy(body).into_owned(),
-        stack_trace: None,
-    });
-    let stack_trace = match doc.stack_trace {
-        Some(StackTrace::Frames(frames)) => frames.into_iter().take(MAX_FRAMES).collect(),
-        Some(StackTrace::Text(text)) => text.lines().take(MAX_FRAMES).map(str::to_owned).collect(),
-        Some(StackTrace::Other(_)) | None => Vec::new(),
-    };
-    let header_type = headers
-        .get(header::FUNCTION_ERROR_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("Unhandled");
-    normalised(Diagnostic {
-        error_type: if doc.error_type.is_empty() {
-            header_type.to_owned()
-        } else {
-            doc.error_type
-        },
-        error_message: doc.error_message,
-        stack_trace,
-    })
-}
-
-/// The one mapping of what runtimes report to thaw's typed errors: an event the runtime
-/// could not deserialize is the caller's [`ErrorType::InvalidInput`].
-fn normalised(mut d: Diagnostic) -> Diagnostic {
-    if d.error_type.trim_start_matches('&') == DESERIALIZE_ERROR {
-        d.error_type = ErrorType::InvalidInput.as_str().to_owned();
-        d.error_message = format!("the function cannot read this input: {}", d.error_message);
-    }
-    d
-}
-
-async fn error(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let doc_headers = headers.clone();
-    complete(&shared, &id, &headers, body, move |b| {
-        Outcome::Error(diagnostic(&doc_headers, &b))
-    })
-    .await
-}
-
-async fn init_error(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_posted(&headers, body, MAX_RESPONSE, || {}).await {
-        Posted::Body(b) => b,
-        // An oversized init error still is one; its text is not worth the memory.
-        Posted::TooLarge { .. } | Posted::Broken => {
-            Bytes::from_static(b"(init error document too large or cut off)")
-        }
-    };
-    let _ = shared
-        .lifecycle
-        .send(Lifecycle::InitFailed(diagnostic(&headers, &body)));
-    accepted()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_deserialize_error_is_invalid_input_and_other_types_are_kept() {
-        let d = normalised(Diagnostic::new(
-            "&lambda_runtime::deserializer::DeserializeError",
-            "failed to deserialize the incoming data",
-        ));
-        assert_eq!(d.error_type, "InvalidInput");
-        assert!(d.error_message.contains("failed to deserialize"), "{d:?}");
-        let kept = normalised(Diagnostic::new("ModelError", "m"));
-        assert_eq!(kept.error_type, "ModelError");
-    }
 }

@@ -1,0 +1,388 @@
+//! Lambda response streaming, as a runtime posts it: `POST .../invocation/{id}/response`
+//! with `Lambda-Runtime-Function-Response-Mode: streaming` and a chunked body.
+//!
+//! - **Prelude.** With `Content-Type: application/vnd.awslambda.http-integration-response`
+//!   (what `lambda_runtime`'s and `lambda_http`'s streaming responses send) the body
+//!   opens with a JSON metadata prelude, `{statusCode, headers, cookies}`, ended by eight
+//!   NUL bytes: it becomes the [`StreamHead`]. Any other content type streams its body as
+//!   it is, under a `200` with that content type.
+//! - **Errors mid-stream** arrive as the HTTP trailers `Lambda-Runtime-Function-Error-Type`
+//!   and `Lambda-Runtime-Function-Error-Body` (base64 of an error document), as AWS
+//!   documents them; `lambda_runtime` writes the same two lines into the body as one
+//!   chunk instead, which is read the same way. Either ends the invocation as
+//!   [`Outcome::Error`] after the chunks already delivered.
+//! - **Delivery.** An invocation whose caller gave a [`StreamSink`] gets [`StreamPart`]s
+//!   as they arrive, with the instance's post held back by the sink's bound (a slow
+//!   reader slows the function, as a socket would), up to [`MAX_STREAMED`] bytes; the
+//!   invocation then ends as [`Outcome::Streamed`]. A caller that went away stops
+//!   delivery, not the post, which is read to its end. Any other caller (Invoke, durable
+//!   calls) gets the body collected into one [`Outcome::Response`] under the buffered
+//!   limit, as AWS buffers a streaming function invoked without streaming.
+
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::BytesMut;
+use http_body_util::BodyExt as _;
+use serde::Deserialize;
+use thaw_protocol::Diagnostic;
+use tokio::sync::mpsc;
+
+use super::post::{diagnostic_of, too_large};
+use super::{accepted, finish, unknown_id, Outcome, Refused, Shared, MAX_DRAIN};
+
+/// The header that puts a response in streaming mode, and its value.
+const RESPONSE_MODE: &str = "lambda-runtime-function-response-mode";
+/// The content type of a body that opens with a metadata prelude.
+const HTTP_INTEGRATION: &str = "application/vnd.awslambda.http-integration-response";
+/// The error trailers (and `lambda_runtime`'s in-body form of them).
+const ERROR_TYPE: &str = "lambda-runtime-function-error-type";
+const ERROR_BODY: &str = "lambda-runtime-function-error-body";
+/// Ends the prelude.
+const PRELUDE_END: [u8; 8] = [0; 8];
+/// The longest prelude read: headers and cookies, not a body.
+const MAX_PRELUDE: usize = 64 << 10;
+
+/// The most one streamed response may deliver, as AWS's documented limit for a streamed
+/// function response.
+pub const MAX_STREAMED: usize = 20 << 20;
+
+/// How a streamed response opens: its HTTP status, headers and cookies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamHead {
+    /// The HTTP status.
+    pub status: u16,
+    /// Headers, in order; a name may repeat.
+    pub headers: Vec<(String, String)>,
+    /// `Set-Cookie` values.
+    pub cookies: Vec<String>,
+}
+
+/// What a streamed response delivers, in order: one head, then its body's chunks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamPart {
+    /// The status and headers.
+    Head(StreamHead),
+    /// The next chunk of the body.
+    Data(Bytes),
+}
+
+/// Where a caller that wants a response as it is produced receives it.
+pub type StreamSink = mpsc::Sender<StreamPart>;
+
+/// Whether a response post is in streaming mode.
+pub(super) fn is_streaming(headers: &HeaderMap) -> bool {
+    headers
+        .get(RESPONSE_MODE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("streaming"))
+}
+
+/// The prelude as runtimes write it; a header's value is a string or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Prelude {
+    #[serde(default = "ok_status")]
+    status_code: u16,
+    #[serde(default)]
+    headers: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    multi_value_headers: serde_json::Map<String, serde_json::Value>,
+    #[serde(default)]
+    cookies: Vec<String>,
+}
+
+fn ok_status() -> u16 {
+    200
+}
+
+/// Parses a prelude (without its NUL terminator).
+fn parse_prelude(bytes: &[u8]) -> Result<StreamHead, String> {
+    let p: Prelude = serde_json::from_slice(bytes)
+        .map_err(|e| format!("the metadata prelude is not valid JSON: {e}"))?;
+    if !(100..=599).contains(&p.status_code) {
+        return Err(format!(
+            "the metadata prelude's statusCode {} is not an HTTP status",
+            p.status_code
+        ));
+    }
+    let mut headers = Vec::new();
+    for (name, value) in p.headers.into_iter().chain(p.multi_value_headers) {
+        match value {
+            serde_json::Value::String(v) => headers.push((name, v)),
+            serde_json::Value::Array(vs) => headers.extend(
+                vs.into_iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .map(|v| (name.clone(), v)),
+            ),
+            other => headers.push((name, other.to_string())),
+        }
+    }
+    Ok(StreamHead {
+        status: p.status_code,
+        headers,
+        cookies: p.cookies,
+    })
+}
+
+/// An error reported by trailer (or `lambda_runtime`'s in-body form of it): the type,
+/// and the body, base64 of an error document or of plain text.
+fn stream_error(error_type: Option<&str>, body: Option<&str>) -> Diagnostic {
+    let error_type = error_type.map_or("Runtime.StreamError", str::trim);
+    let body = body.map(str::trim).unwrap_or_default();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap_or_else(|_| body.as_bytes().to_vec());
+    diagnostic_of(error_type, &decoded)
+}
+
+/// `lambda_runtime`'s in-body error: a chunk of `Name: value\r\n` lines naming the two
+/// error trailers. `None` for any other chunk.
+fn in_body_error(chunk: &[u8]) -> Option<Diagnostic> {
+    let prefix = ERROR_TYPE.as_bytes();
+    if chunk.len() < prefix.len() || !chunk[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let text = std::str::from_utf8(chunk).ok()?;
+    let mut error_type = None;
+    let mut body = None;
+    for line in text.lines() {
+        let (name, value) = line.split_once(':')?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            ERROR_TYPE => error_type = Some(value),
+            ERROR_BODY => body = Some(value),
+            _ => return None,
+        }
+    }
+    Some(stream_error(error_type, body))
+}
+
+/// Where the body's bytes go.
+enum Delivery {
+    /// To the caller, as they come.
+    Sink(StreamSink),
+    /// The caller went away: read and dropped.
+    Gone,
+    /// Collected for a caller that wants one response.
+    Collect(BytesMut),
+}
+
+/// Reads a streamed response for invocation `id` to its end and completes the
+/// invocation from it.
+pub(super) async fn receive(
+    shared: &Shared,
+    id: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let (known, sink, buffered_limit) = match shared.in_flight.lock() {
+        Ok(mut m) => match m.get_mut(id) {
+            Some(f) => (true, f.sink.take(), f.limit),
+            None => (false, None, 0),
+        },
+        Err(_) => (false, None, 0),
+    };
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    let mut prelude = content_type
+        .eq_ignore_ascii_case(HTTP_INTEGRATION)
+        .then(BytesMut::new);
+    let limit = if sink.is_some() {
+        MAX_STREAMED
+    } else {
+        buffered_limit
+    };
+    let streamed = sink.is_some();
+    let mut delivery = match sink {
+        Some(s) => Delivery::Sink(s),
+        None if known => Delivery::Collect(BytesMut::new()),
+        None => Delivery::Gone,
+    };
+    let mut head_sent = false;
+    let mut seen = 0usize;
+    let mut over = false;
+    let mut error: Option<Diagnostic> = None;
+    let mut body = body;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                finish(
+                    shared,
+                    id,
+                    Err(Refused::BadStream(format!("the stream broke off: {e}"))),
+                );
+                return StatusCode::BAD_REQUEST.into_response();
+            }
+        };
+        let data = match frame.into_data() {
+            Ok(d) => d,
+            Err(frame) => {
+                if let Ok(trailers) = frame.into_trailers() {
+                    let get = |n: &str| trailers.get(n).and_then(|v| v.to_str().ok());
+                    if get(ERROR_TYPE).is_some() || get(ERROR_BODY).is_some() {
+                        error = Some(stream_error(get(ERROR_TYPE), get(ERROR_BODY)));
+                    }
+                }
+                continue;
+            }
+        };
+        if over || error.is_some() {
+            // Past the limit, or after the error: read to the end, kept nowhere.
+            seen = seen.saturating_add(data.len());
+            if seen > limit.saturating_add(MAX_DRAIN) {
+                return too_large(shared, id, limit, false);
+            }
+            continue;
+        }
+        if let Some(d) = in_body_error(&data) {
+            error = Some(d);
+            continue;
+        }
+        let data = match prelude.as_mut() {
+            None => data,
+            Some(buf) => {
+                buf.extend_from_slice(&data);
+                let Some(end) = buf
+                    .windows(PRELUDE_END.len())
+                    .position(|w| w == PRELUDE_END)
+                else {
+                    if buf.len() > MAX_PRELUDE {
+                        return bad_stream(shared, id, "the metadata prelude never ends");
+                    }
+                    continue;
+                };
+                let head = match parse_prelude(&buf[..end]) {
+                    Ok(h) => h,
+                    Err(why) => return bad_stream(shared, id, &why),
+                };
+                let rest = buf.split_off(end + PRELUDE_END.len()).freeze();
+                prelude = None;
+                deliver(&mut delivery, StreamPart::Head(head)).await;
+                head_sent = true;
+                rest
+            }
+        };
+        if data.is_empty() {
+            continue;
+        }
+        seen = seen.saturating_add(data.len());
+        if seen > limit {
+            over = true;
+            finish(shared, id, Err(Refused::TooLarge { limit }));
+            continue;
+        }
+        if !head_sent {
+            let head = StreamHead {
+                status: 200,
+                headers: vec![("content-type".to_owned(), content_type.clone())],
+                cookies: Vec::new(),
+            };
+            deliver(&mut delivery, StreamPart::Head(head)).await;
+            head_sent = true;
+        }
+        deliver(&mut delivery, StreamPart::Data(data)).await;
+    }
+    if over {
+        return too_large(shared, id, limit, true);
+    }
+    if error.is_none() && prelude.as_ref().is_some_and(|b| !b.is_empty()) {
+        return bad_stream(shared, id, "the stream ended inside its metadata prelude");
+    }
+    let outcome = match (error, delivery) {
+        (Some(d), _) => Outcome::Error(d),
+        (None, Delivery::Collect(bytes)) => Outcome::Response(bytes.freeze()),
+        (None, Delivery::Sink(_) | Delivery::Gone) if streamed => Outcome::Streamed { bytes: seen },
+        (None, Delivery::Sink(_) | Delivery::Gone) => Outcome::Response(Bytes::new()),
+    };
+    if finish(shared, id, Ok(outcome)) {
+        accepted()
+    } else {
+        unknown_id()
+    }
+}
+
+/// Hands one part on; a caller that went away gets nothing more.
+async fn deliver(delivery: &mut Delivery, part: StreamPart) {
+    match delivery {
+        Delivery::Sink(sink) => {
+            if sink.send(part).await.is_err() {
+                *delivery = Delivery::Gone;
+            }
+        }
+        Delivery::Collect(buf) => {
+            if let StreamPart::Data(d) = part {
+                buf.extend_from_slice(&d);
+            }
+        }
+        Delivery::Gone => {}
+    }
+}
+
+fn bad_stream(shared: &Shared, id: &str, why: &str) -> Response {
+    tracing::warn!(
+        request_id = id,
+        why,
+        "instance posted a malformed response stream"
+    );
+    finish(shared, id, Err(Refused::BadStream(why.to_owned())));
+    (
+        StatusCode::BAD_REQUEST,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        serde_json::json!({"errorType": "InvalidStream", "errorMessage": why}).to_string(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_prelude_gives_status_headers_and_cookies() {
+        let head = parse_prelude(
+            br#"{"statusCode":201,"headers":{"content-type":"application/x-ndjson","x-a":["1","2"]},"cookies":["a=b"]}"#,
+        )
+        .expect("parses");
+        assert_eq!(head.status, 201);
+        assert_eq!(
+            head.headers,
+            vec![
+                ("content-type".to_owned(), "application/x-ndjson".to_owned()),
+                ("x-a".to_owned(), "1".to_owned()),
+                ("x-a".to_owned(), "2".to_owned()),
+            ]
+        );
+        assert_eq!(head.cookies, vec!["a=b".to_owned()]);
+        assert_eq!(parse_prelude(b"{}").expect("defaults").status, 200);
+        assert!(parse_prelude(b"{\"statusCode\":42}").is_err());
+        assert!(parse_prelude(b"not json").is_err());
+    }
+
+    #[test]
+    fn lambda_runtimes_in_body_error_is_read_like_the_trailers() {
+        let body = base64::engine::general_purpose::STANDARD.encode("ModelError: it broke");
+        let chunk = format!(
+            "Lambda-Runtime-Function-Error-Type: Runtime.StreamError\r\nLambda-Runtime-Function-Error-Body: {body}\r\n"
+        );
+        let d = in_body_error(chunk.as_bytes()).expect("an error chunk");
+        assert_eq!(d.error_type, "Runtime.StreamError");
+        assert_eq!(d.error_message, "ModelError: it broke");
+        assert!(in_body_error(b"{\"type\":\"delta\"}\n").is_none());
+        assert!(
+            in_body_error(b"Lambda-Runtime-Function-Error-Type: X\r\nOther: y\r\n").is_none(),
+            "a chunk with other lines is data"
+        );
+        let doc = base64::engine::general_purpose::STANDARD
+            .encode(r#"{"errorType":"InvalidInput","errorMessage":"bad"}"#);
+        let d = stream_error(Some("Unhandled"), Some(&doc));
+        assert_eq!(
+            (d.error_type.as_str(), d.error_message.as_str()),
+            ("InvalidInput", "bad")
+        );
+    }
+}
