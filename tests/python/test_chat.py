@@ -56,16 +56,20 @@ def test_chat_completion_streams_the_same_text_with_usage(client, reference) -> 
         stream=True,
         stream_options={"include_usage": True},
     )
-    text, finish, usage, roles = "", None, None, []
+    pieces, finish, usage, roles = [], None, None, []
     for chunk in stream:
         if chunk.usage is not None:
             usage = chunk.usage
         for choice in chunk.choices:
             if choice.delta.role:
                 roles.append(choice.delta.role)
-            text += choice.delta.content or ""
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
             finish = choice.finish_reason or finish
     assert roles == ["assistant"]
+    # Token streaming: the text arrives in pieces as it is generated, not in one delta.
+    assert len(pieces) > 1, pieces
+    text = "".join(pieces)
     assert text == reference["text"]
     assert finish == reference["finish_reason"]
     assert usage is not None and usage.completion_tokens == reference["usage"]["completion_tokens"]
@@ -88,6 +92,11 @@ def test_chat_stop_and_greedy_and_typed_errors(client) -> None:
     assert "temperature" in str(e.value)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
+    # Bad input is refused before a stream starts, as a plain error.
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(
+            model="generate", messages=MESSAGES, temperature=5, stream=True
+        )
 
 
 def test_models_lists_the_chat_function_and_its_snapshot(client) -> None:
