@@ -7,11 +7,12 @@
 //! token. The function adds thaw's chat template, sampling options, stop checks, the
 //! Runtime API and HTTP. Both generate the same 64 greedy tokens past the end of turn.
 //!
-//! Through the function the client sees a whole reply (generate answers when it is
-//! done), so its first-token latency is the one the function measures inside the
-//! instance; the client's own figure is the time to the whole reply.
+//! Three figures for the function: what generate measures inside the instance; a
+//! client of the function URL asking for the whole reply; and a client asking with
+//! `"stream": true`, whose first-token latency is the time until the first text line
+//! reaches it over HTTP, and whose decode rate is the lines' arrival rate after that.
 
-use std::io::Cursor;
+use std::io::{BufRead as _, BufReader, Cursor};
 use std::time::{Duration, Instant};
 
 use candle_core::quantized::gguf_file;
@@ -106,6 +107,39 @@ pub(crate) fn report() {
         }
         Ok((t.elapsed(), r.json()))
     };
+    let streamed_body = {
+        let mut v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        v["stream"] = json!(true);
+        v.to_string()
+    };
+    // Client-side: (ms to the first text line, ms to the done line, new tokens).
+    let ask_streaming = || -> Result<(f64, f64, f64), String> {
+        let t = Instant::now();
+        let r = ureq::post(&format!("{}/fn/generate/", s.base))
+            .timeout(Duration::from_secs(120))
+            .send_string(&streamed_body)
+            .map_err(|e| e.to_string())?;
+        let mut first = None;
+        for line in BufReader::new(r.into_reader()).lines() {
+            let line = line.map_err(|e| e.to_string())?;
+            let v: Value = serde_json::from_str(&line).map_err(|e| e.to_string())?;
+            match v["type"].as_str() {
+                Some("delta") => {
+                    first.get_or_insert_with(|| t.elapsed());
+                }
+                Some("done") => {
+                    let first = first.unwrap_or_else(|| t.elapsed());
+                    return Ok((
+                        first.as_secs_f64() * 1e3,
+                        t.elapsed().as_secs_f64() * 1e3,
+                        v["usage"]["completion_tokens"].as_f64().unwrap_or(0.0),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Err("the stream ended without its done line".into())
+    };
     // The cold start, then the warm runs.
     if let Err(e) = ask() {
         println!("generate failed: {e}");
@@ -126,6 +160,16 @@ pub(crate) fn report() {
             }
             Err(e) => {
                 println!("generate failed: {e}");
+                return;
+            }
+        }
+    }
+    let mut streamed = Vec::new();
+    for _ in 0..RUNS {
+        match ask_streaming() {
+            Ok(r) => streamed.push(r),
+            Err(e) => {
+                println!("generate (streaming) failed: {e}");
                 return;
             }
         }
@@ -156,5 +200,18 @@ pub(crate) fn report() {
     );
     println!(
         "generate (client, whole reply over HTTP): {wall:.1} ms, {wall_rate:.0} tok/s end to end"
+    );
+    let client_first = median(streamed.iter().map(|r| r.0).collect());
+    // The first line carries the first piece of text; the rest arrive as decoded.
+    let client_rate = median(
+        streamed
+            .iter()
+            .map(|(first, done, tokens)| (tokens - 1.0) / ((done - first) / 1e3))
+            .collect(),
+    );
+    println!(
+        "generate (client, streamed over HTTP): first token {client_first:.1} ms ({:.2}x candle), decode {client_rate:.0} tok/s ({:.2}x candle)",
+        client_first / raw_first,
+        client_rate / raw_rate
     );
 }
