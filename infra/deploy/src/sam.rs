@@ -19,6 +19,9 @@
 //! Not rendered: `cpu` (Lambda's CPU follows `MemorySize`), `pids`, and `network` (a
 //! Lambda function outside a VPC can always open outbound connections, so `none` is not
 //! enforced there). `volumes` cannot be rendered: each function with volumes gets a warning.
+//! Function URLs keep AWS's default `InvokeMode`, `BUFFERED` (Lambda calls `Invoke`): a
+//! reply the function streams (generate with `"stream": true`) arrives there whole, as
+//! through thaw's own Invoke API; streaming it on AWS takes `RESPONSE_STREAM`, set by hand.
 
 use serde_json::{json, Map, Value};
 use thaw_manifest::{FunctionPlan, Plan, UrlAuth};

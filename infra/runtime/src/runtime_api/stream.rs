@@ -44,8 +44,8 @@ const PRELUDE_END: [u8; 8] = [0; 8];
 /// The longest prelude read: headers and cookies, not a body.
 const MAX_PRELUDE: usize = 64 << 10;
 
-/// The most one streamed response may deliver, as AWS's documented limit for a streamed
-/// function response.
+/// The most one streamed response may deliver: AWS's original quota for a streamed
+/// function response (now 200 MB there); thaw keeps the smaller bound.
 pub const MAX_STREAMED: usize = 20 << 20;
 
 /// How a streamed response opens: its HTTP status, headers and cookies.
