@@ -30,7 +30,7 @@ use thaw_protocol::Diagnostic;
 use tokio::sync::mpsc;
 
 use super::post::{diagnostic_of, too_large};
-use super::{accepted, finish, unknown_id, Outcome, Refused, Shared, MAX_DRAIN};
+use super::{accepted, finish, unknown_id, Outcome, Refused, Shared, MAX_DRAIN, MAX_RESPONSE};
 
 /// The header that puts a response in streaming mode, and its value.
 const RESPONSE_MODE: &str = "lambda-runtime-function-response-mode";
@@ -176,12 +176,14 @@ pub(super) async fn receive(
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
+    // An unknown id's post is read (and dropped) under the buffered limit, as a
+    // buffered post's is, so its connection stays usable.
     let (known, sink, buffered_limit) = match shared.in_flight.lock() {
         Ok(mut m) => match m.get_mut(id) {
             Some(f) => (true, f.sink.take(), f.limit),
-            None => (false, None, 0),
+            None => (false, None, MAX_RESPONSE),
         },
-        Err(_) => (false, None, 0),
+        Err(_) => (false, None, MAX_RESPONSE),
     };
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -297,6 +299,7 @@ pub(super) async fn receive(
         (Some(d), _) => Outcome::Error(d),
         (None, Delivery::Collect(bytes)) => Outcome::Response(bytes.freeze()),
         (None, Delivery::Sink(_) | Delivery::Gone) if streamed => Outcome::Streamed { bytes: seen },
+        // An unknown id: nobody to answer.
         (None, Delivery::Sink(_) | Delivery::Gone) => Outcome::Response(Bytes::new()),
     };
     if finish(shared, id, Ok(outcome)) {
@@ -340,7 +343,110 @@ fn bad_stream(shared: &Shared, id: &str, why: &str) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::sync::oneshot;
+
     use super::*;
+    use crate::runtime_api::{InstanceApi, Invocation};
+
+    /// Posts a chunked streaming response for `id` over a raw connection: each of
+    /// `chunks`, then the terminating chunk with `trailers`. Returns the status line.
+    async fn post_chunked(api: &InstanceApi, id: &str, chunks: &[&[u8]], trailers: &str) -> String {
+        let addr = api.addr().expect("listening");
+        let mut s = tokio::net::TcpStream::connect(addr)
+            .await
+            .expect("connects");
+        let mut req = format!(
+            "POST /2018-06-01/runtime/invocation/{id}/response HTTP/1.1\r\nHost: x\r\n\
+             Lambda-Runtime-Function-Response-Mode: streaming\r\n\
+             Content-Type: {HTTP_INTEGRATION}\r\nTransfer-Encoding: chunked\r\n\
+             Trailer: Lambda-Runtime-Function-Error-Type, Lambda-Runtime-Function-Error-Body\r\n\
+             Connection: close\r\n\r\n"
+        )
+        .into_bytes();
+        for c in chunks {
+            req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+            req.extend_from_slice(c);
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(format!("0\r\n{trailers}\r\n").as_bytes());
+        s.write_all(&req).await.expect("writes");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("reads");
+        out.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_post_reaches_the_sink_in_parts_and_an_http_trailer_ends_it_as_an_error() {
+        let api = InstanceApi::on_host_loopback().await.expect("api");
+        let (reply, answer) = oneshot::channel();
+        let (sink, mut parts) = mpsc::channel(8);
+        api.submit(Invocation {
+            id: "r1".into(),
+            payload: Bytes::from_static(b"{}"),
+            timeout: Duration::from_secs(10),
+            limit: MAX_RESPONSE,
+            reply,
+            taken: None,
+            stream: Some(sink),
+        })
+        .await
+        .expect("submits");
+        let (id, _) = api.next_invocation().await.expect("an invocation");
+        let doc = base64::engine::general_purpose::STANDARD
+            .encode(r#"{"errorType":"Boom","errorMessage":"it broke"}"#);
+        let prelude = br#"{"statusCode":201,"headers":{"content-type":"text/plain"}}"#;
+        let status = post_chunked(
+            &api,
+            &id,
+            &[prelude, &[0; 8], b"hel", b"lo"],
+            &format!("Lambda-Runtime-Function-Error-Type: Boom\r\nLambda-Runtime-Function-Error-Body: {doc}\r\n"),
+        )
+        .await;
+        assert!(status.contains("202"), "{status}");
+        let head = parts.recv().await.expect("a head");
+        assert!(
+            matches!(&head, StreamPart::Head(h) if h.status == 201),
+            "{head:?}"
+        );
+        let mut body = Vec::new();
+        while let Some(StreamPart::Data(d)) = parts.recv().await {
+            body.extend_from_slice(&d);
+        }
+        assert_eq!(body, b"hello");
+        let outcome = answer.await.expect("answered").expect("accepted");
+        assert_eq!(outcome, Outcome::Error(Diagnostic::new("Boom", "it broke")));
+    }
+
+    #[tokio::test]
+    async fn a_prelude_that_never_ends_is_refused_and_an_unknown_id_leaves_the_instance_usable() {
+        let api = InstanceApi::on_host_loopback().await.expect("api");
+        let (reply, answer) = oneshot::channel();
+        api.submit(Invocation {
+            id: "r2".into(),
+            payload: Bytes::from_static(b"{}"),
+            timeout: Duration::from_secs(10),
+            limit: MAX_RESPONSE,
+            reply,
+            taken: None,
+            stream: None,
+        })
+        .await
+        .expect("submits");
+        let (id, _) = api.next_invocation().await.expect("an invocation");
+        let junk = vec![b'{'; MAX_PRELUDE + 1];
+        let status = post_chunked(&api, &id, &[&junk], "").await;
+        assert!(status.contains("400"), "{status}");
+        assert!(matches!(answer.await, Ok(Err(Refused::BadStream(_)))));
+        let status = post_chunked(&api, "nobody", &[b"{}", &[0; 8], b"data"], "").await;
+        assert!(status.contains("404"), "{status}");
+        assert_eq!(
+            *api.lifecycle().borrow(),
+            crate::runtime_api::Lifecycle::Ready
+        );
+    }
 
     #[test]
     fn a_prelude_gives_status_headers_and_cookies() {
