@@ -77,6 +77,17 @@ fn a_function_url_streams_each_chunk_before_the_next_exists_and_cuts_off_on_erro
         body.read_to_string(&mut rest).is_err(),
         "a stream that failed must not end like a whole one (read {rest:?})"
     );
+    // So does a crash.
+    let r = open(
+        &s,
+        "/fn/fault/",
+        &json!({"action": "stream", "parts": ["a\n", "b\n"], "crash_after": 1}),
+    );
+    assert_eq!(r.status(), 200);
+    let mut body = BufReader::new(r.into_reader());
+    assert_eq!(line(&mut body), "a\n");
+    let mut rest = String::new();
+    assert!(body.read_to_string(&mut rest).is_err(), "read {rest:?}");
     // An error before the first chunk is the request's own error.
     let r = open(
         &s,
@@ -144,6 +155,25 @@ fn a_buffered_caller_gets_a_streamed_response_whole_under_the_buffered_limit() {
     );
     let text = String::from_utf8_lossy(&r.body).into_owned();
     assert!(text.contains("failed at the end of the stream"), "{text}");
+    // The error trailer keeps the function's own type (thaw-fn writes the error document).
+    let doc: Value = serde_json::from_slice(&r.body).expect("an error document");
+    assert_eq!(doc["errorType"], "InvalidInput", "{doc}");
+    // A crash mid-stream is a crash, with the instance's last words.
+    let r = s.post(
+        invoke,
+        json!({"action": "stream", "parts": ["a", "b"], "crash_after": 1})
+            .to_string()
+            .as_bytes(),
+        &[],
+    );
+    let doc: Value = serde_json::from_slice(&r.body).expect("an error document");
+    assert_eq!(doc["errorType"], "FunctionCrashed", "{doc}");
+    assert!(
+        doc["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("crashed mid-stream")),
+        "{doc}"
+    );
     // 7 MiB streamed to a buffered caller is over its 6 MiB.
     let r = s.post(
         invoke,

@@ -105,6 +105,9 @@ struct Request {
     /// `stream`: fail after this many parts.
     #[serde(default)]
     fail_after: Option<usize>,
+    /// `stream`: exit after this many parts.
+    #[serde(default)]
+    crash_after: Option<usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -234,6 +237,7 @@ impl Function for Fault {
             parts: r.parts.as_deref().unwrap_or_default(),
             key: r.key.as_deref(),
             fail_after: r.fail_after,
+            crash_after: r.crash_after,
             bytes: r.bytes,
         };
         stream::run(&plan, out)

@@ -5,6 +5,7 @@
 //!   `FAULT_STATE/<key>.<i>` to exist, so a test can prove a part reached it before the
 //!   next one was even produced.
 //! - `fail_after`: after that many parts, fail (an error mid-stream).
+//! - `crash_after`: after that many parts, exit the process (a crash mid-stream).
 //! - `bytes`: instead of parts, stream that many bytes of `x` in 64 KiB chunks.
 
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ pub(crate) struct Plan<'a> {
     pub parts: &'a [String],
     pub key: Option<&'a str>,
     pub fail_after: Option<usize>,
+    pub crash_after: Option<usize>,
     pub bytes: Option<usize>,
 }
 
@@ -32,6 +34,12 @@ pub(crate) fn run(plan: &Plan<'_>, out: &mut Chunks) -> Result<(), FnError> {
         return Ok(());
     }
     for (i, part) in plan.parts.iter().enumerate() {
+        if plan.crash_after == Some(i) {
+            // Long enough for the parts before to leave the process.
+            std::thread::sleep(Duration::from_millis(100));
+            eprintln!("fault: crashed mid-stream after {i} parts");
+            std::process::exit(3);
+        }
         if plan.fail_after == Some(i) {
             return Err(FnError::invalid_input(format!(
                 "fault: failed mid-stream after {i} parts"

@@ -480,7 +480,9 @@ impl Function for Generate {
             }
             out.send_json_line(event)
         };
-        // A line that cannot be sent means nobody reads any more: stop generating.
+        // A line that cannot be sent means the response can no longer be delivered (the
+        // post to the platform failed): stop generating. A caller hanging up is not that:
+        // the generation runs to its bounds, as a Lambda function does.
         let g = model
             .generate_streaming(&prompt, &job.opts, &mut |text| {
                 send(

@@ -16,12 +16,13 @@ use thaw_protocol::batch::{is_batch, BatchItem, BatchRequest, BatchResponse};
 use thaw_protocol::url_event::{self, UrlEvent, UrlResponse};
 use thaw_protocol::ApiErrorBody;
 
+use crate::stream::MidStreamError;
 use crate::worker::StreamEnd;
 use crate::{FnError, Function, InferenceThread};
 
 /// A streamed response's body: the handler's chunks, then its error if it failed
 /// mid-stream.
-pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, FnError>> + Send>>;
+pub(crate) type ChunkStream = Pin<Box<dyn Stream<Item = Result<Bytes, MidStreamError>> + Send>>;
 
 /// What one event is answered with.
 pub(crate) type Reply = FunctionResponse<Value, ChunkStream>;
@@ -93,7 +94,7 @@ async fn stream<F: Function>(
             // The handler returned: its error, if any, ends the stream.
             match ended(end?).await {
                 Ok(()) => None,
-                Err(e) => Some((Err(e), (None, None, None))),
+                Err(e) => Some((Err(MidStreamError(e)), (None, None, None))),
             }
         },
     );

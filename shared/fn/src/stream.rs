@@ -9,7 +9,8 @@
 //!
 //! What a caller sees of an error depends on when it happened: before the first chunk it
 //! is the request's error, answered as a buffered call's would be (a `400` for bad
-//! input); after it, the stream ends with Lambda's error trailer.
+//! input); after it, the stream ends with Lambda's error trailer, which carries the error
+//! document ([`MidStreamError`]), so its type survives.
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -30,8 +31,11 @@ impl Chunks {
         Self { tx, sent: 0 }
     }
 
-    /// Sends the next chunk, blocking while the reader is behind. False once nobody reads
-    /// any more (the caller went away): the handler may stop early.
+    /// Sends the next chunk, blocking while the reader is behind (a reader that stops
+    /// reading holds the handler up to the function's timeout). False once the response
+    /// can no longer be delivered (its post to the platform failed): the handler should
+    /// stop. A caller that hangs up does not make it false: as on Lambda, the function
+    /// runs to its end, and the platform drops what it writes.
     pub fn send(&mut self, chunk: impl Into<Bytes>) -> bool {
         let chunk = chunk.into();
         if chunk.is_empty() {
@@ -63,3 +67,21 @@ impl Chunks {
         self.sent
     }
 }
+
+/// A handler's error after its stream began. `lambda_runtime` reports it in Lambda's
+/// error trailer as `Runtime.StreamError` with its `Display`, base64-encoded; that
+/// `Display` is the error document (`{"errorType", "errorMessage"}`), so the platform
+/// reads the typed error back rather than a string.
+#[derive(Debug)]
+pub(crate) struct MidStreamError(pub(crate) crate::FnError);
+
+impl std::fmt::Display for MidStreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match serde_json::to_string(&self.0.to_diagnostic()) {
+            Ok(doc) => f.write_str(&doc),
+            Err(_) => write!(f, "{}", self.0),
+        }
+    }
+}
+
+impl std::error::Error for MidStreamError {}

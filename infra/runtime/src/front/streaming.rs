@@ -72,8 +72,8 @@ pub(super) async fn invoke(pool: Arc<FunctionPool>, payload: Bytes) -> Result<An
             head,
             body: body(parts, call),
         })),
-        // The sink is dropped only once the call has ended; a body part before a head
-        // is never sent.
+        // The sink closes when the post ends (or breaks off), just before the call is
+        // answered: await the answer. A body part before a head is never sent.
         Some(StreamPart::Data(_)) | None => whole(call.await, &mut parts),
     }
 }

@@ -86,7 +86,7 @@ pub enum CallError {
     /// call (it was not a `thaw_batch` reply of the batch's length).
     #[error("the function's reply to a batch is not a batch reply: {0}")]
     BadBatchReply(String),
-    /// The instance streamed a response that broke its framing or its connection.
+    /// The instance streamed a response that broke its framing (its metadata prelude).
     #[error("the function's response stream is malformed: {0}")]
     BadResponseStream(String),
     /// thaw is shutting down.

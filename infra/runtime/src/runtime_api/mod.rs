@@ -108,14 +108,15 @@ pub const MAX_DRAIN: usize = 24 << 20;
 /// Why the Runtime API refused what an instance posted for an invocation.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refused {
-    /// The response (or error document) is larger than [`MAX_RESPONSE`].
+    /// The response (or error document) is larger than the invocation's limit:
+    /// [`MAX_RESPONSE`] buffered (more for a batch), [`MAX_STREAMED`] streamed.
     #[error("the function's response is larger than the limit of {limit} bytes")]
     TooLarge {
         /// The limit, bytes.
         limit: usize,
     },
-    /// A streamed response broke its framing (a metadata prelude that does not parse or
-    /// never ends) or its connection mid-stream.
+    /// A streamed response broke its framing: a metadata prelude that does not parse or
+    /// never ends.
     #[error("the function's response stream is malformed: {0}")]
     BadStream(String),
 }

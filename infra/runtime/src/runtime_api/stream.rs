@@ -7,10 +7,13 @@
 //!   NUL bytes: it becomes the [`StreamHead`]. Any other content type streams its body as
 //!   it is, under a `200` with that content type.
 //! - **Errors mid-stream** arrive as the HTTP trailers `Lambda-Runtime-Function-Error-Type`
-//!   and `Lambda-Runtime-Function-Error-Body` (base64 of an error document), as AWS
-//!   documents them; `lambda_runtime` writes the same two lines into the body as one
-//!   chunk instead, which is read the same way. Either ends the invocation as
-//!   [`Outcome::Error`] after the chunks already delivered.
+//!   and `Lambda-Runtime-Function-Error-Body` (base64 of an error document, or of plain
+//!   text), as AWS documents them; `lambda_runtime` writes the same two lines into the
+//!   body as its last chunk instead, which is read the same way (body bytes that could
+//!   begin it are held back until the stream ends, since a chunk may arrive in pieces).
+//!   Either ends the invocation as [`Outcome::Error`] after the chunks already delivered.
+//!   A post that breaks off is left, as a buffered one is, to the instance's exit or the
+//!   timeout, so a crash mid-stream is reported as a crash.
 //! - **Delivery.** An invocation whose caller gave a [`StreamSink`] gets [`StreamPart`]s
 //!   as they arrive, with the instance's post held back by the sink's bound (a slow
 //!   reader slows the function, as a socket would), up to [`MAX_STREAMED`] bytes; the
@@ -101,9 +104,11 @@ fn ok_status() -> u16 {
 fn parse_prelude(bytes: &[u8]) -> Result<StreamHead, String> {
     let p: Prelude = serde_json::from_slice(bytes)
         .map_err(|e| format!("the metadata prelude is not valid JSON: {e}"))?;
-    if !(100..=599).contains(&p.status_code) {
+    // A final status only: an informational one would switch the client's protocol or
+    // be followed by a second head.
+    if !(200..=599).contains(&p.status_code) {
         return Err(format!(
-            "the metadata prelude's statusCode {} is not an HTTP status",
+            "the metadata prelude's statusCode {} is not a final HTTP status",
             p.status_code
         ));
     }
@@ -140,8 +145,7 @@ fn stream_error(error_type: Option<&str>, body: Option<&str>) -> Diagnostic {
 /// `lambda_runtime`'s in-body error: a chunk of `Name: value\r\n` lines naming the two
 /// error trailers. `None` for any other chunk.
 fn in_body_error(chunk: &[u8]) -> Option<Diagnostic> {
-    let prefix = ERROR_TYPE.as_bytes();
-    if chunk.len() < prefix.len() || !chunk[..prefix.len()].eq_ignore_ascii_case(prefix) {
+    if !starts_like_error(chunk) || chunk.len() < ERROR_TYPE.len() {
         return None;
     }
     let text = std::str::from_utf8(chunk).ok()?;
@@ -158,6 +162,23 @@ fn in_body_error(chunk: &[u8]) -> Option<Diagnostic> {
     Some(stream_error(error_type, body))
 }
 
+/// Whether `bytes` begin the way `lambda_runtime`'s in-body error does (or are a prefix
+/// of that beginning).
+fn starts_like_error(bytes: &[u8]) -> bool {
+    let prefix = ERROR_TYPE.as_bytes();
+    let n = bytes.len().min(prefix.len());
+    n > 0 && bytes[..n].eq_ignore_ascii_case(&prefix[..n])
+}
+
+/// The most body held back because it may be `lambda_runtime`'s in-body error: the error
+/// document of a message, not a stream.
+const MAX_SUSPECT: usize = 64 << 10;
+
+/// The media type of a `Content-Type` value, without its parameters.
+fn media_type(value: &str) -> &str {
+    value.split(';').next().unwrap_or_default().trim()
+}
+
 /// Where the body's bytes go.
 enum Delivery {
     /// To the caller, as they come.
@@ -166,6 +187,35 @@ enum Delivery {
     Gone,
     /// Collected for a caller that wants one response.
     Collect(BytesMut),
+}
+
+/// One streamed post being read.
+struct Reader<'a> {
+    shared: &'a Shared,
+    id: &'a str,
+    delivery: Delivery,
+    /// The most body delivered.
+    limit: usize,
+    /// Content type of a body without a prelude.
+    content_type: String,
+    /// The prelude read so far, while it has not ended.
+    prelude: Option<BytesMut>,
+    head_sent: bool,
+    /// Body bytes that may be `lambda_runtime`'s in-body error, held until the stream
+    /// ends (the error is its last chunk) or they grow past [`MAX_SUSPECT`].
+    suspect: Option<BytesMut>,
+    /// Body bytes seen.
+    seen: usize,
+    /// Past the limit: the rest is read and dropped.
+    over: bool,
+    error: Option<Diagnostic>,
+}
+
+/// What one frame means for the post.
+enum Step {
+    Continue,
+    /// Answer the instance with this, now.
+    Respond(Response),
 }
 
 /// Reads a streamed response for invocation `id` to its end and completes the
@@ -190,36 +240,38 @@ pub(super) async fn receive(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let mut prelude = content_type
-        .eq_ignore_ascii_case(HTTP_INTEGRATION)
-        .then(BytesMut::new);
-    let limit = if sink.is_some() {
-        MAX_STREAMED
-    } else {
-        buffered_limit
-    };
     let streamed = sink.is_some();
-    let mut delivery = match sink {
-        Some(s) => Delivery::Sink(s),
-        None if known => Delivery::Collect(BytesMut::new()),
-        None => Delivery::Gone,
+    let mut r = Reader {
+        shared,
+        id,
+        limit: if streamed {
+            MAX_STREAMED
+        } else {
+            buffered_limit
+        },
+        delivery: match sink {
+            Some(s) => Delivery::Sink(s),
+            None if known => Delivery::Collect(BytesMut::new()),
+            None => Delivery::Gone,
+        },
+        prelude: media_type(&content_type)
+            .eq_ignore_ascii_case(HTTP_INTEGRATION)
+            .then(BytesMut::new),
+        content_type,
+        head_sent: false,
+        suspect: None,
+        seen: 0,
+        over: false,
+        error: None,
     };
-    let mut head_sent = false;
-    let mut seen = 0usize;
-    let mut over = false;
-    let mut error: Option<Diagnostic> = None;
     let mut body = body;
     while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                finish(
-                    shared,
-                    id,
-                    Err(Refused::BadStream(format!("the stream broke off: {e}"))),
-                );
-                return StatusCode::BAD_REQUEST.into_response();
-            }
+        // A post that breaks off is the instance going away (or dropping its
+        // connection): as for a buffered post, its exit (or the timeout) ends the call,
+        // with its stderr, so a crash is reported as one. What was delivered stays
+        // delivered; the sink closes here.
+        let Ok(frame) = frame else {
+            return StatusCode::BAD_REQUEST.into_response();
         };
         let data = match frame.into_data() {
             Ok(d) => d,
@@ -227,85 +279,141 @@ pub(super) async fn receive(
                 if let Ok(trailers) = frame.into_trailers() {
                     let get = |n: &str| trailers.get(n).and_then(|v| v.to_str().ok());
                     if get(ERROR_TYPE).is_some() || get(ERROR_BODY).is_some() {
-                        error = Some(stream_error(get(ERROR_TYPE), get(ERROR_BODY)));
+                        r.error = Some(stream_error(get(ERROR_TYPE), get(ERROR_BODY)));
                     }
                 }
                 continue;
             }
         };
-        if over || error.is_some() {
+        if let Step::Respond(resp) = r.frame(data).await {
+            return resp;
+        }
+    }
+    r.end().await
+}
+
+impl Reader<'_> {
+    async fn frame(&mut self, data: Bytes) -> Step {
+        if self.over || self.error.is_some() {
             // Past the limit, or after the error: read to the end, kept nowhere.
-            seen = seen.saturating_add(data.len());
-            if seen > limit.saturating_add(MAX_DRAIN) {
-                return too_large(shared, id, limit, false);
+            self.seen = self.seen.saturating_add(data.len());
+            if self.seen > self.limit.saturating_add(MAX_DRAIN) {
+                // Answer the call before giving up on the post: with its error if it
+                // reported one (`finish` is a no-op if the limit already answered it).
+                if let Some(d) = self.error.take() {
+                    finish(self.shared, self.id, Ok(Outcome::Error(d)));
+                }
+                return Step::Respond(too_large(self.shared, self.id, self.limit, false));
             }
-            continue;
+            return Step::Continue;
         }
-        if let Some(d) = in_body_error(&data) {
-            error = Some(d);
-            continue;
-        }
-        let data = match prelude.as_mut() {
+        let data = match self.prelude.as_mut() {
             None => data,
             Some(buf) => {
+                // Only the new bytes, and the 7 before them, can complete the terminator.
+                let from = buf.len().saturating_sub(PRELUDE_END.len() - 1);
                 buf.extend_from_slice(&data);
-                let Some(end) = buf
+                let Some(end) = buf[from..]
                     .windows(PRELUDE_END.len())
                     .position(|w| w == PRELUDE_END)
+                    .map(|i| from + i)
                 else {
                     if buf.len() > MAX_PRELUDE {
-                        return bad_stream(shared, id, "the metadata prelude never ends");
+                        return Step::Respond(bad_stream(
+                            self.shared,
+                            self.id,
+                            "the metadata prelude never ends",
+                        ));
                     }
-                    continue;
+                    return Step::Continue;
                 };
                 let head = match parse_prelude(&buf[..end]) {
                     Ok(h) => h,
-                    Err(why) => return bad_stream(shared, id, &why),
+                    Err(why) => return Step::Respond(bad_stream(self.shared, self.id, &why)),
                 };
                 let rest = buf.split_off(end + PRELUDE_END.len()).freeze();
-                prelude = None;
-                deliver(&mut delivery, StreamPart::Head(head)).await;
-                head_sent = true;
+                self.prelude = None;
+                deliver(&mut self.delivery, StreamPart::Head(head)).await;
+                self.head_sent = true;
                 rest
             }
         };
         if data.is_empty() {
-            continue;
+            return Step::Continue;
         }
-        seen = seen.saturating_add(data.len());
-        if seen > limit {
-            over = true;
-            finish(shared, id, Err(Refused::TooLarge { limit }));
-            continue;
+        // `lambda_runtime` writes its error as one last chunk, which may arrive in
+        // pieces: hold back anything that could be it until the stream says.
+        if let Some(held) = self.suspect.as_mut() {
+            held.extend_from_slice(&data);
+            if held.len() <= MAX_SUSPECT {
+                return Step::Continue;
+            }
+        } else if starts_like_error(&data) {
+            self.suspect = Some(BytesMut::from(&data[..]));
+            return Step::Continue;
         }
-        if !head_sent {
+        let data = match self.suspect.take() {
+            Some(held) => held.freeze(),
+            None => data,
+        };
+        self.body(data).await;
+        Step::Continue
+    }
+
+    /// Delivers body bytes under the limit.
+    async fn body(&mut self, data: Bytes) {
+        self.seen = self.seen.saturating_add(data.len());
+        if self.seen > self.limit {
+            self.over = true;
+            finish(
+                self.shared,
+                self.id,
+                Err(Refused::TooLarge { limit: self.limit }),
+            );
+            return;
+        }
+        if !self.head_sent {
             let head = StreamHead {
                 status: 200,
-                headers: vec![("content-type".to_owned(), content_type.clone())],
+                headers: vec![("content-type".to_owned(), self.content_type.clone())],
                 cookies: Vec::new(),
             };
-            deliver(&mut delivery, StreamPart::Head(head)).await;
-            head_sent = true;
+            deliver(&mut self.delivery, StreamPart::Head(head)).await;
+            self.head_sent = true;
         }
-        deliver(&mut delivery, StreamPart::Data(data)).await;
+        deliver(&mut self.delivery, StreamPart::Data(data)).await;
     }
-    if over {
-        return too_large(shared, id, limit, true);
-    }
-    if error.is_none() && prelude.as_ref().is_some_and(|b| !b.is_empty()) {
-        return bad_stream(shared, id, "the stream ended inside its metadata prelude");
-    }
-    let outcome = match (error, delivery) {
-        (Some(d), _) => Outcome::Error(d),
-        (None, Delivery::Collect(bytes)) => Outcome::Response(bytes.freeze()),
-        (None, Delivery::Sink(_) | Delivery::Gone) if streamed => Outcome::Streamed { bytes: seen },
-        // An unknown id: nobody to answer.
-        (None, Delivery::Sink(_) | Delivery::Gone) => Outcome::Response(Bytes::new()),
-    };
-    if finish(shared, id, Ok(outcome)) {
-        accepted()
-    } else {
-        unknown_id()
+
+    /// The post ended: completes the invocation from what it said.
+    async fn end(mut self) -> Response {
+        if let Some(held) = self.suspect.take() {
+            match in_body_error(&held) {
+                Some(d) => self.error = self.error.take().or(Some(d)),
+                None => self.body(held.freeze()).await,
+            }
+        }
+        if self.over {
+            return too_large(self.shared, self.id, self.limit, true);
+        }
+        if self.error.is_none() && self.prelude.as_ref().is_some_and(|b| !b.is_empty()) {
+            return bad_stream(
+                self.shared,
+                self.id,
+                "the stream ended inside its metadata prelude",
+            );
+        }
+        let outcome = match (self.error, self.delivery) {
+            (Some(d), _) => Outcome::Error(d),
+            (None, Delivery::Collect(bytes)) => Outcome::Response(bytes.freeze()),
+            (None, Delivery::Sink(_)) => Outcome::Streamed { bytes: self.seen },
+            // The caller went away, or the id is unknown (then nobody is answered).
+            (None, Delivery::Gone) => Outcome::Streamed { bytes: self.seen },
+        };
+        if finish(self.shared, self.id, Ok(outcome)) {
+            accepted()
+        } else {
+            unknown_id()
+        }
     }
 }
 
@@ -372,9 +480,11 @@ mod tests {
             req.extend_from_slice(b"\r\n");
         }
         req.extend_from_slice(format!("0\r\n{trailers}\r\n").as_bytes());
-        s.write_all(&req).await.expect("writes");
+        // A post refused midway may find the connection closed under it: the status
+        // line, if any, is what was answered.
+        let _ = s.write_all(&req).await;
         let mut out = String::new();
-        s.read_to_string(&mut out).await.expect("reads");
+        let _ = s.read_to_string(&mut out).await;
         out.lines().next().unwrap_or_default().to_owned()
     }
 
@@ -418,6 +528,83 @@ mod tests {
         assert_eq!(body, b"hello");
         let outcome = answer.await.expect("answered").expect("accepted");
         assert_eq!(outcome, Outcome::Error(Diagnostic::new("Boom", "it broke")));
+    }
+
+    /// Submits invocation `id` (with a sink when `sink`) and takes it as the instance.
+    async fn taken(
+        api: &InstanceApi,
+        id: &str,
+        sink: Option<StreamSink>,
+    ) -> oneshot::Receiver<crate::runtime_api::Answer> {
+        let (reply, answer) = oneshot::channel();
+        api.submit(Invocation {
+            id: id.into(),
+            payload: Bytes::from_static(b"{}"),
+            timeout: Duration::from_secs(10),
+            limit: MAX_RESPONSE,
+            reply,
+            taken: None,
+            stream: sink,
+        })
+        .await
+        .expect("submits");
+        api.next_invocation().await.expect("an invocation");
+        answer
+    }
+
+    #[tokio::test]
+    async fn lambda_runtimes_error_chunk_is_found_when_it_arrives_in_pieces_and_survives_a_flood() {
+        let api = InstanceApi::on_host_loopback().await.expect("api");
+        let doc = base64::engine::general_purpose::STANDARD
+            .encode(r#"{"errorType":"InvalidInput","errorMessage":"late"}"#);
+        let error = format!(
+            "Lambda-Runtime-Function-Error-Type: Runtime.StreamError\r\nLambda-Runtime-Function-Error-Body: {doc}\r\n"
+        );
+        let (first, second) = error.as_bytes().split_at(12);
+        let (sink, mut parts) = mpsc::channel(8);
+        let answer = taken(&api, "split", Some(sink)).await;
+        post_chunked(
+            &api,
+            "split",
+            &[b"{}", &[0; 8], b"data\n", first, second],
+            "",
+        )
+        .await;
+        let mut body = Vec::new();
+        while let Some(part) = parts.recv().await {
+            if let StreamPart::Data(d) = part {
+                body.extend_from_slice(&d);
+            }
+        }
+        assert_eq!(
+            body, b"data\n",
+            "the error chunk is never delivered as data"
+        );
+        assert_eq!(
+            answer.await.expect("answered").expect("accepted"),
+            Outcome::Error(Diagnostic::new("InvalidInput", "late"))
+        );
+        // An error chunk followed by more data is data (lambda_runtime's error is the
+        // last chunk); past the limit and the drain, the call is answered at once, not
+        // left to its timeout.
+        let answer = taken(&api, "flood", None).await;
+        let flood = vec![b'x'; 1 << 20];
+        let mut chunks: Vec<&[u8]> = vec![b"{}", &[0; 8], b"a", error.as_bytes()];
+        chunks.extend(std::iter::repeat_n(
+            &flood[..],
+            (MAX_RESPONSE + MAX_DRAIN) / flood.len() + 2,
+        ));
+        post_chunked(&api, "flood", &chunks, "").await;
+        let got = tokio::time::timeout(Duration::from_secs(5), answer)
+            .await
+            .expect("answered at once")
+            .expect("answered");
+        assert_eq!(
+            got,
+            Err(Refused::TooLarge {
+                limit: MAX_RESPONSE
+            })
+        );
     }
 
     #[tokio::test]

@@ -91,7 +91,7 @@ pub enum StopReason {
     Budget,
     /// The text reached `stop_at`.
     StopChar,
-    /// The reader of a streamed generation went away.
+    /// `on_text` asked to stop (a streamed reply could no longer be delivered).
     Cancelled,
 }
 
@@ -574,9 +574,8 @@ impl ChatModel {
         // The whole decoding is the reference text; a stop sequence is cut from it where
         // it first appears (the incremental text found it, so it is there).
         let full = self.decode(&generated)?;
-        let streamed = on_text
-            .is_some()
-            .then(|| text[..emitted.min(text.len())].to_owned());
+        // A streamed generation's incremental text, whose first `emitted` bytes are out.
+        let incremental = on_text.is_some().then(|| text.clone());
         text = match stop {
             StopReason::StopSequence => {
                 let cut = opts
@@ -593,12 +592,15 @@ impl ChatModel {
             _ => full,
         };
         // What was held back. The whole decoding is the reference; were it ever to
-        // differ from the incremental one in what was already handed out, the returned
-        // text still is the whole decoding's.
-        if let (Some(emit), Some(streamed)) = (on_text.as_mut(), streamed) {
-            if !text.starts_with(&streamed) {
-                tracing::warn!(model = %self.name, "the streamed text differs from the whole decoding");
-            } else if stop != StopReason::Cancelled && text.len() > emitted {
+        // differ from the incremental one in what was already handed out, the streamed
+        // reply keeps to the incremental text, so its pieces still add up to its text.
+        if let (Some(emit), Some(incremental)) = (on_text.as_mut(), incremental) {
+            let out = incremental.get(..emitted).unwrap_or_default();
+            if !text.starts_with(out) {
+                tracing::warn!(model = %self.name, "the whole decoding differs from the streamed text; keeping the streamed one");
+                text = incremental;
+            }
+            if stop != StopReason::Cancelled && text.len() > emitted {
                 emit(&text[emitted..]);
             }
         }

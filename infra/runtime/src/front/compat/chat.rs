@@ -243,7 +243,15 @@ pub(super) async fn completions(
             })?;
             Body::from(chunker.whole(out))
         }
-        Answer::Streaming(s) => Body::from_stream(chunker.stream(s.body)),
+        Answer::Streaming(s) if (200..300).contains(&s.head.status) => {
+            Body::from_stream(chunker.stream(s.body))
+        }
+        Answer::Streaming(s) => {
+            return Err(CompatError::BadReply(format!(
+                "the function streamed a reply with status {}",
+                s.head.status
+            )))
+        }
     };
     let mut resp = body.into_response();
     resp.headers_mut().insert(

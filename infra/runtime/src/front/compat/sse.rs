@@ -16,6 +16,10 @@ use super::error::Dialect;
 use super::CompatError;
 use crate::front::streaming::{StreamBody, StreamFailed};
 
+/// The longest line of generate's stream read: a `done` line holds the whole reply
+/// (text, token ids), well under this.
+const MAX_LINE: usize = 8 << 20;
+
 /// `generate`'s reply, the parts read here.
 #[derive(Debug, Deserialize)]
 pub(super) struct GenerateOutput {
@@ -137,19 +141,32 @@ impl Chunker {
             (self, body, BytesMut::new()),
             |(mut me, mut body, mut pending)| async move {
                 if me.done {
+                    // Read the call to its end, so it is counted as every call is.
+                    while body.next().await.is_some() {}
                     return None;
                 }
                 let mut out = String::new();
                 while out.is_empty() && !me.done {
                     match body.next().await {
                         Some(Ok(bytes)) => {
+                            // Only the new bytes can end a line: the ones before had none.
+                            let mut from = pending.len();
                             pending.extend_from_slice(&bytes);
-                            while let Some(i) = pending.iter().position(|&b| b == b'\n') {
-                                let line = pending.split_to(i + 1);
-                                me.line(&line[..i], &mut out);
+                            while let Some(i) = pending[from..].iter().position(|&b| b == b'\n') {
+                                let line = pending.split_to(from + i + 1);
+                                from = 0;
+                                me.line(&line[..line.len() - 1], &mut out);
                                 if me.done {
                                     break;
                                 }
+                            }
+                            if pending.len() > MAX_LINE && !me.done {
+                                me.error(
+                                    CompatError::BadReply(format!(
+                                        "the function streamed a line of more than {MAX_LINE} bytes"
+                                    )),
+                                    &mut out,
+                                );
                             }
                         }
                         Some(Err(e)) => me.error(failed(e), &mut out),
