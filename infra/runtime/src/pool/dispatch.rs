@@ -124,7 +124,8 @@ impl FunctionPool {
                     .await,
             ]
         } else {
-            // A call that streams is queued alone, so never reaches a batch.
+            // A batch's reply is one document: its calls' sinks get nothing, and each is
+            // answered whole.
             let payload = batch::envelope(calls.iter().map(|c| &c.payload));
             let answer = self
                 .deliver(id, &api, exit, payload, reply_limit(n), None)

@@ -294,17 +294,18 @@ impl FunctionPool {
         (result, rx.await.unwrap_or_default())
     }
 
-    /// Runs one call, alone, whose response the instance may stream: its parts go to
-    /// `sink` as they arrive, and the call then ends as [`Outcome::Streamed`] (or the
-    /// function's error, or thaw's). A function that answers in one piece ends it as
-    /// [`Outcome::Response`], with nothing sent to `sink`. The instance's slot is held
-    /// until the stream ends.
+    /// Runs one call whose response the instance may stream: its parts go to `sink` as
+    /// they arrive, and the call then ends as [`Outcome::Streamed`] (or the function's
+    /// error, or thaw's). A function that answers in one piece ends it as
+    /// [`Outcome::Response`], with nothing sent to `sink`; so does a call dispatched in a
+    /// batch (a function with `batch` still batches its URL calls; a batch's reply is one
+    /// document). The instance's slot is held until the stream ends.
     pub async fn invoke_streaming(
         &self,
         payload: Bytes,
         sink: StreamSink,
     ) -> Result<Outcome, CallError> {
-        self.enqueue(payload, Company::Alone, None, Some(sink))
+        self.enqueue(payload, Company::Batchable, None, Some(sink))
             .await
     }
 
