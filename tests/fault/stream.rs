@@ -5,7 +5,8 @@
 //!   `FAULT_STATE/<key>.<i>` to exist, so a test can prove a part reached it before the
 //!   next one was even produced.
 //! - `fail_after`: after that many parts, fail (an error mid-stream).
-//! - `crash_after`: after that many parts, exit the process (a crash mid-stream).
+//! - `crash_after`: after that many parts (and, with `key`, once the gate of the next is
+//!   open, so the test knows the parts before reached it), exit the process.
 //! - `bytes`: instead of parts, stream that many bytes of `x` in 64 KiB chunks.
 
 use std::time::{Duration, Instant};
@@ -34,6 +35,11 @@ pub(crate) fn run(plan: &Plan<'_>, out: &mut Chunks) -> Result<(), FnError> {
         return Ok(());
     }
     for (i, part) in plan.parts.iter().enumerate() {
+        if i > 0 {
+            if let Some(key) = plan.key {
+                wait_for(key, i)?;
+            }
+        }
         if plan.crash_after == Some(i) {
             // Long enough for the parts before to leave the process.
             std::thread::sleep(Duration::from_millis(100));
@@ -44,11 +50,6 @@ pub(crate) fn run(plan: &Plan<'_>, out: &mut Chunks) -> Result<(), FnError> {
             return Err(FnError::invalid_input(format!(
                 "fault: failed mid-stream after {i} parts"
             )));
-        }
-        if i > 0 {
-            if let Some(key) = plan.key {
-                wait_for(key, i)?;
-            }
         }
         if !out.send(part.clone().into_bytes()) {
             return Ok(());

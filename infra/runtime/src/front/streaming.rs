@@ -56,6 +56,10 @@ pub(super) struct Streaming {
 /// The body of a streaming answer.
 pub(super) type StreamBody = Pin<Box<dyn Stream<Item = Result<Bytes, StreamFailed>> + Send>>;
 
+/// How long a failing body waits before it fails, so what was produced reaches the
+/// client first.
+const FLUSH_BEFORE_CUT: std::time::Duration = std::time::Duration::from_millis(50);
+
 type Call = BoxFuture<'static, Result<Outcome, CallError>>;
 
 /// Runs `payload` on `pool`, streaming if the function streams.
@@ -142,6 +146,12 @@ fn body(parts: mpsc::Receiver<StreamPart>, call: Call) -> StreamBody {
                                 Ok(Outcome::Error(d)) => Err(StreamFailed::Function(d)),
                                 Err(e) => Err(StreamFailed::Call(e)),
                             };
+                            if last.is_err() {
+                                // hyper drops the bytes it has buffered but not written
+                                // when a body fails: give it a moment to write out the
+                                // head and the chunks before the cut.
+                                tokio::time::sleep(FLUSH_BEFORE_CUT).await;
+                            }
                             return Some((last, BodyState::Done));
                         }
                     },
