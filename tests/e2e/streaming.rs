@@ -165,28 +165,27 @@ fn raw_post(s: &Serve, path: &str, body: &Value) -> Vec<u8> {
     out
 }
 
+/// Invokes `fault` through the AWS Invoke API.
+fn invoke(s: &Serve, body: Value) -> thaw_tests::Reply {
+    s.post(
+        "/2015-03-31/functions/fault/invocations",
+        body.to_string().as_bytes(),
+        &[],
+    )
+}
+
 #[test]
 fn a_buffered_caller_gets_a_streamed_response_whole_under_the_buffered_limit() {
     let side = thaw_tests::side_dir();
     let s = Serve::start(&manifest(side.path()));
-    let invoke = "/2015-03-31/functions/fault/invocations";
-    let r = s.post(
-        invoke,
-        json!({"action": "stream", "parts": ["a", "b", "c"]})
-            .to_string()
-            .as_bytes(),
-        &[],
-    );
+    let r = invoke(&s, json!({"action": "stream", "parts": ["a", "b", "c"]}));
     assert_eq!(r.status, 200);
     assert_eq!(r.body, b"abc");
     assert!(!r.headers.contains_key("x-amz-function-error"));
     // The error trailer is the call's error.
-    let r = s.post(
-        invoke,
-        json!({"action": "stream", "parts": ["a", "b"], "fail_after": 2})
-            .to_string()
-            .as_bytes(),
-        &[],
+    let r = invoke(
+        &s,
+        json!({"action": "stream", "parts": ["a", "b"], "fail_after": 2}),
     );
     assert_eq!(
         r.headers.get("x-amz-function-error").map(String::as_str),
@@ -198,12 +197,9 @@ fn a_buffered_caller_gets_a_streamed_response_whole_under_the_buffered_limit() {
     let doc: Value = serde_json::from_slice(&r.body).expect("an error document");
     assert_eq!(doc["errorType"], "InvalidInput", "{doc}");
     // A crash mid-stream is a crash, with the instance's last words.
-    let r = s.post(
-        invoke,
-        json!({"action": "stream", "parts": ["a", "b"], "crash_after": 1})
-            .to_string()
-            .as_bytes(),
-        &[],
+    let r = invoke(
+        &s,
+        json!({"action": "stream", "parts": ["a", "b"], "crash_after": 1}),
     );
     let doc: Value = serde_json::from_slice(&r.body).expect("an error document");
     assert_eq!(doc["errorType"], "FunctionCrashed", "{doc}");
@@ -214,13 +210,7 @@ fn a_buffered_caller_gets_a_streamed_response_whole_under_the_buffered_limit() {
         "{doc}"
     );
     // 7 MiB streamed to a buffered caller is over its 6 MiB.
-    let r = s.post(
-        invoke,
-        json!({"action": "stream", "bytes": 7 << 20})
-            .to_string()
-            .as_bytes(),
-        &[],
-    );
+    let r = invoke(&s, json!({"action": "stream", "bytes": 7 << 20}));
     let text = String::from_utf8_lossy(&r.body).into_owned();
     assert!(text.contains("ResponseTooLarge"), "{text}");
 }

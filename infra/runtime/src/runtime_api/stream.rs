@@ -491,20 +491,9 @@ mod tests {
     #[tokio::test]
     async fn a_streamed_post_reaches_the_sink_in_parts_and_an_http_trailer_ends_it_as_an_error() {
         let api = InstanceApi::on_host_loopback().await.expect("api");
-        let (reply, answer) = oneshot::channel();
         let (sink, mut parts) = mpsc::channel(8);
-        api.submit(Invocation {
-            id: "r1".into(),
-            payload: Bytes::from_static(b"{}"),
-            timeout: Duration::from_secs(10),
-            limit: MAX_RESPONSE,
-            reply,
-            taken: None,
-            stream: Some(sink),
-        })
-        .await
-        .expect("submits");
-        let (id, _) = api.next_invocation().await.expect("an invocation");
+        let answer = taken(&api, "r1", Some(sink)).await;
+        let id = "r1";
         let doc = base64::engine::general_purpose::STANDARD
             .encode(r#"{"errorType":"Boom","errorMessage":"it broke"}"#);
         let prelude = br#"{"statusCode":201,"headers":{"content-type":"text/plain"}}"#;
@@ -610,19 +599,8 @@ mod tests {
     #[tokio::test]
     async fn a_prelude_that_never_ends_is_refused_and_an_unknown_id_leaves_the_instance_usable() {
         let api = InstanceApi::on_host_loopback().await.expect("api");
-        let (reply, answer) = oneshot::channel();
-        api.submit(Invocation {
-            id: "r2".into(),
-            payload: Bytes::from_static(b"{}"),
-            timeout: Duration::from_secs(10),
-            limit: MAX_RESPONSE,
-            reply,
-            taken: None,
-            stream: None,
-        })
-        .await
-        .expect("submits");
-        let (id, _) = api.next_invocation().await.expect("an invocation");
+        let answer = taken(&api, "r2", None).await;
+        let id = "r2";
         let junk = vec![b'{'; MAX_PRELUDE + 1];
         let status = post_chunked(&api, &id, &[&junk], "").await;
         assert!(status.contains("400"), "{status}");
