@@ -499,7 +499,7 @@ mod tests {
         let prelude = br#"{"statusCode":201,"headers":{"content-type":"text/plain"}}"#;
         let status = post_chunked(
             &api,
-            &id,
+            id,
             &[prelude, &[0; 8], b"hel", b"lo"],
             &format!("Lambda-Runtime-Function-Error-Type: Boom\r\nLambda-Runtime-Function-Error-Body: {doc}\r\n"),
         )
@@ -602,7 +602,7 @@ mod tests {
         let answer = taken(&api, "r2", None).await;
         let id = "r2";
         let junk = vec![b'{'; MAX_PRELUDE + 1];
-        let status = post_chunked(&api, &id, &[&junk], "").await;
+        let status = post_chunked(&api, id, &[&junk], "").await;
         assert!(status.contains("400"), "{status}");
         assert!(matches!(answer.await, Ok(Err(Refused::BadStream(_)))));
         let status = post_chunked(&api, "nobody", &[b"{}", &[0; 8], b"data"], "").await;
