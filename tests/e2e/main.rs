@@ -23,3 +23,4 @@ mod s3;
 mod sandbox;
 mod snapshot_faults;
 mod streaming;
+mod templates;

@@ -6,8 +6,50 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use thaw_tests::{alive, Serve};
 
+std::thread_local! {
+    /// Set by the tests in [`with_templates`]: every function is forked from a warm
+    /// template instead of exec'd.
+    static TEMPLATES: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 fn manifest(functions: &str) -> String {
+    let functions = if TEMPLATES.with(std::cell::Cell::get) {
+        let mut out = String::new();
+        for line in functions.split_inclusive('\n') {
+            out.push_str(line);
+            if line.starts_with("[function.") {
+                out.push_str("template = true\n");
+            }
+        }
+        out
+    } else {
+        functions.to_owned()
+    };
     format!("[app]\nname = \"sandbox\"\n\n{functions}")
+}
+
+/// Every sandbox test again, with each function's instances forked from a warm template.
+mod with_templates {
+    macro_rules! forked {
+        ($($name:ident),* $(,)?) => {$(
+            #[test]
+            fn $name() {
+                super::TEMPLATES.with(|t| t.set(true));
+                super::$name();
+            }
+        )*};
+    }
+    forked!(
+        a_function_over_its_memory_limit_gets_502_out_of_memory_and_nothing_else_suffers,
+        a_function_sees_only_its_own_files_processes_and_environment,
+        no_instance_can_reach_another_instances_runtime_api,
+        nothing_an_instance_started_outlives_it,
+        a_fork_bomb_stops_at_the_pids_cap,
+        outbound_functions_reach_the_host_and_isolated_ones_do_not,
+        without_sandbox_parts_thaw_serves_and_says_what_is_off,
+        cpu_and_pids_limits_are_written_to_the_instances_cgroup,
+        tmp_is_private_and_capped_at_its_size,
+    );
 }
 
 fn call(s: &Serve, f: &str, body: Value) -> thaw_tests::Reply {
@@ -21,6 +63,12 @@ fn call(s: &Serve, f: &str, body: Value) -> thaw_tests::Reply {
 fn report(s: &Serve, f: &str, body: Value) -> Value {
     let r = call(s, f, body);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    if TEMPLATES.with(std::cell::Cell::get) {
+        // What answered was forked: no launch fell back to exec.
+        let t = s.state(f)["template"].clone();
+        assert!(t["forks"].as_u64() >= Some(1), "{f}: {t}");
+        assert_eq!(t["fallbacks"], 0, "{f}: {t}");
+    }
     r.json()["report"].clone()
 }
 

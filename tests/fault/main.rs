@@ -125,7 +125,6 @@ const DEFAULT_MARKER: &str = "thaw-fault-linger";
 
 #[derive(Debug)]
 struct Fault {
-    instance: String,
     /// The block `alloc` holds.
     held: Vec<u8>,
     /// `spawn_tree`'s direct children, reaped when they die.
@@ -219,7 +218,9 @@ impl Function for Fault {
             other => return Err(FnError::invalid_input(format!("unknown action {other:?}"))),
         }
         Ok(Response {
-            instance: self.instance.clone(),
+            // Read per call: an instance forked from a warm template was initialised
+            // with the template's environment.
+            instance: std::env::var("THAW_INSTANCE_ID").unwrap_or_default(),
             pid: std::process::id(),
             echo: r.echo.unwrap_or_default(),
             report,
@@ -355,9 +356,7 @@ fn main() -> Result<(), thaw_fn::Error> {
                 "fault: init failed on purpose",
             ));
         }
-        let instance = std::env::var("THAW_INSTANCE_ID").unwrap_or_default();
         Ok(Fault {
-            instance,
             held: Vec::new(),
             children: Vec::new(),
         })

@@ -35,6 +35,7 @@ fn plan() -> Plan {
                     .map(|(role, s)| (role.clone(), object(s)))
                     .collect::<BTreeMap<_, _>>(),
                 missing_snapshots: Vec::new(),
+                template: false,
                 spec: spec.clone(),
             };
             (name.clone(), f)

@@ -89,6 +89,9 @@ pub struct FunctionPlan {
     /// the runtime pulls them from the snapshot store before the first cold start.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing_snapshots: Vec<(Option<String>, String)>,
+    /// Whether `thaw serve` forks its instances from a warm template (the `template`
+    /// key, or its default).
+    pub template: bool,
     /// The declared settings.
     pub spec: FunctionSpec,
 }
@@ -148,6 +151,11 @@ impl Manifest {
                     snapshot_dir,
                     snapshot_dirs,
                     missing_snapshots,
+                    template: spec.template.unwrap_or(
+                        spec.binary.is_some()
+                            && (spec.snapshot.is_some() || !spec.snapshots.is_empty())
+                            && spec.gpu.kind.is_none(),
+                    ),
                     spec: spec.clone(),
                 },
             );

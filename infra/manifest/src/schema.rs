@@ -218,6 +218,12 @@ pub struct FunctionSpec {
     /// Function URL settings.
     #[serde(default)]
     pub url: UrlConfig,
+    /// Warm templates (`thaw serve` only): load the model once into a template process
+    /// and fork each new instance from it, sharing its weights copy-on-write. Default: on
+    /// for a `binary` with a snapshot and no GPU (CUDA state cannot be forked); `true` on
+    /// a GPU function is an error. Deploy targets have no templates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<bool>,
     /// Extra environment for the function's processes. Names thaw sets itself
     /// (`AWS_LAMBDA_*`, `THAW_*`) and loader variables (`LD_*`, `GCONV_PATH`) are refused.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

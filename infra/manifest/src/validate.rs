@@ -231,6 +231,11 @@ impl Checker<'_> {
                 )));
             }
         }
+        if f.template == Some(true) && f.gpu.kind.is_some() {
+            return Err(self.invalid(
+                "template = true cannot be used with a gpu: a process holding CUDA state cannot be forked".into(),
+            ));
+        }
         if f.gpu_required && f.gpu.kind.is_none() {
             return Err(self.invalid("gpu_required = true needs a gpu".into()));
         }

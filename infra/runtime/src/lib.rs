@@ -38,7 +38,7 @@ use thaw_manifest::Plan;
 use tokio::sync::watch;
 
 use crate::calls::store::CallStore;
-use crate::launcher::ProcessLauncher;
+use crate::launcher::{ProcessLauncher, TemplateLauncher};
 use crate::metrics::Metrics;
 use crate::pool::FunctionPool;
 use crate::sandbox::Sandbox;
@@ -81,14 +81,23 @@ impl Runtime {
             .iter()
             .enumerate()
             .map(|(index, (name, f))| {
-                let launcher =
-                    ProcessLauncher::new(Arc::clone(&sandbox), Arc::clone(&gpus), f, index);
-                let report = launcher.report().clone();
+                let exec = ProcessLauncher::new(Arc::clone(&sandbox), Arc::clone(&gpus), f, index);
+                let report = exec.report().clone();
+                let launcher: Arc<dyn launcher::Launcher> = if f.template {
+                    Arc::new(TemplateLauncher::new(
+                        exec,
+                        Arc::clone(&sandbox),
+                        Arc::clone(&metrics),
+                        f,
+                    ))
+                } else {
+                    Arc::new(exec)
+                };
                 (
                     name.to_string(),
                     FunctionPool::start(
                         f.clone(),
-                        Arc::new(launcher),
+                        launcher,
                         report,
                         Arc::clone(&metrics),
                         stopped.clone(),

@@ -46,6 +46,7 @@ pub struct Metrics {
     oom_kills: IntCounterVec,
     instances: IntGaugeVec,
     queue_depth: IntGaugeVec,
+    template_fallbacks: IntCounterVec,
 }
 
 /// Calls per dispatch: 1 without batching, up to `batch.max_size` (at most 1,024) with it.
@@ -119,6 +120,13 @@ impl Metrics {
                 Opts::new("queue_depth", "Calls waiting for an instance"),
                 f,
             )?,
+            template_fallbacks: IntCounterVec::new(
+                Opts::new(
+                    "template_fallbacks_total",
+                    "Instances started by exec because no fork could be had from the function's warm template",
+                ),
+                f,
+            )?,
             registry,
         };
         m.registry.register(Box::new(m.cold_starts.clone()))?;
@@ -134,7 +142,14 @@ impl Metrics {
         m.registry.register(Box::new(m.oom_kills.clone()))?;
         m.registry.register(Box::new(m.instances.clone()))?;
         m.registry.register(Box::new(m.queue_depth.clone()))?;
+        m.registry
+            .register(Box::new(m.template_fallbacks.clone()))?;
         Ok(m)
+    }
+
+    /// A launch went to exec because the function's template could not fork it.
+    pub fn template_fallback(&self, function: &str) {
+        self.template_fallbacks.with_label_values(&[function]).inc();
     }
 
     /// An instance reached its first `next`.

@@ -22,6 +22,7 @@ pub(crate) fn plan(extra: &str) -> FunctionPlan {
         snapshot_dir: None,
         snapshot_dirs: Default::default(),
         missing_snapshots: Vec::new(),
+        template: false,
         spec,
     }
 }

@@ -8,7 +8,9 @@
 //!    `RUST_LOG`;
 //! 2. builds the function, loading its model **once**, on a dedicated inference thread;
 //!    an init failure exits the process before its first `next`, with the message on
-//!    stderr, which is how the platform tells an init error from a crash;
+//!    stderr, which is how the platform tells an init error from a crash. Started as a
+//!    warm template, it loads on the main thread instead and forks an instance per
+//!    request ([`template`]): the author's `init` is the same either way;
 //! 3. runs `lambda_runtime` (concurrently when `AWS_LAMBDA_MAX_CONCURRENCY` > 1), and for
 //!    each event unwraps one of three shapes ([`envelope`]): a raw JSON event, a function
 //!    URL event (payload 2.0, base64 bodies included) or a `{"thaw_batch": [...]}` envelope;
@@ -27,6 +29,7 @@
 mod envelope;
 mod error;
 pub mod stream;
+mod template;
 mod worker;
 
 use std::sync::Arc;
@@ -98,25 +101,27 @@ where
     F: Function,
     I: FnOnce() -> Result<F, FnError> + Send + 'static,
 {
-    // Before any thread exists, so these cannot race with a reader.
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        std::env::set_var("RAYON_NUM_THREADS", "1");
-    }
-    // With one rayon thread, the tokenizer's "parallel" batch encoding only hands each
-    // batch to that thread and back; encode on the inference thread itself.
-    if std::env::var_os("TOKENIZERS_PARALLELISM").is_none() {
-        std::env::set_var("TOKENIZERS_PARALLELISM", "false");
-    }
+    thread_defaults();
     init_tracing();
-    let worker = match InferenceThread::<F>::spawn(INFERENCE_QUEUE, init) {
-        Ok(worker) => Arc::new(worker),
-        Err(e) => {
-            // Exiting before the first `next` is the init-error signal the platform reads;
-            // the message on stderr is what callers will see.
-            eprintln!("init error: {e}");
-            tracing::error!(error = %e, "function failed to initialise");
-            std::process::exit(1);
+    let started = match template::config_from_env() {
+        None => InferenceThread::<F>::spawn(INFERENCE_QUEUE, init),
+        Some(Ok(config)) => {
+            // A warm template: load here, on the only thread, then fork on request.
+            // `serve` returns in a fork, which becomes an instance.
+            let function = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(init)) {
+                Ok(Ok(function)) => function,
+                Ok(Err(e)) => init_failed(&e),
+                Err(_) => init_failed(&FnError::init("init panicked")),
+            };
+            let function = template::serve(&config, function);
+            thread_defaults();
+            InferenceThread::start(INFERENCE_QUEUE, function)
         }
+        Some(Err(e)) => init_failed(&FnError::init(e)),
+    };
+    let worker = match started {
+        Ok(worker) => Arc::new(worker),
+        Err(e) => init_failed(&e),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -129,6 +134,28 @@ where
         });
         lambda_runtime::run_concurrent(handler).await
     })
+}
+
+/// Exiting before the first `next` is the init-error signal the platform reads; the
+/// message on stderr is what callers will see.
+fn init_failed(e: &FnError) -> ! {
+    eprintln!("init error: {e}");
+    tracing::error!(error = %e, "function failed to initialise");
+    std::process::exit(1);
+}
+
+/// Threads are for scaling by instances, not for fighting over cores. Set before any
+/// thread exists (at start, and in a fork whose environment was just replaced), so
+/// these cannot race with a reader.
+fn thread_defaults() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        std::env::set_var("RAYON_NUM_THREADS", "1");
+    }
+    // With one rayon thread, the tokenizer's "parallel" batch encoding only hands each
+    // batch to that thread and back; encode on the inference thread itself.
+    if std::env::var_os("TOKENIZERS_PARALLELISM").is_none() {
+        std::env::set_var("TOKENIZERS_PARALLELISM", "false");
+    }
 }
 
 /// Tracing from `RUST_LOG` (default `info`), to stderr, which the platform captures.

@@ -48,6 +48,18 @@ impl<F: Function> InferenceThread<F> {
     where
         I: FnOnce() -> Result<F, FnError> + Send + 'static,
     {
+        Self::start_with(capacity, init)
+    }
+
+    /// Starts the thread with a function already loaded (in a fork of a warm template).
+    pub fn start(capacity: usize, function: F) -> Result<Self, FnError> {
+        Self::start_with(capacity, move || Ok(function))
+    }
+
+    fn start_with<I>(capacity: usize, init: I) -> Result<Self, FnError>
+    where
+        I: FnOnce() -> Result<F, FnError> + Send + 'static,
+    {
         let (jobs, rx) = mpsc::channel::<Job<F>>(capacity);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         std::thread::Builder::new()

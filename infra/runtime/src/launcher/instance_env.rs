@@ -3,13 +3,11 @@
 use thaw_manifest::FunctionPlan;
 use thaw_protocol::runtime_api::env;
 
-use super::LaunchRequest;
-
 /// The instance's whole environment: nothing of thaw's own. `devices`: the GPU lent to
 /// it (empty: none), if thaw knows the machine's.
 pub(super) fn instance_env(
     plan: &FunctionPlan,
-    req: &LaunchRequest<'_>,
+    instance: &str,
     api: std::net::SocketAddr,
     devices: Option<&str>,
 ) -> Vec<(String, String)> {
@@ -23,7 +21,7 @@ pub(super) fn instance_env(
         (env::MEMORY_SIZE.into(), spec.memory.mebibytes().to_string()),
         (env::FUNCTION_VERSION.into(), "$LATEST".into()),
         (env::MAX_CONCURRENCY.into(), spec.concurrency.to_string()),
-        (env::INSTANCE_ID.into(), req.instance.into()),
+        (env::INSTANCE_ID.into(), instance.into()),
     ];
     if let Some(dir) = &plan.snapshot_dir {
         vars.push((env::SNAPSHOT_DIR.into(), dir.display().to_string()));

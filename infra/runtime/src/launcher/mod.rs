@@ -10,6 +10,8 @@
 //!   [`crate::sandbox`] allows (bubblewrap, a network namespace, a cgroup), or bare with
 //!   `--no-sandbox`, on GPUs lent by the machine's [`GpuPool`]. Its output is read line by line into the function's [`LogRing`],
 //!   in constant memory however long a line is ([`lines`]).
+//! - [`TemplateLauncher`] forks instances from a warm template of the function, which
+//!   loaded its model once, and execs through a [`ProcessLauncher`] where it cannot.
 //! - Tests drive the scheduler with a launcher that serves the API in-process.
 
 mod gpus;
@@ -17,6 +19,7 @@ mod instance_env;
 pub(crate) mod lines;
 mod process;
 mod slot;
+mod template;
 
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +32,7 @@ use crate::runtime_api::InstanceApi;
 
 pub use self::gpus::{GpuLease, GpuPool, Lent, NoGpu, CPU_FALLBACK_AFTER};
 pub use self::process::ProcessLauncher;
+pub use self::template::{TemplateError, TemplateLauncher, TemplateStatus};
 
 /// What a launcher is asked to start.
 #[derive(Debug)]
@@ -114,6 +118,11 @@ pub trait Launcher: Send + Sync + fmt::Debug {
     /// Releases what the launcher holds ahead of launches (thaw is stopping).
     fn close(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
+    }
+
+    /// The function's warm template, where this launcher forks from one.
+    fn template(&self) -> Option<TemplateStatus> {
+        None
     }
 }
 

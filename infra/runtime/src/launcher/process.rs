@@ -193,7 +193,7 @@ impl ProcessLauncher {
         }
         cmd.args(args)
             .env_clear()
-            .envs(instance_env(req.plan, &req, api_addr, devices))
+            .envs(instance_env(req.plan, req.instance, api_addr, devices))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -231,7 +231,7 @@ impl ProcessLauncher {
         let listener = slot.listener.try_clone().map_err(LaunchError::RuntimeApi)?;
         let api_addr = serve_api(req, listener)?;
         let slirp = self.outbound(slot.netns.as_ref()).await?;
-        let env = instance_env(req.plan, req, api_addr, devices);
+        let env = instance_env(req.plan, req.instance, api_addr, devices);
         let (program, sent) = if slot.shim {
             // The sandbox is built: only the function and its environment are left.
             let program = req.plan.binary_path.clone();
@@ -271,7 +271,10 @@ impl ProcessLauncher {
     }
 
     /// `network = "outbound"`: slirp4netns on the instance's namespace.
-    async fn outbound(&self, netns: Option<&NetNs>) -> Result<Option<Child>, LaunchError> {
+    pub(super) async fn outbound(
+        &self,
+        netns: Option<&NetNs>,
+    ) -> Result<Option<Child>, LaunchError> {
         match (
             netns,
             self.report.network.as_str(),
@@ -343,7 +346,7 @@ fn lossy(args: &[OsString]) -> Vec<String> {
         .collect()
 }
 
-fn limits(plan: &FunctionPlan) -> Limits {
+pub(super) fn limits(plan: &FunctionPlan) -> Limits {
     Limits {
         memory: plan.spec.memory.0,
         pids: plan.spec.pids,
@@ -387,7 +390,7 @@ pub(super) fn make_places(
 
 /// Serves the instance's Runtime API on `listener`; returns the address the instance
 /// is told (`AWS_LAMBDA_RUNTIME_API`).
-fn serve_api(
+pub(super) fn serve_api(
     req: &LaunchRequest<'_>,
     listener: std::net::TcpListener,
 ) -> Result<std::net::SocketAddr, LaunchError> {

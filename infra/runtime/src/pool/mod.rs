@@ -194,6 +194,9 @@ pub struct PoolStatus {
     pub instances: Vec<InstanceStatus>,
     /// The last init failure's message, while restarts are backing off.
     pub init_error: Option<String>,
+    /// The warm template its instances are forked from, for a function with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::launcher::TemplateStatus>,
 }
 
 /// One instance in a [`PoolStatus`].
@@ -494,6 +497,7 @@ impl FunctionPool {
             cold_starts: st.cold_starts,
             instances: Vec::new(),
             init_error: st.init_failure.as_ref().map(|f| f.0.clone()),
+            template: self.launcher.template(),
         };
         for (id, i) in &st.instances {
             let state = match (i.phase, i.in_flight) {

@@ -169,6 +169,22 @@ pub fn args(plan: &FunctionPlan, shim: Option<&Path>) -> Vec<OsString> {
     a
 }
 
+/// The arguments for a function's warm template: those of an instance, except that the
+/// template shares thaw's PID namespace, so that its forks do not die with it (each fork
+/// makes its own PID namespace), and may make the user namespaces its forks isolate
+/// themselves in. With `own_net`, it has a network namespace of its own, empty: it
+/// serves nothing, and each fork makes its own.
+pub fn template_args(plan: &FunctionPlan, own_net: bool) -> Vec<OsString> {
+    let mut a: Vec<OsString> = args(plan, None)
+        .into_iter()
+        .filter(|arg| arg != "--disable-userns" && arg != "--unshare-pid")
+        .collect();
+    if own_net {
+        a.insert(0, "--unshare-net".into());
+    }
+    a
+}
+
 /// `/dev/nvidia*` on this machine.
 fn nvidia_devices() -> Vec<PathBuf> {
     let mut devs: Vec<PathBuf> = std::fs::read_dir("/dev")

@@ -41,6 +41,24 @@ impl NetNs {
         })
     }
 
+    /// The namespace process `pid` made for itself (a fork of a warm template), with a
+    /// listener on [`RUNTIME_API_ADDR`] bound inside it and its loopback up. Blocking.
+    pub fn of_process(pid: u32) -> io::Result<(Self, TcpListener)> {
+        let ns: OwnedFd = std::fs::File::open(format!("/proc/{pid}/ns/net"))?.into();
+        std::thread::scope(|s| {
+            s.spawn(|| -> io::Result<TcpListener> {
+                enter(&ns)?;
+                loopback_up()?;
+                let listener = TcpListener::bind(RUNTIME_API_ADDR)?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(io::Error::other("netns thread panicked")))
+        })
+        .map(|listener| (Self { fd: ns }, listener))
+    }
+
     /// The descriptor to `setns` into (in the child, before exec).
     pub fn raw_fd(&self) -> i32 {
         self.fd.as_raw_fd()
@@ -57,6 +75,16 @@ fn unshare_net() -> io::Result<()> {
     // SAFETY: unshare(2) takes flags only. CLONE_NEWNET moves just the calling thread,
     // a scoped thread that ends right after; the rest of thaw keeps its namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[allow(unsafe_code)]
+fn enter(ns: &OwnedFd) -> io::Result<()> {
+    // SAFETY: setns(2) on a namespace descriptor we hold; like unshare_net it moves only
+    // the calling thread, a scoped thread that ends right after.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
