@@ -7,7 +7,7 @@
 //!    sentence-transformers, ONNX Runtime and torch INT8 on the same inputs, with
 //!    GFLOP/s against a matmul peak measured on the same core.
 //!
-//! Then the platform, the sandbox, durable calls, the LLM, the generate function against
+//! Then the platform, the sandbox, warm templates against exec (`templates`), durable calls, the LLM, the generate function against
 //! candle's own decode loop, functions, S3 snapshots, and
 //! serving under concurrent load against infinity-emb (`serving`); `thaw-bench <part>`
 //! runs one part only.
@@ -24,6 +24,7 @@ mod encoder;
 mod generate;
 mod platform;
 mod serving;
+mod templates;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -78,6 +79,10 @@ fn main() -> anyhow_free::Result {
             report_encoders(None)?;
             return Ok(());
         }
+        Some("templates") => {
+            templates::report();
+            return Ok(());
+        }
         Some("functions") => {
             rt_functions()?;
             return Ok(());
@@ -92,6 +97,7 @@ fn main() -> anyhow_free::Result {
     report_encoders(Some(&cold))?;
     report_platform();
     report_sandbox();
+    templates::report();
     report_durable();
     report_llm();
     generate::report();

@@ -164,11 +164,21 @@ fn killing_the_template_under_traffic_loses_no_call_and_the_next_instance_execs(
 
 #[test]
 fn after_idle_neither_instances_nor_the_template_remain() {
+    // A variable only this test's processes carry: the template, its spare fork and the
+    // instances all have it in their environment.
+    let marker = format!("idle-{}", std::process::id());
     let s = Serve::start(&manifest(
         true,
-        "idle_timeout = \"1s\"\nmax_containers = 2\n",
+        &format!(
+            "idle_timeout = \"1s\"\nmax_containers = 2\nenv = {{ TEMPLATE_TEST = \"{marker}\" }}\n"
+        ),
     ));
     let _ = embed(&s, "one");
+    let running = with_env(&format!("TEMPLATE_TEST={marker}"));
+    assert!(
+        running.len() >= 3,
+        "template, spare and instance: {running:?}"
+    );
     let state = s.state("embed");
     let template_pid = state["template"]["pid"].as_u64().expect("template pid");
     let instance_pid = state["instances"][0]["pid"].as_u64().expect("instance pid");
@@ -180,8 +190,24 @@ fn after_idle_neither_instances_nor_the_template_remain() {
             && !alive(instance_pid)
     });
     assert!(gone, "after idle: {}", s.state("embed"));
+    let left = with_env(&format!("TEMPLATE_TEST={marker}"));
+    assert!(left.is_empty(), "processes left after idle: {left:?}");
     // And the next call starts a template again.
     let _ = embed(&s, "two");
     assert_eq!(template(&s)["state"], "ready");
-    println!("idle 1s: instance {instance_pid} and template {template_pid} gone; the next call forked from a new template");
+    println!("idle 1s: instance {instance_pid}, template {template_pid} and the spare fork gone; the next call forked from a new template");
+}
+
+/// Pids of the processes whose environment holds `var` (`NAME=value`).
+fn with_env(var: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == var.as_bytes()))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
 }

@@ -52,7 +52,7 @@ use super::{
     signal_pid, InstanceControl, InstanceExit, LaunchError, LaunchRequest, Launched, Launcher,
 };
 use crate::metrics::Metrics;
-use crate::sandbox::cgroup::InstanceCgroup;
+use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup};
 use crate::sandbox::netns::NetNs;
 use crate::sandbox::{bwrap, Sandbox};
 
@@ -127,6 +127,10 @@ struct State {
     live: u64,
     /// Bumped whenever `live` changes, so an idle stop knows it is still due.
     epoch: u64,
+    /// A fork made ahead of the next cold start.
+    spare: Option<Prepared>,
+    /// A spare is being made.
+    refilling: bool,
 }
 
 /// Forks instances from a warm template, and execs through [`ProcessLauncher`] where it
@@ -143,6 +147,8 @@ pub struct TemplateLauncher {
     starting: tokio::sync::Mutex<()>,
     forks: AtomicU64,
     fallbacks: AtomicU64,
+    /// Numbers the forks' cgroups.
+    fork_names: AtomicU64,
 }
 
 impl TemplateLauncher {
@@ -171,6 +177,7 @@ impl TemplateLauncher {
             starting: tokio::sync::Mutex::new(()),
             forks: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
+            fork_names: AtomicU64::new(0),
         }
     }
 
@@ -210,6 +217,9 @@ impl TemplateLauncher {
                 }
                 // It died: this launch execs, and the next cold start starts a new one.
                 st.template = None;
+                if let Some(spare) = st.spare.take() {
+                    tokio::spawn(spare.discard());
+                }
                 st.deaths += 1;
                 if st.deaths >= MAX_TEMPLATE_DEATHS {
                     st.off = Some(format!("the template died {} times", st.deaths));
@@ -357,79 +367,104 @@ impl TemplateLauncher {
         Ok(template)
     }
 
-    /// One instance forked from the template.
+    /// One instance forked from the template: the spare fork made ahead, or a new one.
     async fn fork(&self, req: &LaunchRequest<'_>) -> Result<Launched, TemplateError> {
         let template = self.template(req).await?;
-        let (ours, theirs) = UnixStream::pair().map_err(|e| TemplateError::Fork(e.to_string()))?;
-        nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
-            .map_err(|e| TemplateError::Fork(e.to_string()))?;
-        let (out_r, out_w) = pipe().map_err(|e| TemplateError::Fork(e.to_string()))?;
-        let (err_r, err_w) = pipe().map_err(|e| TemplateError::Fork(e.to_string()))?;
-        {
-            let control = template.control.lock().map_err(|_| TemplateError::Died)?;
-            let fds = [theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-            nix::sys::socket::sendmsg::<()>(
-                control.as_raw_fd(),
-                &[IoSlice::new(b"f")],
-                &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
-                nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-                None,
-            )
-            .map_err(|e| {
-                template.dead.store(true, Ordering::SeqCst);
-                TemplateError::Fork(format!("the template does not take requests: {e}"))
-            })?;
+        let spare = self.lock().spare.take();
+        self.refill(&template, req.plan);
+        if let Some(spare) = spare {
+            match self.finish(spare, req).await {
+                Ok(launched) => return Ok(launched),
+                // It died while it waited: fork a new one.
+                Err(e) => {
+                    tracing::warn!(function = %req.plan.name, error = %e, "spare fork unusable")
+                }
+            }
         }
-        drop((theirs, out_w, err_w));
-        for (pipe, stream) in [(out_r, "stdout"), (err_r, "stderr")] {
+        let prepared = prepare(
+            template,
+            self.config.net,
+            self.sandbox.cgroups.clone(),
+            req.plan,
+            self.fork_name(req.plan),
+        )
+        .await?;
+        self.finish(prepared, req).await
+    }
+
+    /// A cgroup name for the next fork (its instance name is not known yet).
+    fn fork_name(&self, plan: &FunctionPlan) -> String {
+        format!(
+            "{}-fork-{}",
+            plan.name,
+            self.fork_names.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Makes the next spare fork in the background, unless there is one.
+    fn refill(&self, template: &Arc<Template>, plan: &FunctionPlan) {
+        {
+            let mut st = self.lock();
+            if st.spare.is_some() || st.refilling {
+                return;
+            }
+            st.refilling = true;
+        }
+        let (state, template, net, cgroups, plan, name) = (
+            Arc::clone(&self.state),
+            Arc::clone(template),
+            self.config.net,
+            self.sandbox.cgroups.clone(),
+            plan.clone(),
+            self.fork_name(plan),
+        );
+        tokio::spawn(async move {
+            let made = prepare(Arc::clone(&template), net, cgroups, &plan, name).await;
+            let unwanted = {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                st.refilling = false;
+                let current = st
+                    .template
+                    .as_ref()
+                    .is_some_and(|t| Arc::ptr_eq(t, &template) && t.alive());
+                match made {
+                    Ok(p) if current && st.spare.is_none() => {
+                        st.spare = Some(p);
+                        None
+                    }
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        tracing::debug!(function = %plan.name, error = %e, "no spare fork");
+                        None
+                    }
+                }
+            };
+            if let Some(p) = unwanted {
+                p.discard().await;
+            }
+        });
+    }
+
+    /// Gives a prepared fork its Runtime API and environment: it becomes `req`'s instance.
+    async fn finish(
+        &self,
+        prepared: Prepared,
+        req: &LaunchRequest<'_>,
+    ) -> Result<Launched, TemplateError> {
+        let Prepared {
+            socket: ours,
+            pid,
+            out,
+            err,
+            cgroup,
+            netns,
+            listener,
+        } = prepared;
+        for (pipe, stream) in [(out, "stdout"), (err, "stderr")] {
             let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
                 .map_err(|e| TemplateError::Fork(e.to_string()))?;
             pump_lines(pipe, req.instance.to_owned(), stream, Arc::clone(req.logs));
         }
-        let timeout = req.plan.spec.startup_timeout.0;
-        let socket = ours
-            .try_clone()
-            .map_err(|e| TemplateError::Fork(e.to_string()))?;
-        let pid = tokio::task::spawn_blocking(move || fork_pid(&socket, timeout))
-            .await
-            .map_err(|e| TemplateError::Fork(e.to_string()))??;
-        // What an exec'd instance gets from its slot, made from outside around the fork.
-        let (isolated, cgroups, lim, name) = (
-            self.config.net,
-            self.sandbox.cgroups.clone(),
-            limits(req.plan),
-            req.instance.to_owned(),
-        );
-        let places = tokio::task::spawn_blocking(move || -> Result<_, LaunchError> {
-            let cgroup = match cgroups {
-                Some(root) => {
-                    let cg = root.create(&name, lim).map_err(LaunchError::Cgroup)?;
-                    cg.add(pid).map_err(LaunchError::Cgroup)?;
-                    Some(Arc::new(cg))
-                }
-                None => None,
-            };
-            let (netns, listener) = if isolated {
-                let (ns, l) = NetNs::of_process(pid).map_err(LaunchError::RuntimeApi)?;
-                (Some(ns), l)
-            } else {
-                let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                    .map_err(LaunchError::RuntimeApi)?;
-                (None, l)
-            };
-            Ok((cgroup, netns, listener))
-        })
-        .await
-        .map_err(|e| TemplateError::Fork(e.to_string()))?;
-        let (cgroup, netns, listener) = match places {
-            Ok(p) => p,
-            Err(e) => {
-                // Its supervisor kills it on the hang-up.
-                let _ = ours.shutdown(std::net::Shutdown::Both);
-                return Err(e.into());
-            }
-        };
         let api_addr = serve_api(req, listener)?;
         let slirp = self.exec.outbound(netns.as_ref()).await?;
         let go = Go {
@@ -507,6 +542,112 @@ impl TemplateLauncher {
     }
 }
 
+/// A fork that has isolated itself and has its cgroup and network namespace, waiting
+/// for its environment: all of a cold start but the instance's own start.
+#[derive(Debug)]
+struct Prepared {
+    socket: UnixStream,
+    /// Its supervisor's pid.
+    pid: u32,
+    /// The read ends of its stdout and stderr.
+    out: OwnedFd,
+    err: OwnedFd,
+    cgroup: Option<Arc<InstanceCgroup>>,
+    netns: Option<NetNs>,
+    listener: std::net::TcpListener,
+}
+
+impl Prepared {
+    /// Ends it unused: on the hang-up its supervisor exits, and its cgroup goes.
+    async fn discard(self) {
+        let _ = self.socket.shutdown(std::net::Shutdown::Both);
+        if let Some(cg) = self.cgroup {
+            let _ = tokio::task::spawn_blocking(move || {
+                cg.kill_all();
+                cg.remove();
+            })
+            .await;
+        }
+    }
+}
+
+/// Asks `template` for a fork and makes its places from outside: what an exec'd
+/// instance gets from its slot, around a process that already exists.
+async fn prepare(
+    template: Arc<Template>,
+    net: bool,
+    cgroups: Option<Arc<CgroupRoot>>,
+    plan: &FunctionPlan,
+    name: String,
+) -> Result<Prepared, TemplateError> {
+    let fork_err = |e: std::io::Error| TemplateError::Fork(e.to_string());
+    let (ours, theirs) = UnixStream::pair().map_err(fork_err)?;
+    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
+        .map_err(|e| TemplateError::Fork(e.to_string()))?;
+    let (out, out_w) = pipe().map_err(fork_err)?;
+    let (err, err_w) = pipe().map_err(fork_err)?;
+    {
+        let control = template.control.lock().map_err(|_| TemplateError::Died)?;
+        let fds = [theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
+        nix::sys::socket::sendmsg::<()>(
+            control.as_raw_fd(),
+            &[IoSlice::new(b"f")],
+            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        )
+        .map_err(|e| {
+            template.dead.store(true, Ordering::SeqCst);
+            TemplateError::Fork(format!("the template does not take requests: {e}"))
+        })?;
+    }
+    drop((theirs, out_w, err_w));
+    let timeout = plan.spec.startup_timeout.0;
+    let socket = ours.try_clone().map_err(fork_err)?;
+    let pid = tokio::task::spawn_blocking(move || fork_pid(&socket, timeout))
+        .await
+        .map_err(|e| TemplateError::Fork(e.to_string()))??;
+    let lim = limits(plan);
+    let places = tokio::task::spawn_blocking(move || -> Result<_, LaunchError> {
+        let cgroup = match cgroups {
+            Some(root) => {
+                let cg = root.create(&name, lim).map_err(LaunchError::Cgroup)?;
+                cg.add(pid).map_err(LaunchError::Cgroup)?;
+                Some(Arc::new(cg))
+            }
+            None => None,
+        };
+        let (netns, listener) = if net {
+            let (ns, l) = NetNs::of_process(pid).map_err(LaunchError::RuntimeApi)?;
+            (Some(ns), l)
+        } else {
+            let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .map_err(LaunchError::RuntimeApi)?;
+            (None, l)
+        };
+        Ok((cgroup, netns, listener))
+    })
+    .await
+    .map_err(|e| TemplateError::Fork(e.to_string()))?;
+    match places {
+        Ok((cgroup, netns, listener)) => Ok(Prepared {
+            socket: ours,
+            pid,
+            out,
+            err,
+            cgroup,
+            netns,
+            listener,
+        }),
+        Err(e) => {
+            // Its supervisor kills it on the hang-up.
+            let _ = ours.shutdown(std::net::Shutdown::Both);
+            Err(e.into())
+        }
+    }
+}
+
 /// A forked instance ended: once the function has had none for `idle`, its template
 /// stops too.
 fn forked_instance_gone(state: &Arc<Mutex<State>>, idle: Duration) {
@@ -525,16 +666,19 @@ fn forked_instance_gone(state: &Arc<Mutex<State>>, idle: Duration) {
     };
     rt.spawn(async move {
         tokio::time::sleep(idle).await;
-        let stopped = {
+        let (stopped, spare) = {
             let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
             if st.live > 0 || st.epoch != epoch {
                 return;
             }
-            st.template.take()
+            (st.template.take(), st.spare.take())
         };
         if let Some(t) = stopped {
             tracing::info!(pid = t.pid, "template idle: stopping it");
             t.stop();
+        }
+        if let Some(spare) = spare {
+            spare.discard().await;
         }
     });
 }
@@ -664,8 +808,15 @@ impl Launcher for TemplateLauncher {
 
     fn close(&self) -> BoxFuture<'_, ()> {
         async move {
-            if let Some(t) = self.lock().template.take() {
+            let (template, spare) = {
+                let mut st = self.lock();
+                (st.template.take(), st.spare.take())
+            };
+            if let Some(t) = template {
                 t.stop();
+            }
+            if let Some(spare) = spare {
+                spare.discard().await;
             }
             self.exec.close().await;
         }
