@@ -10,7 +10,10 @@
 //!    an init failure exits the process before its first `next`, with the message on
 //!    stderr, which is how the platform tells an init error from a crash. Started as a
 //!    warm template, it loads on the main thread instead and forks an instance per
-//!    request ([`template`]): the author's `init` is the same either way;
+//!    request ([`template`]). The author writes the same `init`; it then runs once, with
+//!    the template's environment (`THAW_INSTANCE_ID` is `<function>-template`), no
+//!    network, and a `/tmp` the instances do not see, and must start no thread or
+//!    process;
 //! 3. runs `lambda_runtime` (concurrently when `AWS_LAMBDA_MAX_CONCURRENCY` > 1), and for
 //!    each event unwraps one of three shapes ([`envelope`]): a raw JSON event, a function
 //!    URL event (payload 2.0, base64 bodies included) or a `{"thaw_batch": [...]}` envelope;

@@ -11,10 +11,12 @@
 //! - the first child, the *supervisor*, enters new user, mount, PID, IPC, UTS (and
 //!   network) namespaces, reports its credentials to thaw, waits for its environment,
 //!   and forks the instance; it then only relays thaw's signals and reports the exit;
-//! - the second child, the *instance*, is PID 1 of its own PID namespace. It mounts a
-//!   fresh `/proc` and a private `/tmp`, drops every capability, takes its environment,
-//!   and returns from [`serve`] with the function, to start its threads and its Runtime
-//!   API client like any instance.
+//! - the second child is PID 1 of its own PID namespace. It mounts a fresh `/proc` and a
+//!   private `/tmp`, drops every capability, and forks the *instance*, then stays as the
+//!   namespace's init: it reaps orphans, forwards SIGTERM, and exits as the instance
+//!   did;
+//! - the instance takes its environment and returns from [`serve`] with the function, to
+//!   start its threads and its Runtime API client like any instance.
 //!
 //! Neither child exits with the template: an instance serving calls survives the
 //! template's death. Each dies with thaw, through the instance socket (its end-of-file
@@ -93,7 +95,9 @@ pub(crate) fn serve<F>(config: &TemplateConfig, function: F) -> F {
             Ok(ForkResult::Parent { .. }) => {}
             Ok(ForkResult::Child) => {
                 if let Err(e) = become_instance(config, instance, stdout, stderr) {
-                    eprintln!("template fork: {e}");
+                    // Not eprintln!: with its stderr gone it would panic, and unwind the
+                    // template's stack in this child.
+                    let _ = writeln!(std::io::stderr(), "template fork: {e}");
                     // SAFETY: _exit ends this forked child without running the
                     // template's exit handlers twice.
                     unsafe { libc::_exit(1) };
@@ -157,6 +161,9 @@ fn become_instance(
             }
             if config.isolate {
                 set_up_instance(config.tmp)?;
+                // This process is PID 1 of the namespace: it stays as its init, and the
+                // instance is its child.
+                reap_as_init()?;
             }
             for (key, _) in std::env::vars_os() {
                 std::env::remove_var(key);
@@ -217,7 +224,6 @@ fn set_up_instance(tmp: u64) -> Result<(), ForkError> {
     // As bubblewrap's --disable-userns: no user namespace below this one.
     std::fs::write("/proc/sys/user/max_user_namespaces", "0")
         .map_err(|e| ForkError::Io("max_user_namespaces", e))?;
-    terminate_on_sigterm();
     for set in [
         caps::CapSet::Ambient,
         caps::CapSet::Bounding,
@@ -380,20 +386,61 @@ fn ignore_children(ignore: bool) {
     }
 }
 
-extern "C" fn exit_on_sigterm(_: libc::c_int) {
-    // SAFETY: _exit is async-signal-safe.
-    unsafe { libc::_exit(128 + libc::SIGTERM) };
+/// The instance, for the init's signal handler.
+static INSTANCE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+extern "C" fn forward_signal(signal: libc::c_int) {
+    let pid = INSTANCE.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 1 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, signal) };
+    }
 }
 
-/// PID 1 of a namespace ignores signals it has no handler for; an instance must still
-/// end on SIGTERM, as it would as an ordinary process.
-fn terminate_on_sigterm() {
-    // SAFETY: the handler only calls _exit, which is async-signal-safe.
-    unsafe {
-        libc::signal(
-            libc::SIGTERM,
-            exit_on_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t,
-        );
+/// As bubblewrap's PID 1 does: fork the instance, then reap every orphan the instance
+/// leaves in the namespace (PID 1 inherits them), forward SIGTERM and SIGINT to the
+/// instance (PID 1 would ignore them), and exit as the instance did. Returns only in
+/// the instance.
+fn reap_as_init() -> Result<(), ForkError> {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    let init = nix::unistd::getpid();
+    // SAFETY: single-threaded, as the template was.
+    match unsafe { fork() }.map_err(|e| ForkError::Sys("fork", e))? {
+        ForkResult::Child => {
+            // SAFETY: prctl and getppid take plain values.
+            let (armed, parent) = unsafe {
+                (
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == 0,
+                    libc::getppid(),
+                )
+            };
+            if !armed || parent != init.as_raw() {
+                return Err(ForkError::Protocol("the namespace's init is gone".into()));
+            }
+            Ok(())
+        }
+        ForkResult::Parent { child } => {
+            INSTANCE.store(child.as_raw(), std::sync::atomic::Ordering::SeqCst);
+            for signal in [libc::SIGTERM, libc::SIGINT] {
+                // SAFETY: the handler only reads an atomic and calls kill(2).
+                unsafe {
+                    libc::signal(
+                        signal,
+                        forward_signal as extern "C" fn(libc::c_int) as libc::sighandler_t,
+                    );
+                }
+            }
+            loop {
+                let code = match waitpid(None, None) {
+                    Ok(WaitStatus::Exited(pid, code)) if pid == child => code,
+                    Ok(WaitStatus::Signaled(pid, signal, _)) if pid == child => 128 + signal as i32,
+                    Err(nix::Error::ECHILD) => 1,
+                    _ => continue,
+                };
+                // SAFETY: ends the init, and with it the namespace, without unwinding.
+                unsafe { libc::_exit(code) };
+            }
+        }
     }
 }
 

@@ -314,29 +314,56 @@ impl ProcessLauncher {
             reaped
                 .alive
                 .store(false, std::sync::atomic::Ordering::SeqCst);
-            let oom = match cgroup {
-                Some(cg) => tokio::task::spawn_blocking(move || {
-                    let oom = cg.oom_kills() > 0;
-                    cg.remove();
-                    oom
-                })
-                .await
-                .unwrap_or(false),
-                None => false,
+            let status = match status {
+                Ok(s) => s.to_string(),
+                Err(e) => e.to_string(),
             };
+            let exit = ended(cgroup, memory, status).await;
             drop(slirp);
             drop(netns);
-            if oom {
-                InstanceExit::OutOfMemory { limit: memory }
-            } else {
-                InstanceExit::Exited(match status {
-                    Ok(s) => s.to_string(),
-                    Err(e) => e.to_string(),
-                })
-            }
+            exit
         }
         .boxed();
         Launched { control, exited }
+    }
+}
+
+/// How an instance ended, once its main process is gone: its cgroup says whether the
+/// kernel killed it at its memory limit; anything left in the cgroup is killed and the
+/// cgroup removed.
+pub(super) async fn ended(
+    cgroup: Option<Arc<InstanceCgroup>>,
+    memory: u64,
+    status: String,
+) -> InstanceExit {
+    let oom = match cgroup {
+        Some(cg) => tokio::task::spawn_blocking(move || {
+            let oom = cg.oom_kills() > 0;
+            cg.remove();
+            oom
+        })
+        .await
+        .unwrap_or(false),
+        None => false,
+    };
+    if oom {
+        InstanceExit::OutOfMemory { limit: memory }
+    } else {
+        InstanceExit::Exited(status)
+    }
+}
+
+/// SIGKILLs everything in `cgroup`. That may take a few rounds, so it runs off the
+/// caller's thread (which may hold the pool's lock) where there is a runtime.
+pub(super) fn kill_cgroup(cgroup: Option<Arc<InstanceCgroup>>) {
+    let Some(cg) = cgroup else {
+        return;
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn_blocking(move || cg.kill_all());
+        }
+        Err(_) => cg.kill_all(),
     }
 }
 
@@ -374,10 +401,7 @@ pub(super) fn make_places(
         let (ns, l) = NetNs::with_listener().map_err(LaunchError::RuntimeApi)?;
         (Some(ns), l)
     } else {
-        let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-            .and_then(|l| l.set_nonblocking(true).map(|()| l))
-            .map_err(LaunchError::RuntimeApi)?;
-        (None, l)
+        (None, host_listener()?)
     };
     let cgroup = match cgroups {
         Some(root) => Some(Arc::new(
@@ -386,6 +410,14 @@ pub(super) fn make_places(
         None => None,
     };
     Ok((netns, listener, cgroup))
+}
+
+/// A Runtime API listener on the host's loopback, for instances without a network
+/// namespace.
+pub(super) fn host_listener() -> Result<std::net::TcpListener, LaunchError> {
+    std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(LaunchError::RuntimeApi)
 }
 
 /// Serves the instance's Runtime API on `listener`; returns the address the instance
@@ -490,16 +522,8 @@ impl InstanceControl for ProcessControl {
         if self.alive.load(std::sync::atomic::Ordering::SeqCst) {
             signal_group(self.pid, libc::SIGKILL);
         }
-        // Stragglers in the cgroup (modes without a PID namespace); killing them may
-        // take a few rounds, so not on the caller's thread (it may hold the pool's lock).
-        if let Some(cg) = self.cgroup.clone() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn_blocking(move || cg.kill_all());
-                }
-                Err(_) => cg.kill_all(),
-            }
-        }
+        // Stragglers in the cgroup (modes without a PID namespace).
+        kill_cgroup(self.cgroup.clone());
     }
 }
 
@@ -507,7 +531,7 @@ impl InstanceControl for ProcessControl {
 /// a user-space TCP/IP stack to the host's network; the host's loopback is reachable at
 /// 10.0.2.2.
 mod outbound {
-    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    use std::os::fd::{AsRawFd as _, OwnedFd};
     use std::path::Path;
     use std::process::Stdio;
 
@@ -573,14 +597,8 @@ mod outbound {
         }
     }
 
-    #[allow(unsafe_code)]
+    /// A pipe whose ends close on exec.
     fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-        let mut fds = [0i32; 2];
-        // SAFETY: pipe2 writes two descriptors into the array we own.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: both descriptors were just opened and are owned by nobody else.
-        Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
     }
 }

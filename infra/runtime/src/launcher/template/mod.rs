@@ -27,8 +27,8 @@
 //!   limit; the pages it loaded are charged to it, and each fork's cgroup pays only for
 //!   the pages that fork writes.
 
-use std::io::{IoSlice, Read as _, Write as _};
-use std::os::fd::{AsRawFd as _, OwnedFd};
+use std::io::{Read as _, Write as _};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,25 +39,24 @@ use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
 use serde::Serialize;
 use thaw_manifest::FunctionPlan;
-use thaw_protocol::template::{
-    Go, TemplateConfig, ENV, EXIT_NOT_FORKABLE, EXIT_PREFIX, READY, TERMINATE,
-};
-use tokio::io::AsyncBufReadExt as _;
+use thaw_protocol::template::{Go, TemplateConfig, ENV, EXIT_NOT_FORKABLE, READY};
 use tokio::process::Command;
 
+mod fork;
+
+use self::fork::{prepare, read_exit, ForkControl, Prepared};
 use super::instance_env::instance_env;
 use super::lines::pump_lines;
-use super::process::{limits, serve_api, ChildSetup, ProcessLauncher};
-use super::{
-    signal_pid, InstanceControl, InstanceExit, LaunchError, LaunchRequest, Launched, Launcher,
-};
+use super::process::{ended, limits, serve_api, ChildSetup, ProcessLauncher};
+use super::{LaunchError, LaunchRequest, Launched, Launcher};
 use crate::metrics::Metrics;
-use crate::sandbox::cgroup::{CgroupRoot, InstanceCgroup};
-use crate::sandbox::netns::NetNs;
 use crate::sandbox::{bwrap, Sandbox};
 
 /// How many times a template may die before its function goes back to exec for good.
 const MAX_TEMPLATE_DEATHS: u64 = 3;
+
+/// How many forks in a row may fail before the function goes back to exec for good.
+const MAX_FAILED_FORKS: u64 = 3;
 
 /// Why a fork could not be had; the launch then execs.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +78,10 @@ pub enum TemplateError {
 /// A template, as `/v1/functions` and `thaw status` show it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TemplateStatus {
-    /// `ready`, `starting`, `stopped` or `off` (with why).
+    /// `ready`, `stopped` or `off` (with why).
     pub state: String,
-    /// Its pid, while it runs.
+    /// The pid of the process thaw started for it (bubblewrap, where sandboxed), while
+    /// it runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pid: Option<u32>,
     /// Instances forked from it so far.
@@ -127,6 +127,8 @@ struct State {
     live: u64,
     /// Bumped whenever `live` changes, so an idle stop knows it is still due.
     epoch: u64,
+    /// Forks that failed since the last one that worked.
+    failed_forks: u64,
     /// A fork made ahead of the next cold start.
     spare: Option<Prepared>,
     /// A spare is being made.
@@ -161,6 +163,14 @@ impl TemplateLauncher {
     ) -> Self {
         let report = exec.report();
         let isolate = sandbox.enabled && report.pid_namespace && report.mount_namespace;
+        // A root-mapped sandbox would run the template, and the function's init, as
+        // thaw's own uid; and a fork can map only its own uid, so it could not isolate.
+        let off = (sandbox.enabled && report.user != "unprivileged").then(|| {
+            format!(
+                "the sandbox runs this function {} here; templates need an unprivileged uid",
+                report.user
+            )
+        });
         let config = TemplateConfig {
             isolate,
             net: isolate && matches!(report.network.as_str(), "isolated" | "outbound"),
@@ -173,7 +183,10 @@ impl TemplateLauncher {
             metrics,
             config,
             uid,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(State {
+                off,
+                ..State::default()
+            })),
             starting: tokio::sync::Mutex::new(()),
             forks: AtomicU64::new(0),
             fallbacks: AtomicU64::new(0),
@@ -194,10 +207,23 @@ impl TemplateLauncher {
         if self.lock().off.is_none() {
             match self.fork(&req).await {
                 Ok(launched) => {
+                    self.lock().failed_forks = 0;
                     self.forks.fetch_add(1, Ordering::Relaxed);
                     return Ok(launched);
                 }
                 Err(e) => {
+                    let mut st = self.lock();
+                    st.failed_forks += 1;
+                    if st.failed_forks >= MAX_FAILED_FORKS && st.off.is_none() {
+                        st.off = Some(format!("{} forks in a row failed: {e}", st.failed_forks));
+                        if let Some(t) = st.template.take() {
+                            t.stop();
+                        }
+                        if let Some(spare) = st.spare.take() {
+                            tokio::spawn(spare.discard());
+                        }
+                    }
+                    drop(st);
                     self.fallbacks.fetch_add(1, Ordering::Relaxed);
                     self.metrics.template_fallback(req.plan.name.as_str());
                     tracing::warn!(function = %req.plan.name, instance = req.instance, error = %e, "no fork from the template: starting the instance by exec");
@@ -328,6 +354,16 @@ impl TemplateLauncher {
             }),
             () = tokio::time::sleep(plan.spec.startup_timeout.0) => Err(format!("it did not load within {:?}", plan.spec.startup_timeout.0)),
         };
+        // Whatever init started would share the template's user namespace, and so hold
+        // every capability over each fork's: a template must be alone in its cgroup.
+        let loaded = loaded.and_then(|()| match &cgroup {
+            Some(cg) => alone(
+                pid,
+                &cg.pids(),
+                self.sandbox.bwrap.is_some() && self.config.isolate,
+            ),
+            None => Ok(()),
+        });
         if let Err(why) = loaded {
             let _ = child.start_kill();
             let _ = child.wait().await;
@@ -342,6 +378,9 @@ impl TemplateLauncher {
                 format!("{why}: {tail}")
             }));
         }
+        // Fork requests must never block thaw: a template that stops reading is dead.
+        ours.set_nonblocking(true)
+            .map_err(|e| TemplateError::Start(e.to_string()))?;
         tracing::info!(function = %plan.name, pid, "template ready");
         let dead = Arc::new(AtomicBool::new(false));
         let template = Template {
@@ -451,16 +490,14 @@ impl TemplateLauncher {
         prepared: Prepared,
         req: &LaunchRequest<'_>,
     ) -> Result<Launched, TemplateError> {
-        let Prepared {
-            socket: ours,
-            pid,
-            out,
-            err,
-            cgroup,
-            netns,
-            listener,
-        } = prepared;
-        for (pipe, stream) in [(out, "stdout"), (err, "stderr")] {
+        let (ours, pid, cgroup, netns, listener) = (
+            prepared.socket,
+            prepared.pid,
+            prepared.cgroup,
+            prepared.netns,
+            prepared.listener,
+        );
+        for (pipe, stream) in [(prepared.out, "stdout"), (prepared.err, "stderr")] {
             let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(pipe)
                 .map_err(|e| TemplateError::Fork(e.to_string()))?;
             pump_lines(pipe, req.instance.to_owned(), stream, Arc::clone(req.logs));
@@ -499,25 +536,11 @@ impl TemplateLauncher {
         let exited = async move {
             let status = read_exit(socket).await;
             reaped.alive.store(false, Ordering::SeqCst);
-            let oom = match cgroup {
-                Some(cg) => tokio::task::spawn_blocking(move || {
-                    cg.kill_all();
-                    let oom = cg.oom_kills() > 0;
-                    cg.remove();
-                    oom
-                })
-                .await
-                .unwrap_or(false),
-                None => false,
-            };
+            let exit = ended(cgroup, memory, status).await;
             drop(slirp);
             drop(netns);
             forked_instance_gone(&state, idle);
-            if oom {
-                InstanceExit::OutOfMemory { limit: memory }
-            } else {
-                InstanceExit::Exited(status)
-            }
+            exit
         }
         .boxed();
         Ok(Launched { control, exited })
@@ -538,112 +561,6 @@ impl TemplateLauncher {
             forks: self.forks.load(Ordering::Relaxed),
             fallbacks: self.fallbacks.load(Ordering::Relaxed),
             off: st.off.clone(),
-        }
-    }
-}
-
-/// A fork that has isolated itself and has its cgroup and network namespace, waiting
-/// for its environment: all of a cold start but the instance's own start.
-#[derive(Debug)]
-struct Prepared {
-    socket: UnixStream,
-    /// Its supervisor's pid.
-    pid: u32,
-    /// The read ends of its stdout and stderr.
-    out: OwnedFd,
-    err: OwnedFd,
-    cgroup: Option<Arc<InstanceCgroup>>,
-    netns: Option<NetNs>,
-    listener: std::net::TcpListener,
-}
-
-impl Prepared {
-    /// Ends it unused: on the hang-up its supervisor exits, and its cgroup goes.
-    async fn discard(self) {
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        if let Some(cg) = self.cgroup {
-            let _ = tokio::task::spawn_blocking(move || {
-                cg.kill_all();
-                cg.remove();
-            })
-            .await;
-        }
-    }
-}
-
-/// Asks `template` for a fork and makes its places from outside: what an exec'd
-/// instance gets from its slot, around a process that already exists.
-async fn prepare(
-    template: Arc<Template>,
-    net: bool,
-    cgroups: Option<Arc<CgroupRoot>>,
-    plan: &FunctionPlan,
-    name: String,
-) -> Result<Prepared, TemplateError> {
-    let fork_err = |e: std::io::Error| TemplateError::Fork(e.to_string());
-    let (ours, theirs) = UnixStream::pair().map_err(fork_err)?;
-    nix::sys::socket::setsockopt(&ours, nix::sys::socket::sockopt::PassCred, &true)
-        .map_err(|e| TemplateError::Fork(e.to_string()))?;
-    let (out, out_w) = pipe().map_err(fork_err)?;
-    let (err, err_w) = pipe().map_err(fork_err)?;
-    {
-        let control = template.control.lock().map_err(|_| TemplateError::Died)?;
-        let fds = [theirs.as_raw_fd(), out_w.as_raw_fd(), err_w.as_raw_fd()];
-        nix::sys::socket::sendmsg::<()>(
-            control.as_raw_fd(),
-            &[IoSlice::new(b"f")],
-            &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
-            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            None,
-        )
-        .map_err(|e| {
-            template.dead.store(true, Ordering::SeqCst);
-            TemplateError::Fork(format!("the template does not take requests: {e}"))
-        })?;
-    }
-    drop((theirs, out_w, err_w));
-    let timeout = plan.spec.startup_timeout.0;
-    let socket = ours.try_clone().map_err(fork_err)?;
-    let pid = tokio::task::spawn_blocking(move || fork_pid(&socket, timeout))
-        .await
-        .map_err(|e| TemplateError::Fork(e.to_string()))??;
-    let lim = limits(plan);
-    let places = tokio::task::spawn_blocking(move || -> Result<_, LaunchError> {
-        let cgroup = match cgroups {
-            Some(root) => {
-                let cg = root.create(&name, lim).map_err(LaunchError::Cgroup)?;
-                cg.add(pid).map_err(LaunchError::Cgroup)?;
-                Some(Arc::new(cg))
-            }
-            None => None,
-        };
-        let (netns, listener) = if net {
-            let (ns, l) = NetNs::of_process(pid).map_err(LaunchError::RuntimeApi)?;
-            (Some(ns), l)
-        } else {
-            let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-                .and_then(|l| l.set_nonblocking(true).map(|()| l))
-                .map_err(LaunchError::RuntimeApi)?;
-            (None, l)
-        };
-        Ok((cgroup, netns, listener))
-    })
-    .await
-    .map_err(|e| TemplateError::Fork(e.to_string()))?;
-    match places {
-        Ok((cgroup, netns, listener)) => Ok(Prepared {
-            socket: ours,
-            pid,
-            out,
-            err,
-            cgroup,
-            netns,
-            listener,
-        }),
-        Err(e) => {
-            // Its supervisor kills it on the hang-up.
-            let _ = ours.shutdown(std::net::Shutdown::Both);
-            Err(e.into())
         }
     }
 }
@@ -683,6 +600,32 @@ fn forked_instance_gone(state: &Arc<Mutex<State>>, idle: Duration) {
     });
 }
 
+/// Whether the processes in a template's cgroup are the template alone: `root` (the
+/// process thaw started) and, under bubblewrap, the one child it runs.
+fn alone(root: u32, pids: &[u32], bwrap: bool) -> Result<(), String> {
+    let allowed = if bwrap { 2 } else { 1 };
+    let ours = |p: &u32| *p == root || (bwrap && parent_of(*p) == Some(root));
+    if pids.len() <= allowed && pids.iter().all(ours) {
+        Ok(())
+    } else {
+        Err(format!(
+            "its init left other processes running ({} in its cgroup); a template must be alone to fork safely",
+            pids.len()
+        ))
+    }
+}
+
+/// The parent of `pid`, from `/proc`.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Waits for the template's [`READY`]. Blocking.
 fn read_ready(mut socket: UnixStream) -> Result<(), String> {
     let mut got = [0u8; READY.len()];
@@ -693,108 +636,6 @@ fn read_ready(mut socket: UnixStream) -> Result<(), String> {
         Ok(())
     } else {
         Err("it wrote something other than ready".into())
-    }
-}
-
-/// The fork's pid in thaw's namespace, from its credentials. Blocking.
-fn fork_pid(socket: &UnixStream, timeout: Duration) -> Result<u32, TemplateError> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixCredentials};
-    socket
-        .set_read_timeout(Some(timeout))
-        .map_err(|e| TemplateError::Fork(e.to_string()))?;
-    let mut byte = [0u8; 1];
-    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!(UnixCredentials);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::empty(),
-    )
-    .map_err(|e| TemplateError::Fork(format!("no word from the fork: {e}")))?;
-    if msg.bytes == 0 {
-        return Err(TemplateError::Fork(
-            "the fork ended before it reported (its stderr is in the logs)".into(),
-        ));
-    }
-    let pid = msg
-        .cmsgs()
-        .map_err(|e| TemplateError::Fork(e.to_string()))?
-        .find_map(|c| match c {
-            ControlMessageOwned::ScmCredentials(creds) => u32::try_from(creds.pid()).ok(),
-            _ => None,
-        })
-        .filter(|&pid| pid > 1)
-        .ok_or_else(|| TemplateError::Fork("the fork sent no credentials".into()))?;
-    socket
-        .set_read_timeout(None)
-        .map_err(|e| TemplateError::Fork(e.to_string()))?;
-    Ok(pid)
-}
-
-/// How the forked instance ended, as its supervisor reports it; its socket closing
-/// without a report means the supervisor was killed.
-async fn read_exit(socket: tokio::net::UnixStream) -> String {
-    let mut lines = tokio::io::BufReader::new(socket).lines();
-    loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
-                if let Some(status) = line.strip_prefix(EXIT_PREFIX) {
-                    return status.to_owned();
-                }
-            }
-            Ok(None) | Err(_) => return "killed".to_owned(),
-        }
-    }
-}
-
-#[allow(unsafe_code)]
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    use std::os::fd::FromRawFd as _;
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 writes two descriptors into the array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just opened and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Signals for a forked instance: through its supervisor, and its cgroup.
-#[derive(Debug)]
-struct ForkControl {
-    /// The supervisor's pid.
-    pid: u32,
-    socket: UnixStream,
-    alive: AtomicBool,
-    cgroup: Option<Arc<InstanceCgroup>>,
-}
-
-impl InstanceControl for ForkControl {
-    fn pid(&self) -> Option<u32> {
-        Some(self.pid)
-    }
-
-    fn terminate(&self) {
-        if self.alive.load(Ordering::SeqCst) {
-            let _ = (&self.socket).write_all(&[TERMINATE]);
-        }
-    }
-
-    fn kill(&self) {
-        // The supervisor kills the instance when its socket closes.
-        let _ = self.socket.shutdown(std::net::Shutdown::Both);
-        if self.alive.load(Ordering::SeqCst) && self.cgroup.is_none() {
-            signal_pid(self.pid, libc::SIGKILL);
-        }
-        if let Some(cg) = self.cgroup.clone() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn_blocking(move || cg.kill_all());
-                }
-                Err(_) => cg.kill_all(),
-            }
-        }
     }
 }
 
